@@ -1,0 +1,44 @@
+"""The ``dcmdb`` command: one sub-command per service, and ``up`` to run them all.
+
+Each service is imported only when its sub-command runs, so services never
+import each other and a bad setting of one cannot stop another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from shared.settings import ConfigurationError
+
+SERVICES = {
+    "receiver": "services.receiver.main",
+    "sorter": "services.sorter.main",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dcmdb", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SERVICES:
+        commands.add_parser(name, help=f"run the {name} service")
+    commands.add_parser("up", help="run every service on this host, as separate processes")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "up":
+            from services.supervisor import run_all
+
+            sys.exit(run_all(list(SERVICES)))
+        module = importlib.import_module(SERVICES[args.command])
+        module.main()
+    except ConfigurationError as exc:
+        print(f"dcmdb {args.command}: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The receiver's DICOM event handlers and the status each outcome gets.
+
+C-STORE statuses (PS3.4 B.2.3), decided here and nowhere else:
+
+======  ==============================================================
+0x0000  stored durably in incoming/ (then announced, asynchronously)
+0xA700  out of resources: the instance could not be written (disk full,
+        I/O error); no partial file is left behind
+0xC210  cannot understand: the data set does not parse; kept in quarantine/
+0xC211  cannot understand: an identifying UID is missing or invalid;
+        kept in quarantine/
+======  ==============================================================
+
+Associations from calling AE titles or hosts outside the allow-lists are
+rejected (rejected-permanent, calling AE title not recognised).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydicom.dataset import FileMetaDataset
+from pynetdicom import evt
+
+from services.receiver.announcer import Announcer
+from services.receiver.settings import ReceiverSettings
+from services.receiver.storage import IncomingStore, StorageFailed
+from shared.errors import MissingIdentifier, UnreadableObject
+from shared.headers import read_identifiers
+from shared.messages import AssociationClosed, InstanceReceived
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_PARSE = 0xC210
+MISSING_UID = 0xC211
+
+_REJECTED_PERMANENT = 0x01
+_SERVICE_USER = 0x01
+_CALLING_AE_NOT_RECOGNISED = 0x03
+
+
+@dataclass
+class AssociationRecord:
+    """What one association carried, for its ``association.closed`` event."""
+
+    calling_ae: str
+    peer_host: str
+    association_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    stored: int = 0
+    failed: int = 0
+    bytes_stored: int = 0
+    released: bool = False
+    studies: set[str] = field(default_factory=set)
+
+
+class Receiver:
+    """Binds the store, the announcer and the settings into pynetdicom handlers."""
+
+    def __init__(
+        self, settings: ReceiverSettings, store: IncomingStore, announcer: Announcer
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.announcer = announcer
+        self._records: dict[int, AssociationRecord] = {}
+        self._lock = threading.Lock()
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_RELEASED, self.on_released),
+            (evt.EVT_CONN_CLOSE, self.on_connection_closed),
+        ]
+
+    def on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        calling_ae = _calling_ae(assoc)
+        host = assoc.requestor.address
+        allowed_aes = self.settings.allowed_calling_aes
+        allowed_hosts = self.settings.allowed_hosts
+        if (allowed_aes and calling_ae not in allowed_aes) or (
+            allowed_hosts and host not in allowed_hosts
+        ):
+            log.warning("rejecting association from %s at %s: not allowed", calling_ae, host)
+            assoc.acse.send_reject(_REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNISED)
+
+    def on_accepted(self, event: evt.Event) -> None:
+        record = AssociationRecord(_calling_ae(event.assoc), event.assoc.requestor.address)
+        with self._lock:
+            self._records[id(event.assoc)] = record
+
+    def on_store(self, event: evt.Event) -> int:
+        record = self._records[id(event.assoc)]
+        request = event.request
+        dataset = request.DataSet.getvalue()
+        file_meta = _file_meta(event, record.calling_ae)
+        transfer_syntax = str(file_meta.TransferSyntaxUID)
+        try:
+            uids = read_identifiers(dataset, transfer_syntax)
+        except UnreadableObject as exc:
+            record.failed += 1
+            status = MISSING_UID if isinstance(exc, MissingIdentifier) else CANNOT_PARSE
+            kept = self.store.quarantine_object(file_meta, dataset, str(exc), record.calling_ae)
+            log.warning(
+                "unreadable object from %s quarantined as %s: %s",
+                record.calling_ae,
+                kept.name if kept else "(not kept)",
+                exc,
+            )
+            return status
+        try:
+            stored = self.store.store(file_meta, dataset)
+        except StorageFailed as exc:
+            record.failed += 1
+            log.error("answering 0xA700 to %s: %s", record.calling_ae, exc)
+            return OUT_OF_RESOURCES
+        record.stored += 1
+        record.bytes_stored += stored.size
+        record.studies.add(uids.study_instance_uid)
+        self.announcer.announce(
+            InstanceReceived(
+                sop_instance_uid=uids.sop_instance_uid,
+                sop_class_uid=uids.sop_class_uid,
+                study_instance_uid=uids.study_instance_uid,
+                series_instance_uid=uids.series_instance_uid,
+                transfer_syntax_uid=transfer_syntax,
+                incoming_path=str(stored.path.relative_to(self.settings.data_dir)),
+                size=stored.size,
+                received_at=stored.received_at,
+                calling_ae=record.calling_ae,
+                peer_host=record.peer_host,
+                association_id=record.association_id,
+            )
+        )
+        return SUCCESS
+
+    def on_released(self, event: evt.Event) -> None:
+        record = self._records.get(id(event.assoc))
+        if record:
+            record.released = True
+
+    def on_connection_closed(self, event: evt.Event) -> None:
+        with self._lock:
+            record = self._records.pop(id(event.assoc), None)
+        if record is None:  # rejected or never established
+            return
+        log.info(
+            "association from %s %s: %d stored, %d failed",
+            record.calling_ae,
+            "released" if record.released else "aborted",
+            record.stored,
+            record.failed,
+        )
+        self.announcer.announce(
+            AssociationClosed(
+                association_id=record.association_id,
+                calling_ae=record.calling_ae,
+                peer_host=record.peer_host,
+                started_at=record.started_at,
+                ended_at=datetime.now(UTC),
+                released=record.released,
+                instances_stored=record.stored,
+                instances_failed=record.failed,
+                bytes_stored=record.bytes_stored,
+                study_instance_uids=sorted(record.studies),
+            )
+        )
+
+
+def _calling_ae(assoc: Any) -> str:
+    return str(assoc.requestor.ae_title).strip()
+
+
+def _file_meta(event: evt.Event, calling_ae: str) -> FileMetaDataset:
+    meta = event.file_meta
+    meta.SourceApplicationEntityTitle = calling_ae
+    return meta

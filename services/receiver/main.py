@@ -1,0 +1,132 @@
+"""``dcmdb receiver``: the DICOM storage SCP that lands instances in ``incoming/``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from pynetdicom import AE, AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from services.receiver.announcer import Announcer
+from services.receiver.handlers import Receiver
+from services.receiver.settings import ReceiverSettings
+from services.receiver.storage import IncomingStore, received_time
+from shared.errors import UnreadableObject
+from shared.headers import identifiers_of, read_header
+from shared.logs import configure_logging
+from shared.messages import InstanceReceived
+from shared.settings import load_settings
+
+log = logging.getLogger("dcmdb.receiver")
+
+# Uncompressed, deflated and the common compressed transfer syntaxes; the bytes
+# are stored as received, so accepting a syntax costs nothing.
+TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+
+
+def build_ae(settings: ReceiverSettings) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    ae.add_supported_context(Verification)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+    ae.maximum_pdu_size = settings.maximum_pdu_size
+    ae.network_timeout = settings.network_timeout
+    ae.acse_timeout = 30
+    ae.dimse_timeout = settings.network_timeout
+    ae.maximum_associations = 32
+    return ae
+
+
+def sweep_incoming(
+    store: IncomingStore, data_dir: Path, known: set[Path]
+) -> list[InstanceReceived]:
+    """Events for files in ``incoming/`` that no confirmed or pending event covers."""
+    events = []
+    for path in store.waiting_files():
+        if path in known:
+            continue
+        try:
+            header = read_header(path)
+            uids = identifiers_of(header)
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue  # filed by the sorter meanwhile
+        except UnreadableObject as exc:
+            log.error("moving an unreadable file from incoming/ to quarantine/: %s", exc)
+            path.rename(store.quarantine / path.name)
+            continue
+        meta = header.file_meta
+        events.append(
+            InstanceReceived(
+                sop_instance_uid=uids.sop_instance_uid,
+                sop_class_uid=uids.sop_class_uid,
+                study_instance_uid=uids.study_instance_uid,
+                series_instance_uid=uids.series_instance_uid,
+                transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")),
+                incoming_path=str(path.relative_to(data_dir)),
+                size=size,
+                received_at=received_time(path.name),
+                calling_ae=str(meta.get("SourceApplicationEntityTitle", "")).strip(),
+                peer_host="",
+                association_id="sweep",
+            )
+        )
+    return events
+
+
+def run(settings: ReceiverSettings) -> None:
+    settings.warn_if_open()
+    store = IncomingStore(settings.incoming_dir, settings.quarantine_dir)
+    announcer = Announcer(
+        settings.broker_url,
+        sweep=lambda known: sweep_incoming(store, settings.data_dir, known),
+        sweep_interval=settings.sweep_interval,
+        data_dir=settings.data_dir,
+    )
+    announcer.start()
+    receiver = Receiver(settings, store, announcer)
+    ae = build_ae(settings)
+    ae.start_server(
+        (settings.dicom_host, settings.dicom_port), block=False, evt_handlers=receiver.handlers()
+    )
+    log.info(
+        "receiver %s listening on %s:%d",
+        settings.ae_title,
+        settings.dicom_host,
+        settings.dicom_port,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping: no new associations; finishing the open ones")
+    ae.shutdown()
+    announcer.stop()
+    store.close()
+    log.info("receiver stopped")
+
+
+def main() -> None:
+    settings = load_settings(ReceiverSettings)
+    configure_logging("receiver", settings.log_level, settings.log_format)
+    run(settings)

@@ -1,0 +1,47 @@
+"""Receiver settings: who may send to us, and where we listen."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class ReceiverSettings(CommonSettings):
+    ae_title: str = "DCMDB"
+    dicom_host: str = "0.0.0.0"
+    dicom_port: int = Field(default=11112, ge=1, le=65535)
+    allowed_calling_aes: CommaList = ()
+    allowed_hosts: CommaList = ()
+    maximum_pdu_size: int = Field(default=1_048_576, ge=4096, le=64 * 1_048_576)
+    sweep_interval: float = Field(default=60.0, gt=0)
+    network_timeout: float = Field(default=60.0, gt=0)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        value = value.strip()
+        if not value or len(value) > 16 or not value.isascii() or "\\" in value:
+            raise ValueError("must be 1 to 16 ASCII characters without a backslash")
+        return value
+
+    @field_validator("allowed_calling_aes", "allowed_hosts", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    def warn_if_open(self) -> None:
+        if not self.allowed_calling_aes:
+            log.warning("DCMDB_ALLOWED_CALLING_AES is empty: any calling AE title is accepted")
+        if not self.allowed_hosts:
+            log.warning("DCMDB_ALLOWED_HOSTS is empty: associations from any host are accepted")

@@ -1,0 +1,66 @@
+"""``dcmdb sorter``: files each received instance under its lab's folder and in the catalog."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from services.sorter.filing import Filer
+from services.sorter.settings import SorterSettings
+from shared.broker import Publisher, connect, consume
+from shared.catalog.database import open_catalog
+from shared.logs import configure_logging
+from shared.messages import SORTER_QUEUE, InstanceReceived
+from shared.naming import PhysicianAliases
+from shared.settings import load_settings
+
+log = logging.getLogger("dcmdb.sorter")
+
+
+async def run(settings: SorterSettings) -> None:
+    aliases = (
+        PhysicianAliases.load(settings.physician_aliases) if settings.physician_aliases else None
+    )
+    engine, sessions = await asyncio.to_thread(open_catalog, settings.catalog_url, writer=True)
+    filer = Filer(
+        sessions, settings.data_dir, settings.archive_root, settings.quarantine_dir, aliases
+    )
+    connection = await connect(settings.broker_url, name="dcmdb-sorter")
+    publisher = Publisher(connection)
+    await publisher.start()
+
+    async def on_instance_received(event: InstanceReceived) -> None:
+        outcome = await asyncio.to_thread(filer.file, event)
+        if outcome.filed is not None:
+            await publisher.publish(outcome.filed)
+
+    log.info("sorting into %s", settings.archive_root)
+    consumer = asyncio.create_task(
+        consume(
+            connection,
+            SORTER_QUEUE,
+            InstanceReceived,
+            on_instance_received,
+            prefetch=settings.prefetch,
+        )
+    )
+    await _until_stopped(consumer)
+    await connection.close()
+    engine.dispose()
+    log.info("sorter stopped")
+
+
+async def _until_stopped(task: asyncio.Task[None]) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def main() -> None:
+    settings = load_settings(SorterSettings)
+    configure_logging("sorter", settings.log_level, settings.log_format)
+    asyncio.run(run(settings))

@@ -1,0 +1,21 @@
+"""Sorter settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from shared.settings import CommonSettings
+
+
+class SorterSettings(CommonSettings):
+    physician_aliases: Path | None = None
+    prefetch: int = Field(default=32, ge=1, le=1000)
+
+    @field_validator("physician_aliases")
+    @classmethod
+    def _aliases_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {value} does not exist")
+        return value

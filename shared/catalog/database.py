@@ -1,0 +1,129 @@
+"""Opening the catalog: engine, pragmas, sessions, and migrations at start."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+# An arbitrary constant: the PostgreSQL advisory lock that serialises migrations.
+_MIGRATION_LOCK_KEY = 0x64636D6462
+
+
+def create_catalog_engine(url: str, *, writer: bool = False) -> Engine:
+    """An engine with the settings dcmdb relies on for each backend.
+
+    ``writer``: on SQLite, every transaction takes the write lock when it
+    begins (BEGIN IMMEDIATE), so that several writing processes queue up
+    instead of failing with "database is locked" when a reader turns writer.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _begin_immediate if writer else _begin)
+        return engine
+    if parsed.drivername == "postgresql":
+        url = str(parsed.set(drivername="postgresql+psycopg"))
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _begin(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+def _begin_immediate(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling is turned off so that ours applies.
+    dbapi_connection.isolation_level = None
+    # WAL lets readers (the API) run while a sorter writes. FULL syncs each
+    # commit: the sorter acknowledges an event only after its commit, and
+    # what it acknowledged must survive a power cut.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def wait_until_reachable(engine: Engine) -> None:
+    """Block until the database answers, one clear line per failed attempt."""
+    delay = 1.0
+    while True:
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            log.warning(
+                "catalog database %s is not reachable (%s); retrying in %.0f s",
+                engine.url.render_as_string(hide_password=True),
+                reason,
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision; safe when several services start at once."""
+    with _migration_lock(engine), engine.begin() as connection:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY}
+                )
+                connection.commit()
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def open_catalog(url: str, *, writer: bool = False) -> tuple[Engine, sessionmaker[Session]]:
+    """What a service calls at start: wait for the database, migrate, hand out sessions."""
+    engine = create_catalog_engine(url, writer=writer)
+    wait_until_reachable(engine)
+    migrate(engine)
+    return engine, session_factory(engine)

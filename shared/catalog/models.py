@@ -1,0 +1,110 @@
+"""The catalog: what dcmdb holds, by patient, study, series and instance.
+
+Paths are stored relative to the archive root, so the archive can move.
+Times are UTC. Study dates keep DICOM's ``YYYYMMDD`` text, which sorts and
+compares correctly as a string and survives malformed values.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+UID = String
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String, unique=True)  # "" when absent
+    patient_name: Mapped[str] = mapped_column(String, default="")
+
+    studies: Mapped[list[Study]] = relationship(back_populates="patient")
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    __table_args__ = (
+        UniqueConstraint("physician_folder", "folder", name="uq_studies_folder"),
+        Index("ix_studies_study_date", "study_date"),
+        Index("ix_studies_received_at", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    physician_name: Mapped[str] = mapped_column(String, default="")
+    physician_folder: Mapped[str] = mapped_column(String, index=True)
+    folder: Mapped[str] = mapped_column(String)
+    study_date: Mapped[str | None] = mapped_column(String)
+    study_time: Mapped[str | None] = mapped_column(String)
+    description: Mapped[str] = mapped_column(String, default="")
+    accession_number: Mapped[str] = mapped_column(String, default="")
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    patient: Mapped[Patient] = relationship(back_populates="studies")
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+
+    @property
+    def relative_folder(self) -> str:
+        return f"{self.physician_folder}/{self.folder}"
+
+
+class Series(Base):
+    __tablename__ = "series"
+    __table_args__ = (UniqueConstraint("study_pk", "folder", name="uq_series_folder"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    folder: Mapped[str] = mapped_column(String)
+    modality: Mapped[str] = mapped_column(String, default="")
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(String, default="")
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String)  # relative to the archive root
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    calling_ae: Mapped[str] = mapped_column(String, default="")
+    replacements: Mapped[int] = mapped_column(Integer, default=0)
+
+    series: Mapped[Series] = relationship(back_populates="instances")

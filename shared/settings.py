@@ -1,0 +1,89 @@
+"""Settings shared by every service.
+
+Every service builds its settings once in its ``main()`` and passes them down;
+nothing reads the environment after start. Values come from ``DCMDB_*``
+environment variables or a ``.env`` file in the working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self, TypeVar
+
+from pydantic import ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "DCMDB_"
+
+
+class ConfigurationError(Exception):
+    """A setting has a value the service cannot run with."""
+
+
+class CommonSettings(BaseSettings):
+    """What every service needs: where the data lives, the catalog and the broker."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    data_dir: Path = Path("./data")
+    archive_dir: Path | None = None
+    database_url: str | None = None
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Self:
+        data_dir = self.data_dir.expanduser().absolute()
+        object.__setattr__(self, "data_dir", data_dir)
+        archive = (self.archive_dir or data_dir / "archive").expanduser().absolute()
+        object.__setattr__(self, "archive_dir", archive)
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'catalog.sqlite'}")
+        if not self.broker_url.startswith(("amqp://", "amqps://")):
+            raise ValueError("broker_url must start with amqp:// or amqps://")
+        return self
+
+    @property
+    def incoming_dir(self) -> Path:
+        return self.data_dir / "incoming"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def archive_root(self) -> Path:
+        assert self.archive_dir is not None
+        return self.archive_dir
+
+    @property
+    def catalog_url(self) -> str:
+        assert self.database_url is not None
+        return self.database_url
+
+
+SettingsT = TypeVar("SettingsT", bound=CommonSettings)
+
+
+def load_settings(cls: type[SettingsT]) -> SettingsT:
+    """Build settings, turning a validation error into one line per bad variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) if error["loc"] else ""
+        name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+        problems.append(f"{name}: {error['msg']}")
+    return "; ".join(problems)

@@ -9,7 +9,7 @@ published before its queue exists):
 - ``dcmdb.dead-letter``: a direct exchange routing each dead letter to
   ``<queue>.dead``, where it stays until an admin looks at it.
 
-Ack policy, in one place (``_settle``): success -> ack; ``PermanentError`` or
+Ack policy, in one place (``_settle_batch``): success -> ack; ``PermanentError`` or
 an undecodable message -> reject without requeue (dead-lettered at once);
 ``TransientError`` -> retried in process with backoff, then requeued; any other
 exception -> requeued, which the delivery limit turns into a dead letter if it
@@ -131,6 +131,7 @@ class Publisher:
 
 
 Handler = Callable[[EventT], Awaitable[None]]
+BatchHandler = Callable[[list[EventT]], Awaitable[None]]
 
 
 async def consume(
@@ -142,48 +143,111 @@ async def consume(
     prefetch: int = 16,
 ) -> None:
     """Deliver each message of ``queue`` to ``handler``; run until cancelled."""
+
+    async def one_at_a_time(events: list[EventT]) -> None:
+        await handler(events[0])
+
+    await consume_batches(connection, queue, model, one_at_a_time, prefetch=prefetch, max_batch=1)
+
+
+async def consume_batches(
+    connection: AbstractRobustConnection,
+    queue: Queue,
+    model: type[EventT],
+    handler: BatchHandler[EventT],
+    *,
+    prefetch: int = 64,
+    max_batch: int = 32,
+    max_wait: float = 0.01,
+) -> None:
+    """Deliver the messages of ``queue`` to ``handler`` in batches; run until cancelled.
+
+    A batch is what has arrived, up to ``max_batch`` messages, waiting at most
+    ``max_wait`` seconds after the first. When a batch fails for any reason
+    but a transient one, its messages are settled one by one, so that a bad
+    message is dead-lettered alone.
+    """
     channel = await connection.channel()
-    await channel.set_qos(prefetch_count=prefetch)
+    await channel.set_qos(prefetch_count=max(prefetch, max_batch))
     await declare_topology(channel)
     declared = await channel.get_queue(queue.name, ensure=False)
+    arrivals: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+    await declared.consume(arrivals.put)
+    while True:
+        batch = await _next_batch(arrivals, max_batch, max_wait)
+        events = []
+        for message in batch:
+            event = await _decode(message, model)
+            if event is not None:
+                events.append((message, event))
+        if events:
+            await _settle_batch(events, handler)
 
-    async def on_message(message: AbstractIncomingMessage) -> None:
-        await _settle(message, model, handler)
 
-    await declared.consume(on_message)
-    await asyncio.Future()  # consume until the task is cancelled
+async def _next_batch(
+    arrivals: asyncio.Queue[AbstractIncomingMessage], max_batch: int, max_wait: float
+) -> list[AbstractIncomingMessage]:
+    batch = [await arrivals.get()]
+    deadline = asyncio.get_running_loop().time() + max_wait
+    while len(batch) < max_batch:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            break
+        try:
+            batch.append(await asyncio.wait_for(arrivals.get(), remaining))
+        except TimeoutError:
+            break
+    return batch
 
 
-async def _settle(
-    message: AbstractIncomingMessage, model: type[EventT], handler: Handler[EventT]
-) -> None:
+async def _decode(message: AbstractIncomingMessage, model: type[EventT]) -> EventT | None:
     try:
-        event = model.model_validate_json(message.body)
+        return model.model_validate_json(message.body)
     except ValidationError as exc:
         log.error("dead-lettering undecodable message %s: %s", message.message_id, exc)
         await message.reject(requeue=False)
-        return
+        return None
+
+
+async def _settle_batch(
+    events: list[tuple[AbstractIncomingMessage, EventT]], handler: BatchHandler[EventT]
+) -> None:
     for delay in (*TRANSIENT_RETRY_DELAYS, None):
         try:
-            await handler(event)
-        except PermanentError as exc:
-            log.error("dead-lettering %s %s: %s", model.__name__, event.message_id, exc)
-            await message.reject(requeue=False)
-            return
+            await handler([event for _, event in events])
         except TransientError as exc:
             if delay is None:
-                log.warning("requeueing %s %s: %s", model.__name__, event.message_id, exc)
-                await message.nack(requeue=True)
+                log.warning("requeueing %d message(s): %s", len(events), exc)
+                for message, _ in events:
+                    await message.nack(requeue=True)
                 return
             log.warning("%s; retrying in %s s", exc, delay)
             await asyncio.sleep(delay)
             continue
-        except Exception:
-            log.exception("requeueing %s %s after an error", model.__name__, event.message_id)
-            await message.nack(requeue=True)
+        except Exception as exc:
+            if len(events) == 1:
+                await _reject_or_requeue(*events[0], exc)
+                return
+            log.warning("a batch of %d failed; settling its messages one by one", len(events))
+            for pair in events:
+                await _settle_batch([pair], handler)
             return
-        await message.ack()
+        for message, _ in events:
+            await message.ack()
         return
+
+
+async def _reject_or_requeue(
+    message: AbstractIncomingMessage, event: Event, error: Exception
+) -> None:
+    """A single message that failed for a reason other than a transient one."""
+    name = type(event).__name__
+    if isinstance(error, PermanentError):
+        log.error("dead-lettering %s %s: %s", name, event.message_id, error)
+        await message.reject(requeue=False)
+    else:
+        log.error("requeueing %s %s after an error", name, event.message_id, exc_info=error)
+        await message.nack(requeue=True)
 
 
 async def dead_letter_counts(connection: AbstractRobustConnection) -> dict[str, int]:

@@ -63,6 +63,17 @@ class Outcome:
     replaced: bool = False
 
 
+@dataclass(frozen=True)
+class _Arrival:
+    """A received file, read once: its header and checksum."""
+
+    event: InstanceReceived
+    source: Path
+    header: Dataset
+    size: int
+    checksum: str
+
+
 class Filer:
     def __init__(
         self,
@@ -80,6 +91,25 @@ class Filer:
         archive_root.mkdir(parents=True, exist_ok=True)
 
     def file(self, event: InstanceReceived) -> Outcome:
+        return self.file_batch([event])[0]
+
+    def file_batch(self, events: list[InstanceReceived]) -> list[Outcome]:
+        """File every event's instance, in one catalog transaction."""
+        outcomes: list[Outcome | None] = []
+        arrivals: list[_Arrival] = []
+        for event in events:
+            arrival_or_outcome = self._read(event)
+            if isinstance(arrival_or_outcome, _Arrival):
+                arrivals.append(arrival_or_outcome)
+                outcomes.append(None)
+            else:
+                outcomes.append(arrival_or_outcome)
+        recorded = iter(self._record_all(arrivals) if arrivals else [])
+        for arrival in arrivals:
+            arrival.source.unlink(missing_ok=True)
+        return [outcome if outcome is not None else next(recorded) for outcome in outcomes]
+
+    def _read(self, event: InstanceReceived) -> _Arrival | Outcome:
         source = self._data_dir / event.incoming_path
         try:
             content = source.read_bytes()
@@ -94,9 +124,17 @@ class Filer:
             self._quarantine_file(source, f"unreadable at sorting: {exc}")
             return Outcome(filed=None)
         checksum = hashlib.sha256(content).hexdigest()
+        return _Arrival(event, source, header, len(content), checksum)
+
+    def _record_all(self, arrivals: list[_Arrival]) -> list[Outcome]:
         for attempt in range(1, ATTEMPTS + 1):
+            superseded: list[Path] = []
+            folders: set[Path] = set()
             try:
-                outcome = self._record(event, header, source, len(content), checksum)
+                with self._sessions.begin() as session:
+                    outcomes = [self._record(session, a, superseded, folders) for a in arrivals]
+                    for folder in folders:  # the new names are durable before the commit
+                        _fsync_directory(folder)
                 break
             except IntegrityError:
                 if attempt == ATTEMPTS:
@@ -106,53 +144,53 @@ class Filer:
                 raise TransientError(f"catalog unavailable: {exc.orig}") from exc
             except OSError as exc:
                 raise TransientError(f"cannot write to the archive: {exc}") from exc
-        source.unlink(missing_ok=True)
-        return outcome
+        for path in superseded:
+            path.unlink(missing_ok=True)
+        return outcomes
 
     def _record(
-        self, event: InstanceReceived, header: Dataset, source: Path, size: int, checksum: str
+        self, session: Session, arrival: _Arrival, superseded: list[Path], folders: set[Path]
     ) -> Outcome:
+        event, header = arrival.event, arrival.header
         uids = identifiers_of(header)
-        with self._sessions.begin() as session:
-            existing = session.scalar(
-                select(Instance).where(Instance.sop_instance_uid == uids.sop_instance_uid)
+        existing = session.scalar(
+            select(Instance).where(Instance.sop_instance_uid == uids.sop_instance_uid)
+        )
+        if existing and _as_utc(existing.received_at) > event.received_at:
+            log.info("discarding an older copy of an instance already filed")
+            return Outcome(filed=None, duplicate=True)
+        study = self._study(session, header, event.received_at)
+        series = self._series(session, study, header, event.received_at)
+        relative = "/".join(
+            (
+                study.physician_folder,
+                study.folder,
+                series.folder,
+                instance_file_name(uids.sop_instance_uid),
             )
-            if existing and _as_utc(existing.received_at) > event.received_at:
-                log.info("discarding an older copy of an instance already filed")
-                return Outcome(filed=None, duplicate=True)
-            study = self._study(session, header, event.received_at)
-            series = self._series(session, study, header, event.received_at)
-            relative = "/".join(
-                (
-                    study.physician_folder,
-                    study.folder,
-                    series.folder,
-                    instance_file_name(uids.sop_instance_uid),
-                )
-            )
-            destination = resolve_under(self._archive, *relative.split("/"))
-            _place(source, destination)
-            replaced = bool(existing and existing.sha256 != checksum)
-            old_path = existing.path if existing else None
-            instance = existing or Instance(sop_instance_uid=uids.sop_instance_uid, replacements=0)
-            instance.series_pk = series.id
-            instance.sop_class_uid = uids.sop_class_uid
-            instance.transfer_syntax_uid = event.transfer_syntax_uid
-            instance.instance_number = integer(header, "InstanceNumber")
-            instance.path = relative
-            instance.size = size
-            instance.sha256 = checksum
-            instance.received_at = event.received_at
-            instance.calling_ae = event.calling_ae
-            if replaced:
-                instance.replacements += 1
-            session.add(instance)
-            series.last_received_at = max(_as_utc(series.last_received_at), event.received_at)
-            study.last_received_at = max(_as_utc(study.last_received_at), event.received_at)
-        if old_path and old_path != relative:
-            (self._archive / old_path).unlink(missing_ok=True)
+        )
+        destination = resolve_under(self._archive, *relative.split("/"))
+        _place(arrival.source, destination)
+        folders.add(destination.parent)
+        replaced = bool(existing and existing.sha256 != arrival.checksum)
+        if existing and existing.path != relative:
+            superseded.append(self._archive / existing.path)
+        instance = existing or Instance(sop_instance_uid=uids.sop_instance_uid, replacements=0)
+        instance.series_pk = series.id
+        instance.sop_class_uid = uids.sop_class_uid
+        instance.transfer_syntax_uid = event.transfer_syntax_uid
+        instance.instance_number = integer(header, "InstanceNumber")
+        instance.path = relative
+        instance.size = arrival.size
+        instance.sha256 = arrival.checksum
+        instance.received_at = event.received_at
+        instance.calling_ae = event.calling_ae
         if replaced:
+            instance.replacements += 1
             log.info("replaced an instance with a newer copy of different content")
+        session.add(instance)
+        series.last_received_at = max(_as_utc(series.last_received_at), event.received_at)
+        study.last_received_at = max(_as_utc(study.last_received_at), event.received_at)
         return Outcome(
             filed=InstanceFiled(
                 sop_instance_uid=uids.sop_instance_uid,
@@ -279,7 +317,6 @@ def _place(source: Path, destination: Path) -> None:
     except OSError:
         temporary.unlink(missing_ok=True)
         raise
-    _fsync_directory(destination.parent)
 
 
 def _copy_synced(source: Path, target: Path) -> None:

@@ -9,7 +9,7 @@ import signal
 
 from services.sorter.filing import Filer
 from services.sorter.settings import SorterSettings
-from shared.broker import Publisher, connect, consume
+from shared.broker import Publisher, connect, consume_batches
 from shared.catalog.database import open_catalog
 from shared.logs import configure_logging
 from shared.messages import SORTER_QUEUE, InstanceReceived
@@ -31,19 +31,19 @@ async def run(settings: SorterSettings) -> None:
     publisher = Publisher(connection)
     await publisher.start()
 
-    async def on_instance_received(event: InstanceReceived) -> None:
-        outcome = await asyncio.to_thread(filer.file, event)
-        if outcome.filed is not None:
-            await publisher.publish(outcome.filed)
+    async def on_instances_received(events: list[InstanceReceived]) -> None:
+        outcomes = await asyncio.to_thread(filer.file_batch, events)
+        await asyncio.gather(*(publisher.publish(o.filed) for o in outcomes if o.filed is not None))
 
     log.info("sorting into %s", settings.archive_root)
     consumer = asyncio.create_task(
-        consume(
+        consume_batches(
             connection,
             SORTER_QUEUE,
             InstanceReceived,
-            on_instance_received,
+            on_instances_received,
             prefetch=settings.prefetch,
+            max_batch=settings.batch_size,
         )
     )
     await _until_stopped(consumer)

@@ -11,7 +11,8 @@ from shared.settings import CommonSettings
 
 class SorterSettings(CommonSettings):
     physician_aliases: Path | None = None
-    prefetch: int = Field(default=32, ge=1, le=1000)
+    prefetch: int = Field(default=128, ge=1, le=10_000)
+    batch_size: int = Field(default=64, ge=1, le=1000)
 
     @field_validator("physician_aliases")
     @classmethod

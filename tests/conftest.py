@@ -1,0 +1,73 @@
+"""Fixtures for the real things the tests talk to.
+
+Every test that needs RabbitMQ gets a virtual host of its own, every test that
+needs PostgreSQL a database of its own; both are created on the servers that
+run on this machine and removed afterwards. A missing server, DCMTK tool or
+test data folder fails the test: nothing here skips.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TESTDATA = REPO.parent / "shared" / "testdata" / "dicom"
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed (bash .ci/run installs what the tests need)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    if not (TESTDATA / "INVENTORY.md").is_file():
+        pytest.fail(f"the test data is missing: expected it at {TESTDATA}")
+    return TESTDATA
+
+
+@pytest.fixture
+def broker_url() -> Iterator[str]:
+    """A fresh RabbitMQ virtual host, so that no test sees another's queues."""
+    rabbitmqctl = require_tool("rabbitmqctl")
+    vhost = f"dcmdb-test-{uuid.uuid4().hex[:10]}"
+    subprocess.run([rabbitmqctl, "-q", "add_vhost", vhost], check=True)
+    subprocess.run(
+        [rabbitmqctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+    )
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    subprocess.run([rabbitmqctl, "-q", "delete_vhost", vhost], check=False)
+
+
+def _postgres_database() -> Iterator[str]:
+    name = f"dcmdb_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    yield from _postgres_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The catalog on each supported backend in turn."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    else:
+        yield from _postgres_database()

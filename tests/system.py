@@ -1,0 +1,133 @@
+"""Running dcmdb and DCMTK peers the way a user would: as processes, on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.conftest import REPO, require_tool
+
+AE_TITLE = "DCMDB"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def dcmtk_env() -> dict[str, str]:
+    # Without it DCMTK waits for Nagle's algorithm on every message on loopback.
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def echo(port: int, called_ae: str = AE_TITLE, calling_ae: str = "ECHOSCU") -> bool:
+    result = subprocess.run(
+        [require_tool("echoscu"), "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port)],
+        env=dcmtk_env(),
+        capture_output=True,
+        timeout=30,
+    )
+    return result.returncode == 0
+
+
+def storescu(
+    port: int,
+    paths: Iterable[Path],
+    *,
+    calling_ae: str = "STORESCU",
+    called_ae: str = AE_TITLE,
+    extra: Iterable[str] = (),
+) -> subprocess.CompletedProcess[str]:
+    """Send files (folders are scanned recursively), each in its own transfer syntax."""
+    command = [
+        require_tool("storescu"),
+        "-aet",
+        calling_ae,
+        "-aec",
+        called_ae,
+        "+sd",
+        "+r",
+        "-nh",  # no "halt on first invalid file": send the rest
+        *extra,
+        "127.0.0.1",
+        str(port),
+        *[str(p) for p in paths],
+    ]
+    return subprocess.run(command, env=dcmtk_env(), capture_output=True, text=True, timeout=600)
+
+
+@dataclass
+class Dcmdb:
+    """dcmdb started as ``dcmdb <command>`` with its settings in the environment."""
+
+    data_dir: Path
+    broker_url: str
+    database_url: str
+    port: int = field(default_factory=free_port)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "DCMDB_DATA_DIR": str(self.data_dir),
+            "DCMDB_BROKER_URL": self.broker_url,
+            "DCMDB_DATABASE_URL": self.database_url,
+            "DCMDB_DICOM_PORT": str(self.port),
+            "DCMDB_AE_TITLE": AE_TITLE,
+            "DCMDB_SWEEP_INTERVAL": "2",
+            **self.extra_env,
+        }
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / "dcmdb.log"
+
+    def start(self, command: str = "up") -> subprocess.Popen[bytes]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", command],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(process)
+        return process
+
+    def wait_until_listening(self, timeout: float = 30) -> None:
+        wait_for(lambda: echo(self.port), timeout, "the receiver to answer C-ECHO")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()

@@ -163,7 +163,8 @@ async def consume_batches(
     """Deliver the messages of ``queue`` to ``handler`` in batches; run until cancelled.
 
     A batch is what has arrived, up to ``max_batch`` messages, waiting at most
-    ``max_wait`` seconds after the first. When a batch fails for any reason
+    ``max_wait`` seconds after the first. Cancelling stops the consumer between
+    batches: the batch in hand is finished and settled first. When a batch fails for any reason
     but a transient one, its messages are settled one by one, so that a bad
     message is dead-lettered alone.
     """
@@ -181,7 +182,12 @@ async def consume_batches(
             if event is not None:
                 events.append((message, event))
         if events:
-            await _settle_batch(events, handler)
+            settling = asyncio.ensure_future(_settle_batch(events, handler))
+            try:
+                await asyncio.shield(settling)
+            except asyncio.CancelledError:
+                await settling  # stopping: finish and acknowledge the batch in hand first
+                raise
 
 
 async def _next_batch(

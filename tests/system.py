@@ -12,6 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
+
 from tests.conftest import REPO, require_tool
 
 AE_TITLE = "DCMDB"
@@ -73,6 +76,46 @@ def storescu(
     return subprocess.run(command, env=dcmtk_env(), capture_output=True, text=True, timeout=600)
 
 
+# storescu proposes explicit VR little endian first (and converts to it), and
+# no compressed syntax at all, unless told otherwise.
+_PROPOSE = {
+    "1.2.840.10008.1.2": "-xi",
+    "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.57": "-xs",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+    "1.2.840.10008.1.2.1.99": "-xd",
+}
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """The DICOM Part 10 files under ``folder`` (what storescu can send as they are)."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                if handle.read(132)[128:] == b"DICM":
+                    files.append(path)
+    return files
+
+
+def send_dicom(port: int, files: Iterable[Path], **options: object) -> None:
+    """Send each file in its own transfer syntax with storescu; fail on any refusal."""
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        syntax = str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        groups.setdefault(_PROPOSE.get(syntax, ""), []).append(path)
+    for flag, paths in groups.items():
+        result = storescu(port, paths, extra=[flag] if flag else [], **options)  # type: ignore[arg-type]
+        assert result.returncode == 0 and "E:" not in result.stderr, result.stderr[-3000:]
+
+
 @dataclass
 class Dcmdb:
     """dcmdb started as ``dcmdb <command>`` with its settings in the environment."""
@@ -131,3 +174,26 @@ class Dcmdb:
                 process.kill()
                 process.wait()
         self.processes.clear()
+
+
+def send_raw(port: int, path: Path, *, calling_ae: str = "RAWSCU") -> int:
+    """C-STORE the data set bytes of ``path`` exactly as they are in the file; the status.
+
+    DCMTK refuses to send a malformed object, so hostile input goes through
+    pynetdicom's chunked sending, which copies the bytes after the file meta
+    information without parsing them.
+    """
+    from pynetdicom import AE, _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    meta = read_file_meta_info(path)
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title=AE_TITLE)
+    assert assoc.is_established, "association refused"
+    try:
+        status = assoc.send_c_store(path)
+        assert "Status" in status, "no response to the C-STORE"
+        return int(status.Status)
+    finally:
+        assoc.release()

@@ -84,7 +84,8 @@ class Receiver:
 
     def on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
-        calling_ae = _calling_ae(assoc)
+        # The requestor's details are filled in only after this event: read the request.
+        calling_ae = str(assoc.requestor.primitive.calling_ae_title).strip()
         host = assoc.requestor.address
         allowed_aes = self.settings.allowed_calling_aes
         allowed_hosts = self.settings.allowed_hosts

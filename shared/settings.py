@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
-from pydantic import ValidationError, model_validator
+from pydantic import ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "DCMDB_"
@@ -46,9 +46,14 @@ class CommonSettings(BaseSettings):
         object.__setattr__(self, "archive_dir", archive)
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'catalog.sqlite'}")
-        if not self.broker_url.startswith(("amqp://", "amqps://")):
-            raise ValueError("broker_url must start with amqp:// or amqps://")
         return self
+
+    @field_validator("broker_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must start with amqp:// or amqps://")
+        return value
 
     @property
     def incoming_dir(self) -> Path:

@@ -1,0 +1,112 @@
+"""Settings: a bad value stops a service at start with one line naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.receiver.settings import ReceiverSettings
+from shared.settings import CommonSettings, ConfigurationError, load_settings
+from tests.conftest import REPO
+from tests.system import free_port, wait_for
+
+
+def run_service(command: str, env: dict[str, str], tmp_path: Path, seconds: float = 20):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DCMDB_")}
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", command],
+        cwd=tmp_path,  # no .env of the project's
+        env={**clean, "PYTHONPATH": str(REPO), "DCMDB_DATA_DIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=seconds,
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value"),
+    [
+        ("receiver", "DCMDB_DICOM_PORT", "eleven"),
+        ("receiver", "DCMDB_DICOM_PORT", "70000"),
+        ("receiver", "DCMDB_AE_TITLE", "A_TITLE_LONGER_THAN_16"),
+        ("receiver", "DCMDB_LOG_LEVEL", "LOUD"),
+        ("sorter", "DCMDB_BROKER_URL", "http://127.0.0.1:5672/"),
+        ("sorter", "DCMDB_PHYSICIAN_ALIASES", "/nonexistent/aliases.yaml"),
+    ],
+)
+def test_a_bad_value_stops_the_service_with_one_line(
+    command: str, variable: str, value: str, tmp_path: Path
+) -> None:
+    result = run_service(command, {variable: value}, tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0] and "Traceback" not in result.stderr
+
+
+def test_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DCMDB_ALLOWED_CALLING_AES", " PACS ,SCANNER1,,")
+    monkeypatch.setenv("DCMDB_ALLOWED_HOSTS", "10.0.0.5")
+    settings = load_settings(ReceiverSettings)
+    assert settings.allowed_calling_aes == ("PACS", "SCANNER1")
+    assert settings.allowed_hosts == ("10.0.0.5",)
+
+
+def test_paths_derive_from_the_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DCMDB_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("DCMDB_ARCHIVE_DIR", raising=False)
+    monkeypatch.delenv("DCMDB_DATABASE_URL", raising=False)
+    settings = load_settings(CommonSettings)
+    assert settings.archive_root == tmp_path / "archive"
+    assert settings.incoming_dir == tmp_path / "incoming"
+    assert settings.catalog_url == f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+
+
+def test_load_settings_names_every_bad_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DCMDB_DICOM_PORT", "0")
+    monkeypatch.setenv("DCMDB_SWEEP_INTERVAL", "-1")
+    with pytest.raises(ConfigurationError) as error:
+        load_settings(ReceiverSettings)
+    assert "DCMDB_DICOM_PORT" in str(error.value) and "DCMDB_SWEEP_INTERVAL" in str(error.value)
+
+
+def _retry_lines(command: str, env: dict[str, str], tmp_path: Path, marker: str) -> list[str]:
+    """Run a service until it has logged ``marker`` twice; it must still be running then."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DCMDB_")}
+    log = tmp_path / "service.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", command],
+            cwd=tmp_path,
+            env={**clean, "PYTHONPATH": str(REPO), "DCMDB_DATA_DIR": str(tmp_path), **env},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(lambda: log.read_text().count(marker) >= 2, 30, f"two '{marker}' lines")
+            assert process.poll() is None, f"{command} died instead of retrying"
+        finally:
+            process.terminate()
+            process.wait(30)
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    return [line for line in text.splitlines() if marker in line]
+
+
+@pytest.mark.integration
+def test_an_unreachable_broker_gives_clear_lines_and_retries(tmp_path: Path) -> None:
+    url = f"amqp://guest:s3cret@127.0.0.1:{free_port()}/"
+    warnings = _retry_lines("sorter", {"DCMDB_BROKER_URL": url}, tmp_path, "RabbitMQ at")
+    assert "not reachable" in warnings[0]
+    assert "s3cret" not in (tmp_path / "service.log").read_text()
+
+
+@pytest.mark.integration
+def test_an_unreachable_database_gives_clear_lines_and_retries(tmp_path: Path) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/catalog"
+    warnings = _retry_lines("sorter", {"DCMDB_DATABASE_URL": url}, tmp_path, "catalog database")
+    assert "not reachable" in warnings[0]

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
 from pathlib import Path
 
 from shared.broker import Publisher, connect
@@ -47,7 +46,7 @@ class Announcer:
         self._confirmed: set[Path] = set()
         self._ready = threading.Event()
         self._lock = threading.Lock()
-        self._main: Future[None] | None = None
+        self._main: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -83,9 +82,9 @@ class Announcer:
         asyncio.set_event_loop(self._loop)
         self._queue = asyncio.Queue()
         self._ready.set()
-        self._main = asyncio.ensure_future(self._main_task(), loop=self._loop)
+        main = self._main = self._loop.create_task(self._main_task())
         try:
-            self._loop.run_until_complete(self._main)
+            self._loop.run_until_complete(main)
         except asyncio.CancelledError:
             pass
         finally:

@@ -22,10 +22,14 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from io import BytesIO
+from typing import Any, cast
 
 from pydicom.dataset import FileMetaDataset
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import EventHandlerType
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from services.receiver.announcer import Announcer
 from services.receiver.settings import ReceiverSettings
@@ -73,7 +77,7 @@ class Receiver:
         self._records: dict[int, AssociationRecord] = {}
         self._lock = threading.Lock()
 
-    def handlers(self) -> list[tuple[Any, Any]]:
+    def handlers(self) -> list[EventHandlerType]:
         return [
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_ACCEPTED, self.on_accepted),
@@ -85,7 +89,8 @@ class Receiver:
     def on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         # The requestor's details are filled in only after this event: read the request.
-        calling_ae = str(assoc.requestor.primitive.calling_ae_title).strip()
+        request = cast(A_ASSOCIATE, assoc.requestor.primitive)
+        calling_ae = str(request.calling_ae_title).strip()
         host = assoc.requestor.address
         allowed_aes = self.settings.allowed_calling_aes
         allowed_hosts = self.settings.allowed_hosts
@@ -102,8 +107,8 @@ class Receiver:
 
     def on_store(self, event: evt.Event) -> int:
         record = self._records[id(event.assoc)]
-        request = event.request
-        dataset = request.DataSet.getvalue()
+        request = cast(C_STORE, event.request)
+        dataset = cast(BytesIO, request.DataSet).getvalue()
         file_meta = _file_meta(event, record.calling_ae)
         transfer_syntax = str(file_meta.TransferSyntaxUID)
         try:

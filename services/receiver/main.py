@@ -48,6 +48,7 @@ def build_ae(settings: ReceiverSettings) -> AE:
     ae = AE(ae_title=settings.ae_title)
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
     ae.maximum_pdu_size = settings.maximum_pdu_size
     ae.network_timeout = settings.network_timeout

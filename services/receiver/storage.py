@@ -15,10 +15,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from io import BytesIO
 from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class IncomingStore:
 
 def part10_bytes(file_meta: FileMetaDataset, dataset: bytes) -> bytes:
     """The DICOM Part 10 file: preamble, file meta information, then the data set as received."""
-    meta = BytesIO()
+    meta = DicomBytesIO()
     write_file_meta_info(meta, file_meta, enforce_standard=True)
     return b"".join((PREAMBLE, meta.getvalue(), dataset))
 

@@ -19,6 +19,7 @@ keeps failing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustConnection,
 )
+from aio_pika.exceptions import ChannelInvalidStateError
 from pydantic import ValidationError
 
 from shared.errors import PermanentError, TransientError
@@ -127,7 +129,7 @@ class Publisher:
             type=event.routing_key,
             timestamp=event.occurred_at,
         )
-        await self._exchange.publish(message, routing_key=event.routing_key, mandatory=True)
+        await self._exchange.publish(message, routing_key=event.routing_key)
 
 
 Handler = Callable[[EventT], Awaitable[None]]
@@ -171,23 +173,32 @@ async def consume_batches(
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=max(prefetch, max_batch))
     await declare_topology(channel)
-    declared = await channel.get_queue(queue.name, ensure=False)
+    # ensure=True hands back the queue the robust channel tracks, so the
+    # consumer is restored when the connection comes back.
+    declared = await channel.get_queue(queue.name)
     arrivals: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
     await declared.consume(arrivals.put)
-    while True:
-        batch = await _next_batch(arrivals, max_batch, max_wait)
-        events = []
-        for message in batch:
-            event = await _decode(message, model)
-            if event is not None:
-                events.append((message, event))
-        if events:
-            settling = asyncio.ensure_future(_settle_batch(events, handler))
+    stopping = asyncio.Event()
+    try:
+        while True:
+            batch = await _next_batch(arrivals, max_batch, max_wait)
+            events = []
+            for message in batch:
+                event = await _decode(message, model)
+                if event is not None:
+                    events.append((message, event))
+            if not events:
+                continue
+            settling = asyncio.ensure_future(_settle_batch(events, handler, stopping))
             try:
                 await asyncio.shield(settling)
             except asyncio.CancelledError:
-                await settling  # stopping: finish and acknowledge the batch in hand first
+                stopping.set()
+                await settling  # finish and settle the batch in hand, then stop
                 raise
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
 
 
 async def _next_batch(
@@ -216,19 +227,34 @@ async def _decode(message: AbstractIncomingMessage, model: type[EventT]) -> Even
 
 
 async def _settle_batch(
-    events: list[tuple[AbstractIncomingMessage, EventT]], handler: BatchHandler[EventT]
+    events: list[tuple[AbstractIncomingMessage, EventT]],
+    handler: BatchHandler[EventT],
+    stopping: asyncio.Event,
+) -> None:
+    try:
+        await _handle_batch(events, handler, stopping)
+    except ChannelInvalidStateError:
+        # The connection went away: the broker redelivers what was not acknowledged.
+        log.warning("lost the broker while settling %d message(s); they come again", len(events))
+
+
+async def _handle_batch(
+    events: list[tuple[AbstractIncomingMessage, EventT]],
+    handler: BatchHandler[EventT],
+    stopping: asyncio.Event,
 ) -> None:
     for delay in (*TRANSIENT_RETRY_DELAYS, None):
         try:
             await handler([event for _, event in events])
         except TransientError as exc:
-            if delay is None:
+            if delay is None or stopping.is_set():
                 log.warning("requeueing %d message(s): %s", len(events), exc)
                 for message, _ in events:
                     await message.nack(requeue=True)
                 return
             log.warning("%s; retrying in %s s", exc, delay)
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
             continue
         except Exception as exc:
             if len(events) == 1:
@@ -236,7 +262,7 @@ async def _settle_batch(
                 return
             log.warning("a batch of %d failed; settling its messages one by one", len(events))
             for pair in events:
-                await _settle_batch([pair], handler)
+                await _handle_batch([pair], handler, stopping)
             return
         for message, _ in events:
             await message.ack()

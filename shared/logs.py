@@ -51,4 +51,5 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "text") -> N
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
-    logging.getLogger("aiormq").setLevel(logging.WARNING)
+    # Both report every failed connection attempt on their own; dcmdb says it once.
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)

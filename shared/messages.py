@@ -73,7 +73,7 @@ class AssociationClosed(Event):
     instances_stored: int
     instances_failed: int
     bytes_stored: int
-    study_instance_uids: list[str]
+    study_instance_uids: tuple[str, ...]
 
 
 class InstanceFiled(Event):

@@ -178,7 +178,7 @@ class Receiver:
                 instances_stored=record.stored,
                 instances_failed=record.failed,
                 bytes_stored=record.bytes_stored,
-                study_instance_uids=sorted(record.studies),
+                study_instance_uids=tuple(sorted(record.studies)),
             )
         )
 

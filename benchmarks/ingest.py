@@ -292,9 +292,14 @@ class Bench:
             if sort:
                 env["DCMDB_DATABASE_URL"] = f"sqlite:///{catalog}"
             command = "up" if sort else "receiver"
+            log = self.work / "logs" / f"dcmdb-{command}.log"
+            offset = log.stat().st_size if log.exists() else 0
             proc = self.kids.start(f"dcmdb-{command}", [str(DCMDB), command], env, self.work)
             try:
                 wait_until(f"dcmdb {command}", lambda: echo_ok("DCMDB", port), proc)
+                # Measure the service as it runs, not as it starts: wait for its publisher.
+                ready = b"announcing arrivals"
+                wait_until("dcmdb ready", lambda: ready in log.read_bytes()[offset:], proc)
                 if not sort:
                     seconds = self.send(key, "DCMDB", port)
                     self.expect("dcmdb incoming", count_files(data / "incoming", "*.dcm"))

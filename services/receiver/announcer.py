@@ -1,151 +1,213 @@
 """Announcing received instances on RabbitMQ without holding up the DICOM peer.
 
-The C-STORE handler runs in an association thread; it hands each event to
-``Announcer.announce`` and returns at once. A private asyncio loop publishes
-with publisher confirms. While the broker is away events wait in memory (up
-to a bound); the sweep republishes every file in ``incoming/`` that has no
-confirmed event in this process, so a file on disk is never stranded, across
-broker outages and receiver restarts alike. The sorter is idempotent, so a
-file announced twice is filed once.
+Publishing costs CPU (JSON, AMQP frames, confirms) that would compete with
+receiving for the interpreter lock, so it runs in a child process of the
+receiver. The C-STORE handler hands each event to ``Announcer.announce``, which
+writes its JSON to a pipe and returns at once.
+
+The child publishes with publisher confirms. While the broker is away events
+wait in memory (up to a bound). Its sweep, at start and every
+``sweep_interval`` seconds, announces every file in ``incoming/`` that has no
+confirmed or pending event, so a file on disk is never stranded: not by a
+broker outage, a full memory queue, a crashed child (the receiver starts a new
+one) or a restart. The sorter is idempotent, so a file announced twice is
+filed once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import multiprocessing
 import threading
-from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
+from services.receiver.storage import IncomingStore, received_time
 from shared.broker import Publisher, connect
-from shared.messages import Event, InstanceReceived
+from shared.errors import UnreadableObject
+from shared.headers import identifiers_of, read_header
+from shared.logs import configure_logging
+from shared.messages import AssociationClosed, Event, InstanceReceived
 
 log = logging.getLogger(__name__)
 
 MAX_WAITING = 10_000
 PUBLISHERS = 16
+_MODELS: dict[str, type[Event]] = {
+    model.routing_key: model for model in (InstanceReceived, AssociationClosed)
+}
+_STOP = b""
 
 
 class Announcer:
+    """The receiver's side: a pipe to the publishing child, restarted if it dies."""
+
     def __init__(
         self,
         broker_url: str,
-        *,
-        sweep: Callable[[set[Path]], list[InstanceReceived]],
-        sweep_interval: float,
         data_dir: Path,
+        quarantine_dir: Path,
+        sweep_interval: float,
+        log_level: str,
+        log_format: str,
     ) -> None:
-        self._broker_url = broker_url
-        self._sweep = sweep
-        self._sweep_interval = sweep_interval
-        self._data_dir = data_dir
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="announcer", daemon=True)
-        self._queue: asyncio.Queue[Event] | None = None
-        self._in_flight: set[Path] = set()  # announced, not yet confirmed
-        self._confirmed: set[Path] = set()
-        self._ready = threading.Event()
+        self._args = (broker_url, data_dir, quarantine_dir, sweep_interval, log_level, log_format)
+        self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
-        self._main: asyncio.Task[None] | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._pipe: Connection | None = None
+        self._stopping = threading.Event()
+        self._monitor = threading.Thread(target=self._watch, name="announcer-watch", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
-        self._ready.wait()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Publish what is waiting (up to ``timeout``), then stop."""
-        asyncio.run_coroutine_threadsafe(self._drain(timeout), self._loop).result(timeout + 5)
-        if self._main:
-            self._loop.call_soon_threadsafe(self._main.cancel)
-        self._thread.join(timeout=5)
+        self._spawn()
+        self._monitor.start()
 
     def announce(self, event: Event) -> None:
-        """Thread-safe and non-blocking; called from the association threads."""
-        if isinstance(event, InstanceReceived):
-            with self._lock:
-                self._in_flight.add(self._path(event))
-        self._loop.call_soon_threadsafe(self._enqueue, event)
+        """Thread-safe; never blocks for the broker."""
+        message = event.routing_key.encode() + b"\n" + event.to_bytes()
+        with self._lock:
+            if self._pipe is None:
+                return  # restarting: its start-up sweep covers this file
+            try:
+                self._pipe.send_bytes(message)
+            except OSError:
+                self._pipe = None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Let the child publish what waits (up to ``timeout``), then end it."""
+        self._stopping.set()
+        with self._lock:
+            if self._pipe is not None:
+                with contextlib.suppress(OSError):
+                    self._pipe.send_bytes(_STOP)
+        if self._process is not None:
+            self._process.join(timeout)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._process.join(5)
+
+    def _spawn(self) -> None:
+        receiving, sending = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=run_announcer, args=(receiving, *self._args), name="announcer", daemon=True
+        )
+        process.start()
+        receiving.close()
+        with self._lock:
+            self._process, self._pipe = process, sending
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            if self._process is not None and not self._process.is_alive():
+                log.error(
+                    "the announcer process exited (code %s); starting a new one",
+                    self._process.exitcode,
+                )
+                with self._lock:
+                    self._pipe = None
+                self._spawn()
+
+
+def run_announcer(
+    pipe: Connection,
+    broker_url: str,
+    data_dir: Path,
+    quarantine_dir: Path,
+    sweep_interval: float,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """The child process: publish what the receiver hands over, and sweep."""
+    configure_logging("receiver", log_level, log_format)
+    publishing = _Publishing(broker_url, data_dir, quarantine_dir, sweep_interval)
+    asyncio.run(publishing.run(pipe))
+
+
+class _Publishing:
+    def __init__(
+        self, broker_url: str, data_dir: Path, quarantine_dir: Path, sweep_interval: float
+    ) -> None:
+        self._broker_url = broker_url
+        self._data_dir = data_dir
+        self._quarantine = quarantine_dir
+        self._sweep_interval = sweep_interval
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._in_flight: set[Path] = set()  # announced, not yet confirmed
+        self._confirmed: set[Path] = set()
+
+    async def run(self, pipe: Connection) -> None:
+        loop = asyncio.get_running_loop()
+        stopped = loop.create_future()
+        reader = threading.Thread(
+            target=self._read, args=(pipe, loop, stopped), name="pipe", daemon=True
+        )
+        reader.start()
+        connection = await connect(self._broker_url, name="dcmdb-receiver")
+        publisher = Publisher(connection)
+        await publisher.start()
+        log.info("connected to RabbitMQ; announcing arrivals")
+        workers = [asyncio.create_task(self._publish_loop(publisher)) for _ in range(PUBLISHERS)]
+        sweeping = asyncio.create_task(self._sweep_loop())
+        await stopped
+        sweeping.cancel()
+        await self._drain(timeout=10.0)
+        for worker in workers:
+            worker.cancel()
+        await connection.close()
+
+    def _read(
+        self, pipe: Connection, loop: asyncio.AbstractEventLoop, stopped: asyncio.Future[None]
+    ) -> None:
+        while True:
+            try:
+                message = pipe.recv_bytes()
+            except (EOFError, OSError):
+                message = _STOP  # the receiver is gone
+            if message == _STOP:
+                loop.call_soon_threadsafe(_resolve, stopped)
+                return
+            routing_key, _, body = message.partition(b"\n")
+            event = _MODELS[routing_key.decode()].from_bytes(body)
+            loop.call_soon_threadsafe(self._enqueue, event)
 
     def _path(self, event: InstanceReceived) -> Path:
         return self._data_dir / event.incoming_path
 
     def _enqueue(self, event: Event) -> None:
-        assert self._queue is not None
-        if self._queue.qsize() >= MAX_WAITING and isinstance(event, InstanceReceived):
-            # The file is on disk; the sweep announces it once the broker is back.
-            with self._lock:
-                self._in_flight.discard(self._path(event))
-            return
+        if isinstance(event, InstanceReceived):
+            if self._queue.qsize() >= MAX_WAITING:
+                return  # the file is on disk: the sweep announces it when there is room
+            self._in_flight.add(self._path(event))
         self._queue.put_nowait(event)
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._queue = asyncio.Queue()
-        self._ready.set()
-        main = self._main = self._loop.create_task(self._main_task())
-        try:
-            self._loop.run_until_complete(main)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            self._loop.close()
-
-    async def _main_task(self) -> None:
-        connection = await connect(self._broker_url, name="dcmdb-receiver")
-        publisher = Publisher(connection)
-        await _retry_forever(publisher.start, "declaring the broker topology")
-        log.info("connected to RabbitMQ; announcing arrivals")
-        workers = [asyncio.create_task(self._publish_loop(publisher)) for _ in range(PUBLISHERS)]
-        try:
-            while True:
-                await self._run_sweep()
-                await asyncio.sleep(self._sweep_interval)
-        finally:
-            for worker in workers:
-                worker.cancel()
-            await connection.close()
-
-    async def _run_sweep(self) -> None:
-        with self._lock:
+    async def _sweep_loop(self) -> None:
+        while True:
             known = self._in_flight | self._confirmed
-        events = await asyncio.to_thread(self._sweep, known)
-        with self._lock:
+            events = await asyncio.to_thread(
+                sweep_incoming, self._data_dir, self._quarantine, known
+            )
             # Forget confirmations of files the sorter has taken away.
             self._confirmed = {path for path in self._confirmed if path.exists()}
-        if events:
-            log.info("sweep: announcing %d instance(s) waiting in incoming/", len(events))
-        for event in events:
-            self.announce(event)
+            if events:
+                log.info("sweep: announcing %d instance(s) waiting in incoming/", len(events))
+            for event in events:
+                self._enqueue(event)
+            await asyncio.sleep(self._sweep_interval)
 
     async def _publish_loop(self, publisher: Publisher) -> None:
-        assert self._queue is not None
         while True:
             event = await self._queue.get()
-            await self._publish_until_confirmed(publisher, event)
-            self._queue.task_done()
-
-    async def _publish_until_confirmed(self, publisher: Publisher, event: Event) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await publisher.publish(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("publishing %s failed (%s); retrying", event.routing_key, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
+            await _publish_until_confirmed(publisher, event)
             if isinstance(event, InstanceReceived):
                 path = self._path(event)
-                with self._lock:
-                    self._in_flight.discard(path)
-                    self._confirmed.add(path)
-            return
+                self._in_flight.discard(path)
+                self._confirmed.add(path)
+            self._queue.task_done()
 
     async def _drain(self, timeout: float) -> None:
-        if self._queue is None:
-            return
         try:
             await asyncio.wait_for(self._queue.join(), timeout)
         except TimeoutError:
@@ -155,13 +217,55 @@ class Announcer:
             )
 
 
-async def _retry_forever(action: Callable[[], Awaitable[None]], what: str) -> None:
-    delay = 1.0
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _publish_until_confirmed(publisher: Publisher, event: Event) -> None:
+    delay = 0.5
     while True:
         try:
-            await action()
+            await publisher.publish(event)
             return
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
-            log.warning("%s failed (%s); retrying in %.0f s", what, exc, delay)
+            log.warning("publishing %s failed (%s); retrying", event.routing_key, exc)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, 10.0)
+
+
+def sweep_incoming(data_dir: Path, quarantine: Path, known: set[Path]) -> list[InstanceReceived]:
+    """Events for the files in ``incoming/`` that no confirmed or pending event covers."""
+    events = []
+    for path in IncomingStore.waiting_in(data_dir / "incoming"):
+        if path in known:
+            continue
+        try:
+            header = read_header(path)
+            uids = identifiers_of(header)
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue  # filed by the sorter meanwhile
+        except UnreadableObject as exc:
+            log.error("moving an unreadable file from incoming/ to quarantine/: %s", exc)
+            path.rename(quarantine / path.name)
+            continue
+        meta = header.file_meta
+        events.append(
+            InstanceReceived(
+                sop_instance_uid=uids.sop_instance_uid,
+                sop_class_uid=uids.sop_class_uid,
+                study_instance_uid=uids.study_instance_uid,
+                series_instance_uid=uids.series_instance_uid,
+                transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")),
+                incoming_path=str(path.relative_to(data_dir)),
+                size=size,
+                received_at=received_time(path.name),
+                calling_ae=str(meta.get("SourceApplicationEntityTitle", "")).strip(),
+                peer_host="",
+                association_id="sweep",
+            )
+        )
+    return events

@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from io import BytesIO
 from typing import Any, cast
 
-from pydicom.dataset import FileMetaDataset
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
@@ -33,7 +32,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from services.receiver.announcer import Announcer
 from services.receiver.settings import ReceiverSettings
-from services.receiver.storage import IncomingStore, StorageFailed
+from services.receiver.storage import FileMeta, IncomingStore, StorageFailed
 from shared.errors import MissingIdentifier, UnreadableObject
 from shared.headers import read_identifiers
 from shared.messages import AssociationClosed, InstanceReceived
@@ -109,14 +108,19 @@ class Receiver:
         record = self._records[id(event.assoc)]
         request = cast(C_STORE, event.request)
         dataset = cast(BytesIO, request.DataSet).getvalue()
-        file_meta = _file_meta(event, record.calling_ae)
-        transfer_syntax = str(file_meta.TransferSyntaxUID)
+        transfer_syntax = str(event.context.transfer_syntax)
         try:
             uids = read_identifiers(dataset, transfer_syntax)
         except UnreadableObject as exc:
             record.failed += 1
             status = MISSING_UID if isinstance(exc, MissingIdentifier) else CANNOT_PARSE
-            kept = self.store.quarantine_object(file_meta, dataset, str(exc), record.calling_ae)
+            meta = FileMeta(
+                str(request.AffectedSOPClassUID),
+                str(request.AffectedSOPInstanceUID),
+                transfer_syntax,
+                record.calling_ae,
+            )
+            kept = self.store.quarantine_object(meta, dataset, str(exc))
             log.warning(
                 "unreadable object from %s quarantined as %s: %s",
                 record.calling_ae,
@@ -124,8 +128,11 @@ class Receiver:
                 exc,
             )
             return status
+        meta = FileMeta(
+            uids.sop_class_uid, uids.sop_instance_uid, transfer_syntax, record.calling_ae
+        )
         try:
-            stored = self.store.store(file_meta, dataset)
+            stored = self.store.store(meta, dataset)
         except StorageFailed as exc:
             record.failed += 1
             log.error("answering 0xA700 to %s: %s", record.calling_ae, exc)
@@ -185,9 +192,3 @@ class Receiver:
 
 def _calling_ae(assoc: Any) -> str:
     return str(assoc.requestor.ae_title).strip()
-
-
-def _file_meta(event: evt.Event, calling_ae: str) -> FileMetaDataset:
-    meta = event.file_meta
-    meta.SourceApplicationEntityTitle = calling_ae
-    return meta

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from pathlib import Path
 
 from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -13,11 +12,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from services.receiver.announcer import Announcer
 from services.receiver.handlers import Receiver
 from services.receiver.settings import ReceiverSettings
-from services.receiver.storage import IncomingStore, received_time
-from shared.errors import UnreadableObject
-from shared.headers import identifiers_of, read_header
+from services.receiver.storage import IncomingStore
+from services.receiver.transport import start_storage_server
 from shared.logs import configure_logging
-from shared.messages import InstanceReceived
 from shared.settings import load_settings
 
 log = logging.getLogger("dcmdb.receiver")
@@ -50,7 +47,6 @@ def build_ae(settings: ReceiverSettings) -> AE:
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
-    ae.maximum_pdu_size = settings.maximum_pdu_size
     ae.network_timeout = settings.network_timeout
     ae.acse_timeout = 30
     ae.dimse_timeout = settings.network_timeout
@@ -58,57 +54,25 @@ def build_ae(settings: ReceiverSettings) -> AE:
     return ae
 
 
-def sweep_incoming(
-    store: IncomingStore, data_dir: Path, known: set[Path]
-) -> list[InstanceReceived]:
-    """Events for files in ``incoming/`` that no confirmed or pending event covers."""
-    events = []
-    for path in store.waiting_files():
-        if path in known:
-            continue
-        try:
-            header = read_header(path)
-            uids = identifiers_of(header)
-            size = path.stat().st_size
-        except FileNotFoundError:
-            continue  # filed by the sorter meanwhile
-        except UnreadableObject as exc:
-            log.error("moving an unreadable file from incoming/ to quarantine/: %s", exc)
-            path.rename(store.quarantine / path.name)
-            continue
-        meta = header.file_meta
-        events.append(
-            InstanceReceived(
-                sop_instance_uid=uids.sop_instance_uid,
-                sop_class_uid=uids.sop_class_uid,
-                study_instance_uid=uids.study_instance_uid,
-                series_instance_uid=uids.series_instance_uid,
-                transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")),
-                incoming_path=str(path.relative_to(data_dir)),
-                size=size,
-                received_at=received_time(path.name),
-                calling_ae=str(meta.get("SourceApplicationEntityTitle", "")).strip(),
-                peer_host="",
-                association_id="sweep",
-            )
-        )
-    return events
-
-
 def run(settings: ReceiverSettings) -> None:
     settings.warn_if_open()
     store = IncomingStore(settings.incoming_dir, settings.quarantine_dir)
     announcer = Announcer(
         settings.broker_url,
-        sweep=lambda known: sweep_incoming(store, settings.data_dir, known),
-        sweep_interval=settings.sweep_interval,
-        data_dir=settings.data_dir,
+        settings.data_dir,
+        settings.quarantine_dir,
+        settings.sweep_interval,
+        settings.log_level,
+        settings.log_format,
     )
     announcer.start()
     receiver = Receiver(settings, store, announcer)
     ae = build_ae(settings)
-    ae.start_server(
-        (settings.dicom_host, settings.dicom_port), block=False, evt_handlers=receiver.handlers()
+    start_storage_server(
+        ae,
+        (settings.dicom_host, settings.dicom_port),
+        receiver.handlers(),
+        maximum_pdu_size=settings.maximum_pdu_size,
     )
     log.info(
         "receiver %s listening on %s:%d",
@@ -123,7 +87,6 @@ def run(settings: ReceiverSettings) -> None:
     log.info("stopping: no new associations; finishing the open ones")
     ae.shutdown()
     announcer.stop()
-    store.close()
     log.info("receiver stopped")
 
 

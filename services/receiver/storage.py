@@ -1,9 +1,16 @@
 """Durable storage of received instances in ``incoming/`` and ``quarantine/``.
 
 An instance is acknowledged only once it is on disk: written to a temporary
-file, fsynced, renamed into ``incoming/`` and the directory fsynced. Its bytes
-are the ones received; nothing is decoded or re-encoded. File names carry no
-tag values at all: a nanosecond stamp and a random part.
+file in ``incoming/.partial/``, fsynced, then renamed into ``incoming/``. Its
+bytes are the ones received; nothing is decoded or re-encoded.
+
+The directory is not fsynced after the rename (that second sync would double
+the cost of every instance); instead each file's name carries its size, and at
+start any file in ``.partial/`` that is complete, so possibly acknowledged
+before a power cut undid its rename, is moved on into ``incoming/``. One that is
+incomplete was never acknowledged: the sender saw a failure and resends it.
+
+File names carry no tag values: a nanosecond stamp, a random part and the size.
 """
 
 from __future__ import annotations
@@ -11,15 +18,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,31 @@ class StoredFile:
     received_at: datetime
 
 
+@dataclass(frozen=True)
+class FileMeta:
+    """What the file meta information of a received instance says."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    source_ae: str
+
+    def encode(self) -> bytes:
+        """Group 0002 in explicit VR little endian, as PS3.10 7.1 lays it out."""
+        elements = b"".join(
+            (
+                _element(0x0001, b"OB", b"\x00\x01"),
+                _element(0x0002, b"UI", _uid(self.sop_class_uid)),
+                _element(0x0003, b"UI", _uid(self.sop_instance_uid)),
+                _element(0x0010, b"UI", _uid(self.transfer_syntax_uid)),
+                _element(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID)),
+                _element(0x0013, b"SH", _text(PYNETDICOM_IMPLEMENTATION_VERSION)),
+                _element(0x0016, b"AE", _text(self.source_ae)),
+            )
+        )
+        return _element(0x0000, b"UL", struct.pack("<L", len(elements))) + elements
+
+
 class IncomingStore:
     """Writes each received instance atomically into ``incoming/``."""
 
@@ -47,39 +78,33 @@ class IncomingStore:
         self._partial = incoming / ".partial"
         for folder in (incoming, quarantine, self._partial):
             folder.mkdir(parents=True, exist_ok=True)
-        self._incoming_fd = os.open(incoming, os.O_RDONLY | os.O_DIRECTORY)
-        self._discard_partial_files()
+        self._recover_partial_files()
 
-    def close(self) -> None:
-        os.close(self._incoming_fd)
-
-    def store(self, file_meta: FileMetaDataset, dataset: bytes) -> StoredFile:
+    def store(self, meta: FileMeta, dataset: bytes) -> StoredFile:
         """Make the instance durable in ``incoming/``; raise StorageFailed if it cannot be."""
-        name = f"{time_stamp()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
+        header = PREAMBLE + meta.encode()
+        size = len(header) + len(dataset)
+        name = f"{time_stamp()}-{uuid.uuid4().hex[:12]}-{size}{SUFFIX}"
         partial = self._partial / name
-        content = part10_bytes(file_meta, dataset)
         try:
-            _write_synced(partial, content)
+            _write_synced(partial, header, dataset)
             os.rename(partial, self.incoming / name)
-            os.fsync(self._incoming_fd)
         except OSError as exc:
             partial.unlink(missing_ok=True)
             raise StorageFailed(exc.errno, f"cannot store instance: {exc.strerror}") from exc
-        return StoredFile(self.incoming / name, len(content), received_time(name))
+        return StoredFile(self.incoming / name, size, received_time(name))
 
-    def quarantine_object(
-        self, file_meta: FileMetaDataset, dataset: bytes, reason: str, calling_ae: str
-    ) -> Path | None:
+    def quarantine_object(self, meta: FileMeta, dataset: bytes, reason: str) -> Path | None:
         """Keep an unreadable object with the reason beside it, for an admin to look at."""
         stem = f"{time_stamp()}-{uuid.uuid4().hex[:12]}"
         target = self.quarantine / f"{stem}{SUFFIX}"
         note = {
             "reason": reason,
-            "calling_ae": calling_ae,
+            "calling_ae": meta.source_ae,
             "received_at": datetime.now(UTC).isoformat(),
         }
         try:
-            _write_synced(target, part10_bytes(file_meta, dataset))
+            _write_synced(target, PREAMBLE + meta.encode(), dataset)
             _write_synced(self.quarantine / f"{stem}.json", json.dumps(note).encode())
         except OSError as exc:
             log.error("cannot quarantine an unreadable object: %s", exc)
@@ -87,21 +112,18 @@ class IncomingStore:
             return None
         return target
 
-    def waiting_files(self) -> list[Path]:
+    @staticmethod
+    def waiting_in(incoming: Path) -> list[Path]:
         """Instances in ``incoming/``, oldest first (the names start with a time stamp)."""
-        return sorted(self.incoming.glob(f"*{SUFFIX}"))
+        return sorted(incoming.glob(f"*{SUFFIX}"))
 
-    def _discard_partial_files(self) -> None:
-        # A partial file was never acknowledged: the sender saw a failure and resends.
+    def _recover_partial_files(self) -> None:
         for partial in self._partial.iterdir():
-            partial.unlink(missing_ok=True)
-
-
-def part10_bytes(file_meta: FileMetaDataset, dataset: bytes) -> bytes:
-    """The DICOM Part 10 file: preamble, file meta information, then the data set as received."""
-    meta = DicomBytesIO()
-    write_file_meta_info(meta, file_meta, enforce_standard=True)
-    return b"".join((PREAMBLE, meta.getvalue(), dataset))
+            if partial.stat().st_size == _size_in_name(partial.name):
+                log.warning("recovering %s, complete but not yet in incoming/", partial.name)
+                os.rename(partial, self.incoming / partial.name)
+            else:
+                partial.unlink(missing_ok=True)
 
 
 def time_stamp() -> str:
@@ -114,13 +136,36 @@ def received_time(name: str) -> datetime:
     return datetime.fromtimestamp(int(name[:20]) / 1e9, UTC)
 
 
-def _write_synced(path: Path, content: bytes) -> None:
+def _size_in_name(name: str) -> int:
+    try:
+        return int(name.removesuffix(SUFFIX).rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _element(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr in (b"OB", b"UN"):
+        return struct.pack("<HH2sHL", 0x0002, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _uid(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def _text(value: str) -> bytes:
+    raw = value.encode("ascii", "replace")
+    return raw + b" " if len(raw) % 2 else raw
+
+
+def _write_synced(path: Path, *parts: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
-        view = memoryview(content)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        for part in parts:
+            view = memoryview(part)
+            while view:
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -22,7 +22,9 @@ import errno
 import hashlib
 import logging
 import os
+import random
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,7 +53,8 @@ from shared.naming import (
 
 log = logging.getLogger(__name__)
 
-ATTEMPTS = 3  # concurrent sorters may race to create the same study or series
+ATTEMPTS = 10  # concurrent sorters may race to create the same rows, or deadlock on them
+_RETRYABLE = frozenset({"40P01", "40001"})  # PostgreSQL: deadlock detected, serialization failure
 
 
 @dataclass(frozen=True)
@@ -129,32 +132,46 @@ class Filer:
     def _record_all(self, arrivals: list[_Arrival]) -> list[Outcome]:
         for attempt in range(1, ATTEMPTS + 1):
             superseded: list[Path] = []
-            folders: set[Path] = set()
+            placements: list[tuple[Path, Path]] = []
             try:
                 with self._sessions.begin() as session:
-                    outcomes = [self._record(session, a, superseded, folders) for a in arrivals]
-                    for folder in folders:  # the new names are durable before the commit
+                    outcomes = [self._record(session, a, superseded, placements) for a in arrivals]
+                    # Every conflict with a concurrent sorter surfaces in this flush, before any
+                    # file is touched; from here to the commit the rows stay locked.
+                    session.flush()
+                    for source, destination in placements:
+                        _place(source, destination)
+                    for folder in {d.parent for _, d in placements}:  # durable before the commit
                         _fsync_directory(folder)
                 break
-            except IntegrityError:
+            except IntegrityError as exc:
                 if attempt == ATTEMPTS:
-                    raise
+                    raise TransientError(f"catalog conflict persists: {exc.orig}") from exc
                 log.debug("a concurrent sorter created the same row; trying again")
             except OperationalError as exc:
-                raise TransientError(f"catalog unavailable: {exc.orig}") from exc
+                if getattr(exc.orig, "sqlstate", None) not in _RETRYABLE or attempt == ATTEMPTS:
+                    raise TransientError(f"catalog unavailable: {exc.orig}") from exc
+                log.debug("deadlock with a concurrent sorter; trying again")
             except OSError as exc:
                 raise TransientError(f"cannot write to the archive: {exc}") from exc
+            time.sleep(random.uniform(0, 0.01 * attempt))  # let the other sorter commit first
         for path in superseded:
             path.unlink(missing_ok=True)
         return outcomes
 
     def _record(
-        self, session: Session, arrival: _Arrival, superseded: list[Path], folders: set[Path]
+        self,
+        session: Session,
+        arrival: _Arrival,
+        superseded: list[Path],
+        placements: list[tuple[Path, Path]],
     ) -> Outcome:
         event, header = arrival.event, arrival.header
         uids = identifiers_of(header)
-        existing = session.scalar(
-            select(Instance).where(Instance.sop_instance_uid == uids.sop_instance_uid)
+        existing = session.scalar(  # locked: a concurrent sorter waits here for our commit
+            select(Instance)
+            .where(Instance.sop_instance_uid == uids.sop_instance_uid)
+            .with_for_update()
         )
         if existing and _as_utc(existing.received_at) > event.received_at:
             log.info("discarding an older copy of an instance already filed")
@@ -170,8 +187,7 @@ class Filer:
             )
         )
         destination = resolve_under(self._archive, *relative.split("/"))
-        _place(arrival.source, destination)
-        folders.add(destination.parent)
+        placements.append((arrival.source, destination))  # placed once every row is flushed
         replaced = bool(existing and existing.sha256 != arrival.checksum)
         if existing and existing.path != relative:
             superseded.append(self._archive / existing.path)
@@ -314,9 +330,10 @@ def _place(source: Path, destination: Path) -> None:
         _copy_synced(source, temporary)  # the archive is on another filesystem
     try:
         os.replace(temporary, destination)
-    except OSError:
+    finally:
+        # rename() does nothing when both names are links to one file (the source was placed
+        # already: a redelivery after a crash, a batch retried): the temporary name stays.
         temporary.unlink(missing_ok=True)
-        raise
 
 
 def _copy_synced(source: Path, target: Path) -> None:

@@ -1,0 +1,78 @@
+"""Arrivals for the sorter: real DICOM files put into ``incoming/`` the way the receiver does.
+
+The receiver names each file ``<20-digit time_ns stamp>-<random>.dcm`` and announces it with
+an InstanceReceived whose ``received_at`` is read back from that stamp; so do these helpers.
+Stamps are handed out in increasing order, so a later arrival is a newer reception.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from pathlib import Path
+
+from pydicom import dcmread
+
+from services.receiver.storage import received_time
+from shared.headers import identifiers_of, read_header
+from shared.messages import InstanceReceived
+
+_clock = itertools.count(time.time_ns() // 10**6 * 10**6, 10**6)  # a millisecond apart
+
+
+def next_stamp() -> int:
+    """A reception time (ns) later than every one handed out before."""
+    return next(_clock)
+
+
+def has_file_meta(path: Path) -> bool:
+    """True for a DICOM Part 10 file: what the receiver writes into ``incoming/``."""
+    try:
+        meta = dcmread(path, stop_before_pixels=True, force=True).file_meta
+    except Exception:
+        return False
+    return "TransferSyntaxUID" in meta
+
+
+def dicom_files(testdata: Path, *folders: str) -> list[Path]:
+    """Part 10 files under ``<testdata>/<folder>/dicom``, all folders when none is named."""
+    roots = [testdata / f / "dicom" for f in folders] or sorted(testdata.glob("*/dicom"))
+    files = sorted(p for root in roots for p in root.rglob("*") if p.is_file())
+    return [p for p in files if has_file_meta(p)]
+
+
+def arrive(
+    content: bytes | Path,
+    data_dir: Path,
+    *,
+    stamp: int | None = None,
+    calling_ae: str = "TESTSCU",
+    event_path: Path | None = None,
+) -> InstanceReceived:
+    """Write ``content`` into ``data_dir/incoming`` as a newly received file; its event.
+
+    ``stamp`` (ns) fixes the reception time, so that several copies can share one;
+    ``event_path`` is the file the event's UIDs are read from when ``content`` is no DICOM.
+    """
+    data = content.read_bytes() if isinstance(content, Path) else content
+    stamp = next_stamp() if stamp is None else stamp
+    incoming = data_dir / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    path = incoming / f"{stamp:020d}-{uuid.uuid4().hex[:12]}.dcm"
+    path.write_bytes(data)
+    header = read_header(event_path or path)
+    uids = identifiers_of(header)
+    return InstanceReceived(
+        sop_instance_uid=uids.sop_instance_uid,
+        sop_class_uid=uids.sop_class_uid,
+        study_instance_uid=uids.study_instance_uid,
+        series_instance_uid=uids.series_instance_uid,
+        transfer_syntax_uid=str(header.file_meta.get("TransferSyntaxUID", "")),
+        incoming_path=str(path.relative_to(data_dir)),
+        size=len(data),
+        received_at=received_time(path.name),
+        calling_ae=calling_ae,
+        peer_host="127.0.0.1",
+        association_id=uuid.uuid4().hex,
+    )

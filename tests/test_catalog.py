@@ -1,0 +1,130 @@
+"""The catalog schema: Alembic migrations on SQLite and PostgreSQL, run by services at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import traceback
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, func, inspect, select, text
+
+from shared.catalog.database import MIGRATIONS, migrate, open_catalog
+from shared.catalog.models import Base, Patient
+
+pytestmark = pytest.mark.integration
+
+TABLES = {"patients", "studies", "series", "instances"}
+
+
+def head_revision() -> str:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+def versions(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return list(connection.scalars(text("SELECT version_num FROM alembic_version")))
+
+
+def schema(engine: Engine) -> dict[str, object]:
+    """Tables with their columns, unique constraints and indexes, as the database reports them."""
+    found = inspect(engine)
+    return {
+        table: (
+            [(c["name"], str(c["type"]), c["nullable"]) for c in found.get_columns(table)],
+            sorted(u["name"] or "" for u in found.get_unique_constraints(table)),
+            sorted(i["name"] or "" for i in found.get_indexes(table)),
+        )
+        for table in sorted(found.get_table_names())
+    }
+
+
+def test_migrations_create_the_tables_the_models_describe(catalog_url: str) -> None:
+    engine, _sessions = open_catalog(catalog_url, writer=True)
+    try:
+        assert set(inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
+        assert versions(engine) == [head_revision()]
+        with engine.connect() as connection:
+            differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        assert differences == [], "the migrations and shared/catalog/models.py disagree"
+        uniques = {
+            table: {
+                u["name"]: u["column_names"] for u in inspect(engine).get_unique_constraints(table)
+            }
+            for table in ("studies", "series")
+        }
+        # The sorter relies on these to detect two sorters giving one folder to two studies.
+        assert uniques["studies"]["uq_studies_folder"] == ["physician_folder", "folder"]
+        assert uniques["series"]["uq_series_folder"] == ["study_pk", "folder"]
+    finally:
+        engine.dispose()
+
+
+def test_migrating_twice_changes_nothing(catalog_url: str) -> None:
+    engine, sessions = open_catalog(catalog_url, writer=True)
+    try:
+        with sessions.begin() as session:
+            session.add(Patient(patient_id="P1", patient_name="Doe^Jane"))
+        before = schema(engine)
+        migrate(engine)
+        migrate(engine)
+        assert schema(engine) == before
+        assert versions(engine) == [head_revision()]
+        with sessions() as session:
+            assert session.scalars(select(Patient.patient_id)).all() == ["P1"]
+    finally:
+        engine.dispose()
+    engine, sessions = open_catalog(catalog_url, writer=True)  # a service restarting
+    try:
+        assert schema(engine) == before
+        with sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Patient)) == 1
+    finally:
+        engine.dispose()
+
+
+def _open_and_write(url: str, number: int, barrier: object, errors: object) -> None:
+    try:
+        barrier.wait(timeout=60)  # type: ignore[attr-defined]
+        engine, sessions = open_catalog(url, writer=number % 2 == 0)  # sorters and the API
+        with sessions.begin() as session:
+            session.add(Patient(patient_id=f"P{number}", patient_name=""))
+        engine.dispose()
+    except BaseException:
+        errors.put(f"process {number}:\n{traceback.format_exc()}")  # type: ignore[attr-defined]
+        raise
+
+
+@pytest.mark.timeout(120)
+def test_services_starting_at_once_all_open_the_fresh_catalog(catalog_url: str) -> None:
+    processes = 4
+    spawn = multiprocessing.get_context("spawn")
+    barrier, errors = spawn.Barrier(processes), spawn.Queue()
+    workers = [
+        spawn.Process(target=_open_and_write, args=(catalog_url, n, barrier, errors))
+        for n in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(90)
+    failures = []
+    while not errors.empty():
+        failures.append(errors.get())
+    assert not failures, "\n".join(failures)
+    assert [w.exitcode for w in workers] == [0] * processes
+    engine, sessions = open_catalog(catalog_url)
+    try:
+        assert versions(engine) == [head_revision()]
+        with sessions() as session:
+            ids = session.scalars(select(Patient.patient_id).order_by(Patient.patient_id)).all()
+        assert ids == [f"P{n}" for n in range(processes)]
+    finally:
+        engine.dispose()

@@ -1,0 +1,578 @@
+"""The event-driven storage SCP in services.receiver.transport, against real peers.
+
+DCMTK's storescu/echoscu and pynetdicom's own SCU talk to a server started
+in-process; hostile PDUs go over raw sockets. Every test also checks that no
+thread or file descriptor outlives its associations.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from services.receiver.transport import (
+    DEFAULT_MAXIMUM_PDU_SIZE,
+    decode_c_store_rq,
+    encode_c_store_rsp,
+    start_storage_server,
+)
+from tests.conftest import require_tool
+
+pytestmark = pytest.mark.integration
+
+AET = "TRANSPORT"
+PREAMBLE = b"\0" * 128 + b"DICM"
+MIB = 1024 * 1024
+
+# One folder per encoding we must carry unchanged: every transfer syntax in the
+# test data, and objects that are not images.
+FOLDERS = [
+    "siemens_transfer_syntaxes",
+    "pydicom_mr_small_transfer_syntax_variants",
+    "pydicom_nonimage_objects",
+    "pydicom_small_singles",
+    "d2n_mr_4slice_j2k",
+    "d2n_mr_4slice_jpegls",
+]
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Every association thread and socket must be gone shortly after a test."""
+    threads, fds = threading.active_count(), _open_fds()
+    yield
+    assert _wait_for(lambda: threading.active_count() <= threads), [
+        t.name for t in threading.enumerate()
+    ]
+    assert _wait_for(lambda: _open_fds() <= fds), sorted(_open_fds() - fds)
+
+
+class Receiver:
+    """The server under test, with a handler that writes what it receives."""
+
+    def __init__(self, out_dir: Path, **options: Any) -> None:
+        self.out_dir = out_dir
+        self.stored: list[tuple[str, str, Path]] = []  # (SOP Instance UID, syntax, file)
+        self.events: list[str] = []
+        self.pdu_sizes: list[int] = []
+        self._names = itertools.count()
+        self.ae = AE(ae_title=AET)
+        for context in AllStoragePresentationContexts:
+            self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.ae.add_supported_context(Verification)
+        for name in ("acse_timeout", "network_timeout"):
+            if name in options:
+                setattr(self.ae, name, options.pop(name))
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, lambda event: self._note("echo", 0x0000)),
+            (evt.EVT_RELEASED, lambda event: self._note("released")),
+            (evt.EVT_ABORTED, lambda event: self._note("aborted")),
+            (evt.EVT_CONN_CLOSE, lambda event: self._note("closed")),
+            (evt.EVT_DATA_RECV, lambda event: self.pdu_sizes.append(len(event.data))),
+            *options.pop("extra_handlers", []),
+        ]
+        self.server = start_storage_server(self.ae, ("127.0.0.1", 0), handlers, **options)
+        self.port = self.server.server_address[1]
+
+    def _note(self, what: str, result: Any = None) -> Any:
+        self.events.append(what)
+        return result
+
+    def _on_store(self, event: evt.Event) -> int:
+        path = self.out_dir / f"{next(self._names):04d}.dcm"
+        with path.open("wb") as f:
+            f.write(PREAMBLE)
+            write_file_meta_info(f, event.file_meta, enforce_standard=True)
+            f.write(event.request.DataSet.getvalue())
+        syntax = str(event.context.transfer_syntax)
+        self.stored.append((str(event.request.AffectedSOPInstanceUID), syntax, path))
+        return 0x0000
+
+    def stop(self) -> None:
+        self.ae.shutdown()
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Callable[..., Receiver]]:
+    started: list[Receiver] = []
+
+    def start(**options: Any) -> Receiver:
+        started.append(Receiver(tmp_path, **options))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def _dcmtk(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    # Without TCP_NODELAY DCMTK stalls ~40 ms per message on loopback
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    command = [require_tool(tool), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _own_syntax_profile(path: Path, files: list[Path]) -> Path:
+    """DCMTK profiles: "Own" has one context per (SOP class, syntax) of `files`.
+
+    storescu's built-in proposals convert compressed and big-endian files; with
+    a context per file's own syntax it sends every file as it is. "Accept" is
+    the same for an SCP, which wants one context per SOP class.
+    """
+    pairs = set()
+    for file in files:
+        ds = dcmread(file, force=True, stop_before_pixels=True)
+        meta = getattr(ds, "file_meta", None)
+        syntax = meta.get("TransferSyntaxUID", ImplicitVRLittleEndian) if meta else None
+        pairs.add((str(ds.SOPClassUID), str(syntax or ImplicitVRLittleEndian)))
+    syntaxes = sorted({syntax for _, syntax in pairs})
+    lines = ["[[TransferSyntaxes]]"]
+    for i, syntax in enumerate(syntaxes):
+        lines += [f"[TS{i}]", f"TransferSyntax1 = {syntax}"]
+    lines.append("[All]")
+    lines += [f"TransferSyntax{i} = {syntax}" for i, syntax in enumerate(syntaxes, 1)]
+    lines += ["[[PresentationContexts]]", "[Contexts]"]
+    for i, (sop_class, syntax) in enumerate(sorted(pairs), 1):
+        lines.append(f"PresentationContext{i} = {sop_class}\\TS{syntaxes.index(syntax)}")
+    lines.append("[AcceptContexts]")
+    for i, sop_class in enumerate(sorted({sop_class for sop_class, _ in pairs}), 1):
+        lines.append(f"PresentationContext{i} = {sop_class}\\All")
+    lines += ["[[Profiles]]", "[Own]", "PresentationContexts = Contexts"]
+    lines += ["[Accept]", "PresentationContexts = AcceptContexts"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _dataset_bytes(path: Path) -> bytes:
+    """The data set of a Part 10 file exactly as stored, after its meta group."""
+    raw = path.read_bytes()
+    (meta_length,) = struct.unpack_from("<L", raw, 132 + 8)
+    return raw[132 + 12 + meta_length :]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _as_received_by_dcmtk(profile: Path, files: list[Path], out: Path) -> dict[tuple, list]:
+    """{(SOP Instance UID, syntax): [data set bytes]} as DCMTK's storescp receives them.
+
+    storescu re-encodes what it sends (an OW may go out as OB), so the files on
+    disk are no reference for the bytes on the wire; storescp in bit-preserving
+    mode writes exactly what it read.
+    """
+    out.mkdir()
+    port = _free_port()
+    command = [require_tool("storescp"), "-xf", str(profile), "Accept", "+B", "+uf"]
+    command += ["-od", str(out), str(port)]
+    scp = subprocess.Popen(command, env={**os.environ, "TCP_NODELAY": "1"})
+    try:
+        assert _wait_for(lambda: _accepts(port)), "storescp did not start"
+        args = ["-aec", "ANY", "-xf", str(profile), "Own", "127.0.0.1", str(port)]
+        result = _dcmtk("storescu", *args, *map(str, files))
+        assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        scp.terminate()
+        scp.wait(timeout=10)
+    received: dict[tuple, list] = {}
+    for path in out.iterdir():
+        meta = dcmread(path, stop_before_pixels=True).file_meta
+        key = (str(meta.MediaStorageSOPInstanceUID), str(meta.TransferSyntaxUID))
+        received.setdefault(key, []).append(_dataset_bytes(path))
+    return received
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        # pynetdicom's own DIMSE decoding runs whenever somebody listens to
+        # EVT_DIMSE_RECV/SENT
+        {"maximum_pdu_size": 16384, "standard_logging": True},
+    ],
+    ids=["fast-path", "16k-pdu-pynetdicom-dimse"],
+)
+def test_storescu_files_arrive_unchanged_in_their_own_syntax(
+    receiver: Callable[..., Receiver], testdata: Path, tmp_path: Path, options: dict[str, Any]
+) -> None:
+    server = receiver(**options)
+    files = sorted(f for folder in FOLDERS for f in (testdata / folder / "dicom").iterdir())
+    profile = _own_syntax_profile(tmp_path / "own.cfg", files)
+
+    started = time.monotonic()
+    result = _dcmtk(
+        "storescu", "-aec", AET, "-xf", str(profile), "Own", "-pdu", "131072",
+        "127.0.0.1", str(server.port), *map(str, files),
+    )  # fmt: skip
+    # ~1 s; a missed wake-up costs the 0.5 s cap on every wait, per message
+    assert time.monotonic() - started < 10
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Converting transfer syntax" not in result.stdout + result.stderr
+    assert len(server.stored) == len(files)
+    remaining = list(server.stored)
+    for file in files:
+        source = dcmread(file, force=True)
+        meta = getattr(source, "file_meta", None)
+        syntax = str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian) if meta else "")
+        syntax = syntax or ImplicitVRLittleEndian
+        match = [s for s in remaining if s[:2] == (source.SOPInstanceUID, syntax)]
+        assert match, f"{file} did not arrive in {syntax}"
+        remaining.remove(match[0])
+        received = dcmread(match[0][2])
+        assert received.file_meta.TransferSyntaxUID == syntax
+        assert received.file_meta.MediaStorageSOPInstanceUID == source.SOPInstanceUID
+        if "PixelData" in source:
+            assert received.PixelData == source.PixelData, file
+        # storescu drops group lengths and trailing padding
+        ignore = {tag for tag in source.keys() if tag.element == 0 or tag == 0xFFFCFFFC}  # noqa: SIM118
+        tags = {elem.tag for elem in received} - ignore
+        assert tags == {elem.tag for elem in source} - ignore, file
+        for tag in tags:
+            assert received[tag].value == source[tag].value, (file, tag)
+    # and byte for byte as DCMTK's own SCP receives them
+    ours: dict[tuple, list] = {}
+    for uid, syntax, path in server.stored:
+        ours.setdefault((uid, syntax), []).append(_dataset_bytes(path))
+    reference = _as_received_by_dcmtk(profile, files, tmp_path / "storescp")
+    assert {k: sorted(v) for k, v in ours.items()} == {k: sorted(v) for k, v in reference.items()}
+
+    assert _wait_for(lambda: "closed" in server.events)
+    assert server.events == ["released", "closed"]
+    maximum = options.get("maximum_pdu_size", DEFAULT_MAXIMUM_PDU_SIZE)
+    # storescu fills its PDUs up to (a few bytes short of) our maximum
+    assert maximum - 64 < max(server.pdu_sizes) - 6 <= maximum
+
+
+def test_pynetdicom_scu_c_store_and_c_echo(
+    receiver: Callable[..., Receiver], testdata: Path
+) -> None:
+    server = receiver(maximum_pdu_size=8192)
+    source = testdata / "pydicom_small_singles" / "dicom" / "CT_small.dcm"
+    ds = dcmread(source)
+    scu = AE(ae_title="PYSCU")
+    scu.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    scu.add_requested_context(Verification)
+    assoc = scu.associate("127.0.0.1", server.port, ae_title=AET)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    status = assoc.send_c_store(ds)
+    assoc.release()
+
+    assert status.Status == 0x0000
+    assert max(server.pdu_sizes) == 8192 + 6  # PDUs of exactly our maximum pass
+    assert [s[0] for s in server.stored] == [ds.SOPInstanceUID]
+    assert _dataset_bytes(server.stored[0][2]) == _dataset_bytes(source)
+    assert _wait_for(lambda: "closed" in server.events)
+    assert server.events == ["echo", "released", "closed"]
+
+
+def test_tls(receiver: Callable[..., Receiver], testdata: Path, tmp_path: Path) -> None:
+    """TLS sockets hold decrypted bytes that select() does not see."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [require_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    server = receiver(maximum_pdu_size=4096, ssl_context=server_context)
+    source = testdata / "pydicom_small_singles" / "dicom" / "CT_small.dcm"
+    ds = dcmread(source)
+    scu = AE(ae_title="PYSCU")
+    scu.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    client_context = ssl.create_default_context(cafile=str(cert))
+    assoc = scu.associate(
+        "127.0.0.1", server.port, ae_title=AET, tls_args=(client_context, "localhost")
+    )
+    assert assoc.is_established
+    started = time.monotonic()
+    statuses = [assoc.send_c_store(ds).Status for _ in range(3)]
+    elapsed = time.monotonic() - started
+    assoc.release()
+
+    # Each PDU that waited for select() would cost a 0.5 s wake-up cap
+    assert elapsed < 1.5
+
+    assert statuses == [0x0000] * 3
+    assert [_dataset_bytes(path) for *_, path in server.stored] == [_dataset_bytes(source)] * 3
+    assert _wait_for(lambda: {"released", "closed"} <= set(server.events))
+
+
+def test_echoscu(receiver: Callable[..., Receiver]) -> None:
+    server = receiver()
+    result = _dcmtk("echoscu", "-aec", AET, "127.0.0.1", str(server.port))
+    assert result.returncode == 0, result.stderr
+    assert _wait_for(lambda: "closed" in server.events)
+    # EVT_RELEASED comes before EVT_CONN_CLOSE, as with pynetdicom's own server
+    assert server.events == ["echo", "released", "closed"]
+
+
+def test_storescu_abort_fires_aborted_and_closed(
+    receiver: Callable[..., Receiver], testdata: Path
+) -> None:
+    server = receiver()
+    file = testdata / "pydicom_small_singles" / "dicom" / "CT_small.dcm"
+    result = _dcmtk("storescu", "--abort", "-aec", AET, "127.0.0.1", str(server.port), str(file))
+    assert result.returncode == 0, result.stderr
+    assert _wait_for(lambda: "closed" in server.events)
+    assert "aborted" in server.events and "released" not in server.events
+    assert len(server.stored) == 1
+
+
+def test_rejected_association_ends_cleanly(receiver: Callable[..., Receiver]) -> None:
+    def reject(event: evt.Event) -> None:
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+
+    server = receiver(extra_handlers=[(evt.EVT_REQUESTED, reject)])
+    result = _dcmtk("echoscu", "-aec", AET, "127.0.0.1", str(server.port))
+    assert result.returncode != 0
+    assert "echo" not in server.events
+
+
+def _send_until_closed(sock: socket.socket, budget: int) -> int:
+    """Send junk until the peer closes or `budget` bytes are out; return bytes sent."""
+    chunk, sent = b"\0" * 65536, 0
+    sock.settimeout(5)
+    try:
+        while sent < budget:
+            sent += sock.send(chunk)
+    except OSError:  # reset, broken pipe or a peer that stopped reading
+        pass
+    return sent
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(5)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_oversized_pdu_before_association_is_refused_without_allocating(
+    receiver: Callable[..., Receiver],
+) -> None:
+    server = receiver()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(struct.pack(">BBL", 0x01, 0, 0xFFFFFFFF))  # a 4 GiB A-ASSOCIATE-RQ
+            sent = _send_until_closed(sock, budget=64 * MIB)
+            reply = _read_until_closed(sock)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sent < 64 * MIB, "the server kept reading a PDU it should have refused"
+    assert peak - before < 2 * MIB
+    assert reply in (b"", b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-ABORT if any
+    assert _wait_for(lambda: "closed" in server.events)
+
+
+def _padded_echo_pdu(context_id: int, message_id: int, pdu_length: int) -> bytes:
+    """A valid P-DATA-TF of `pdu_length` carrying a C-ECHO-RQ.
+
+    An unknown command element pads it; pynetdicom ignores such elements, so
+    only its declared length can make a receiver refuse it.
+    """
+    echo = C_ECHO()
+    echo.MessageID = message_id
+    echo.AffectedSOPClassUID = Verification
+    message = C_ECHO_RQ()
+    message.primitive_to_message(echo)
+    command = encode(message.command_set, True, True)
+    padding = pdu_length - 6 - len(command) - 8  # PDV header, element header
+    command += struct.pack("<HHL", 0x0000, 0x0003, padding) + b"\0" * padding
+    pdv = struct.pack(">LBB", 2 + len(command), context_id, 0x03) + command
+    return struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv
+
+
+def test_pdu_longer_than_negotiated_maximum_aborts_association(
+    receiver: Callable[..., Receiver],
+) -> None:
+    server = receiver(maximum_pdu_size=16384)
+    scu = AE(ae_title="PYSCU")
+    scu.add_requested_context(Verification)
+    assoc = scu.associate("127.0.0.1", server.port, ae_title=AET)
+    assert assoc.is_established
+    assert assoc.acceptor.maximum_length == 16384
+    context_id = assoc.accepted_contexts[0].context_id
+    raw = assoc.dul.socket.socket  # write beside pynetdicom, which keeps reading
+
+    raw.sendall(_padded_echo_pdu(context_id, 1, 16384))  # exactly what we agreed
+    assert _wait_for(lambda: "echo" in server.events)
+    raw.sendall(_padded_echo_pdu(context_id, 2, 16385))  # one byte more
+
+    assert _wait_for(lambda: assoc.is_aborted)
+    assert _wait_for(lambda: {"aborted", "closed"} <= set(server.events))
+    assert server.events.count("echo") == 1
+    raw.close()  # pynetdicom leaves it open when shutdown() fails
+
+
+def test_acse_timeout_closes_a_silent_connection(receiver: Callable[..., Receiver]) -> None:
+    server = receiver(acse_timeout=0.5)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        assert _read_until_closed(sock) == b""
+    assert time.monotonic() - started < 3
+    assert _wait_for(lambda: "closed" in server.events)
+
+
+def test_network_timeout_aborts_an_idle_association(receiver: Callable[..., Receiver]) -> None:
+    server = receiver(network_timeout=0.5)
+    scu = AE(ae_title="PYSCU")
+    scu.add_requested_context(Verification)
+    assoc = scu.associate("127.0.0.1", server.port, ae_title=AET)
+    assert assoc.is_established
+    started = time.monotonic()
+    assert _wait_for(lambda: assoc.is_aborted)
+    assert time.monotonic() - started < 3
+    assert _wait_for(lambda: "closed" in server.events)
+    assert "aborted" in server.events
+
+
+def test_shutdown_aborts_open_associations(receiver: Callable[..., Receiver]) -> None:
+    server = receiver()
+    scu = AE(ae_title="PYSCU")
+    scu.add_requested_context(Verification)
+    assoc = scu.associate("127.0.0.1", server.port, ae_title=AET)
+    assert assoc.is_established
+    server.stop()
+    assert _wait_for(lambda: assoc.is_aborted)
+    assert server.server not in server.ae._servers
+
+
+def _pynetdicom_rsp_bytes(rsp: C_STORE) -> bytes:
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    return encode(message.command_set, True, True)
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xB000, 0xC211])
+@pytest.mark.parametrize("class_uid", ["1.2.840.10008.5.1.4.1.1.4", None])
+@pytest.mark.parametrize("instance_uid", ["1.2.3.4", "1.2.3.45", None])
+def test_c_store_rsp_encoding_matches_pynetdicom(
+    status: int, class_uid: str | None, instance_uid: str | None
+) -> None:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = class_uid
+    rsp.AffectedSOPInstanceUID = instance_uid
+    rsp.Status = status
+    assert encode_c_store_rsp(rsp) == _pynetdicom_rsp_bytes(rsp)
+
+
+def test_c_store_rsp_with_error_comment_is_left_to_pynetdicom() -> None:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 1
+    rsp.Status = 0xC000
+    rsp.ErrorComment = "nope"
+    assert encode_c_store_rsp(rsp) is None
+
+
+def _pynetdicom_command_bytes(primitive: Any) -> bytes:
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    return encode(message.command_set, True, True)
+
+
+@pytest.mark.parametrize("move_originator", [None, ("MOVESCU", 12)])
+def test_c_store_rq_decoding_matches_pynetdicom(move_originator: tuple[str, int] | None) -> None:
+    request = C_STORE()
+    request.MessageID = 65535
+    request.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    request.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    request.Priority = 1
+    request.DataSet = BytesIO(b"\0" * 4)
+    if move_originator:
+        request.MoveOriginatorApplicationEntityTitle = move_originator[0]
+        request.MoveOriginatorMessageID = move_originator[1]
+    command = _pynetdicom_command_bytes(request)
+
+    decoded = decode_c_store_rq(command)
+
+    assert decoded is not None
+    message = C_STORE_RQ()  # what pynetdicom's receiver does with the same bytes
+    message.command_set = decode(BytesIO(command), True, True)
+    expected = message.message_to_primitive()
+    for name in (
+        "MessageID",
+        "AffectedSOPClassUID",
+        "AffectedSOPInstanceUID",
+        "Priority",
+        "MoveOriginatorApplicationEntityTitle",
+        "MoveOriginatorMessageID",
+    ):
+        assert getattr(decoded, name) == getattr(expected, name), name
+
+
+def test_other_commands_are_left_to_pynetdicom() -> None:
+    echo = C_ECHO()
+    echo.MessageID = 1
+    echo.AffectedSOPClassUID = Verification
+    message = C_ECHO_RQ()
+    message.primitive_to_message(echo)
+    assert decode_c_store_rq(encode(message.command_set, True, True)) is None
+
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    request.AffectedSOPInstanceUID = "1.2.3"
+    request.DataSet = BytesIO(b"\0" * 4)
+    good = _pynetdicom_command_bytes(request)
+    bad_uid = good.replace(b"1.2.3\0", b"1.2.\xe9\0")  # pynetdicom refuses non-ASCII
+    truncated = good[:-3]
+    assert decode_c_store_rq(good) is not None
+    assert decode_c_store_rq(bad_uid) is None
+    assert decode_c_store_rq(truncated) is None

@@ -27,7 +27,6 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 
@@ -37,18 +36,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.catalog.models import Instance, Patient, Series, Study
+from services.sorter.rows import BatchRows, as_utc
+from shared.catalog.models import Instance, Series, Study
 from shared.errors import TransientError
 from shared.headers import identifiers_of, integer, text
 from shared.messages import InstanceFiled, InstanceReceived
 from shared.naming import (
     PhysicianAliases,
     instance_file_name,
-    physician_folder,
     resolve_under,
-    series_folder_name,
-    study_folder_name,
-    with_uid_suffix,
 )
 
 log = logging.getLogger(__name__)
@@ -134,8 +130,15 @@ class Filer:
             superseded: list[Path] = []
             placements: list[tuple[Path, Path]] = []
             try:
-                with self._sessions.begin() as session:
-                    outcomes = [self._record(session, a, superseded, placements) for a in arrivals]
+                with self._sessions.begin() as session, session.no_autoflush:
+                    rows = BatchRows(
+                        session,
+                        self._aliases,
+                        {text(a.header, "SOPInstanceUID") for a in arrivals},
+                        {text(a.header, "StudyInstanceUID") for a in arrivals},
+                        {text(a.header, "SeriesInstanceUID") for a in arrivals},
+                    )
+                    outcomes = [self._record(rows, a, superseded, placements) for a in arrivals]
                     # Every conflict with a concurrent sorter surfaces in this flush, before any
                     # file is touched; from here to the commit the rows stay locked.
                     session.flush()
@@ -161,23 +164,19 @@ class Filer:
 
     def _record(
         self,
-        session: Session,
+        rows: BatchRows,
         arrival: _Arrival,
         superseded: list[Path],
         placements: list[tuple[Path, Path]],
     ) -> Outcome:
         event, header = arrival.event, arrival.header
         uids = identifiers_of(header)
-        existing = session.scalar(  # locked: a concurrent sorter waits here for our commit
-            select(Instance)
-            .where(Instance.sop_instance_uid == uids.sop_instance_uid)
-            .with_for_update()
-        )
-        if existing and _as_utc(existing.received_at) > event.received_at:
+        existing = rows.instances.get(uids.sop_instance_uid)
+        if existing and as_utc(existing.received_at) > event.received_at:
             log.info("discarding an older copy of an instance already filed")
             return Outcome(filed=None, duplicate=True)
-        study = self._study(session, header, event.received_at)
-        series = self._series(session, study, header, event.received_at)
+        study = rows.study(header, event.received_at)
+        series = rows.series(study, header, event.received_at)
         relative = "/".join(
             (
                 study.physician_folder,
@@ -191,7 +190,7 @@ class Filer:
         replaced = bool(existing and existing.sha256 != arrival.checksum)
         if existing and existing.path != relative:
             superseded.append(self._archive / existing.path)
-        instance = existing or Instance(sop_instance_uid=uids.sop_instance_uid, replacements=0)
+        instance = rows.instance(uids.sop_instance_uid)
         instance.series_pk = series.id
         instance.sop_class_uid = uids.sop_class_uid
         instance.transfer_syntax_uid = event.transfer_syntax_uid
@@ -204,9 +203,6 @@ class Filer:
         if replaced:
             instance.replacements += 1
             log.info("replaced an instance with a newer copy of different content")
-        session.add(instance)
-        series.last_received_at = max(_as_utc(series.last_received_at), event.received_at)
-        study.last_received_at = max(_as_utc(study.last_received_at), event.received_at)
         return Outcome(
             filed=InstanceFiled(
                 sop_instance_uid=uids.sop_instance_uid,
@@ -220,72 +216,6 @@ class Filer:
             replaced=replaced,
         )
 
-    def _study(self, session: Session, header: Dataset, received_at: datetime) -> Study:
-        uid = text(header, "StudyInstanceUID")
-        study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
-        if study:
-            return study
-        patient = self._patient(session, header)
-        physician = physician_folder(header.get("ReferringPhysicianName"), self._aliases)
-        folder = study_folder_name(
-            text(header, "StudyDate"), text(header, "PatientID"), text(header, "StudyDescription")
-        )
-        taken = select(Study.id).where(Study.physician_folder == physician, Study.folder == folder)
-        if session.scalar(taken) is not None:
-            folder = with_uid_suffix(folder, uid)
-        study = Study(
-            study_instance_uid=uid,
-            patient_pk=patient.id,
-            physician_name=text(header, "ReferringPhysicianName"),
-            physician_folder=physician,
-            folder=folder,
-            study_date=_dicom_date(text(header, "StudyDate")),
-            study_time=text(header, "StudyTime") or None,
-            description=text(header, "StudyDescription"),
-            accession_number=text(header, "AccessionNumber"),
-            received_at=received_at,
-            last_received_at=received_at,
-        )
-        session.add(study)
-        session.flush()
-        return study
-
-    def _series(
-        self, session: Session, study: Study, header: Dataset, received_at: datetime
-    ) -> Series:
-        uid = text(header, "SeriesInstanceUID")
-        series = session.scalar(select(Series).where(Series.series_instance_uid == uid))
-        if series:
-            return series
-        number = integer(header, "SeriesNumber")
-        description = text(header, "SeriesDescription") or text(header, "ProtocolName")
-        folder = series_folder_name(number, description or text(header, "Modality"))
-        taken = select(Series.id).where(Series.study_pk == study.id, Series.folder == folder)
-        if session.scalar(taken) is not None:
-            folder = with_uid_suffix(folder, uid)
-        series = Series(
-            series_instance_uid=uid,
-            study_pk=study.id,
-            folder=folder,
-            modality=text(header, "Modality"),
-            series_number=number,
-            description=description,
-            received_at=received_at,
-            last_received_at=received_at,
-        )
-        session.add(series)
-        session.flush()
-        return series
-
-    def _patient(self, session: Session, header: Dataset) -> Patient:
-        patient_id = text(header, "PatientID")
-        patient = session.scalar(select(Patient).where(Patient.patient_id == patient_id))
-        if patient is None:
-            patient = Patient(patient_id=patient_id, patient_name=text(header, "PatientName"))
-            session.add(patient)
-            session.flush()
-        return patient
-
     def _already_filed(self, event: InstanceReceived) -> Outcome:
         with self._sessions() as session:
             row = session.execute(
@@ -294,7 +224,7 @@ class Filer:
                 .join(Study, Series.study_pk == Study.id)
                 .where(Instance.sop_instance_uid == event.sop_instance_uid)
             ).first()
-        if row is None or _as_utc(row.Instance.received_at) != event.received_at:
+        if row is None or as_utc(row.Instance.received_at) != event.received_at:
             log.info("nothing to file: the file of this event was filed or superseded earlier")
             return Outcome(filed=None, duplicate=True)
         instance, study = row.Instance, row.Study
@@ -349,12 +279,3 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _dicom_date(value: str) -> str | None:
-    return value if len(value) == 8 and value.isdigit() else None
-
-
-def _as_utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every time dcmdb stores is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,153 @@
+"""The catalog rows one batch of arrivals touches, loaded once and written once.
+
+A batch reads every row it needs in three queries (instances locked against
+concurrent sorters), creates the studies and series it meets for the first
+time, and leaves the rest to one flush at the end. A study's or series' folder
+is decided when the row is created, never again, and never collides with
+another folder in the same place (case-insensitively, for SMB shares).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydicom.dataset import Dataset
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared.catalog.models import Instance, Patient, Series, Study
+from shared.headers import integer, text
+from shared.naming import (
+    PhysicianAliases,
+    physician_folder,
+    series_folder_name,
+    study_folder_name,
+    with_uid_suffix,
+)
+
+
+class BatchRows:
+    def __init__(
+        self,
+        session: Session,
+        aliases: PhysicianAliases | None,
+        sop_uids: set[str],
+        study_uids: set[str],
+        series_uids: set[str],
+    ) -> None:
+        self._session = session
+        self._aliases = aliases
+        # Locked: a concurrent sorter filing the same instance waits for our commit.
+        self.instances = {
+            row.sop_instance_uid: row
+            for row in session.scalars(
+                select(Instance).where(Instance.sop_instance_uid.in_(sop_uids)).with_for_update()
+            )
+        }
+        self._studies = {
+            row.study_instance_uid: row
+            for row in session.scalars(
+                select(Study).where(Study.study_instance_uid.in_(study_uids))
+            )
+        }
+        self._series = {
+            row.series_instance_uid: row
+            for row in session.scalars(
+                select(Series).where(Series.series_instance_uid.in_(series_uids))
+            )
+        }
+
+    def instance(self, sop_instance_uid: str) -> Instance:
+        """The catalog row of this SOP instance, a new one (added) if there is none."""
+        row = self.instances.get(sop_instance_uid)
+        if row is None:
+            row = Instance(sop_instance_uid=sop_instance_uid, replacements=0)
+            self._session.add(row)
+            self.instances[sop_instance_uid] = row
+        return row
+
+    def study(self, header: Dataset, received_at: datetime) -> Study:
+        uid = text(header, "StudyInstanceUID")
+        study = self._studies.get(uid) or self._create_study(uid, header, received_at)
+        study.last_received_at = max(as_utc(study.last_received_at), received_at)
+        return study
+
+    def series(self, study: Study, header: Dataset, received_at: datetime) -> Series:
+        uid = text(header, "SeriesInstanceUID")
+        series = self._series.get(uid) or self._create_series(uid, study, header, received_at)
+        series.last_received_at = max(as_utc(series.last_received_at), received_at)
+        return series
+
+    def _create_study(self, uid: str, header: Dataset, received_at: datetime) -> Study:
+        physician = physician_folder(header.get("ReferringPhysicianName"), self._aliases)
+        folder = study_folder_name(
+            text(header, "StudyDate"), text(header, "PatientID"), text(header, "StudyDescription")
+        )
+        taken = select(Study.id).where(
+            Study.physician_folder == physician, func.lower(Study.folder) == folder.lower()
+        )
+        if self._session.scalar(taken) is not None:
+            folder = with_uid_suffix(folder, uid)
+        study = Study(
+            study_instance_uid=uid,
+            patient_pk=self._patient(header).id,
+            physician_name=text(header, "ReferringPhysicianName"),
+            physician_folder=physician,
+            folder=folder,
+            study_date=_dicom_date(text(header, "StudyDate")),
+            study_time=text(header, "StudyTime") or None,
+            description=text(header, "StudyDescription"),
+            accession_number=text(header, "AccessionNumber"),
+            received_at=received_at,
+            last_received_at=received_at,
+        )
+        self._add(study)
+        self._studies[uid] = study
+        return study
+
+    def _create_series(
+        self, uid: str, study: Study, header: Dataset, received_at: datetime
+    ) -> Series:
+        number = integer(header, "SeriesNumber")
+        description = text(header, "SeriesDescription") or text(header, "ProtocolName")
+        folder = series_folder_name(number, description or text(header, "Modality"))
+        taken = select(Series.id).where(
+            Series.study_pk == study.id, func.lower(Series.folder) == folder.lower()
+        )
+        if self._session.scalar(taken) is not None:
+            folder = with_uid_suffix(folder, uid)
+        series = Series(
+            series_instance_uid=uid,
+            study_pk=study.id,
+            folder=folder,
+            modality=text(header, "Modality"),
+            series_number=number,
+            description=description,
+            received_at=received_at,
+            last_received_at=received_at,
+        )
+        self._add(series)
+        self._series[uid] = series
+        return series
+
+    def _patient(self, header: Dataset) -> Patient:
+        patient_id = text(header, "PatientID")
+        patient = self._session.scalar(select(Patient).where(Patient.patient_id == patient_id))
+        if patient is None:
+            patient = Patient(patient_id=patient_id, patient_name=text(header, "PatientName"))
+            self._add(patient)
+        return patient
+
+    def _add(self, row: Patient | Study | Series) -> None:
+        # Flushed at once: the next collision check must see it, and it needs its key.
+        self._session.add(row)
+        self._session.flush()
+
+
+def _dicom_date(value: str) -> str | None:
+    return value if len(value) == 8 and value.isdigit() else None
+
+
+def as_utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every time dcmdb stores is UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

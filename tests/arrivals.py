@@ -15,7 +15,6 @@ from pathlib import Path
 from pydicom import dcmread
 
 from services.receiver.storage import received_time
-from shared.headers import identifiers_of, read_header
 from shared.messages import InstanceReceived
 
 _clock = itertools.count(time.time_ns() // 10**6 * 10**6, 10**6)  # a millisecond apart
@@ -61,13 +60,12 @@ def arrive(
     incoming.mkdir(parents=True, exist_ok=True)
     path = incoming / f"{stamp:020d}-{uuid.uuid4().hex[:12]}.dcm"
     path.write_bytes(data)
-    header = read_header(event_path or path)
-    uids = identifiers_of(header)
+    header = dcmread(event_path or path, stop_before_pixels=True, force=True)
     return InstanceReceived(
-        sop_instance_uid=uids.sop_instance_uid,
-        sop_class_uid=uids.sop_class_uid,
-        study_instance_uid=uids.study_instance_uid,
-        series_instance_uid=uids.series_instance_uid,
+        sop_instance_uid=str(header.SOPInstanceUID),
+        sop_class_uid=str(header.SOPClassUID),
+        study_instance_uid=str(header.StudyInstanceUID),
+        series_instance_uid=str(header.SeriesInstanceUID),
         transfer_syntax_uid=str(header.file_meta.get("TransferSyntaxUID", "")),
         incoming_path=str(path.relative_to(data_dir)),
         size=len(data),

@@ -11,7 +11,7 @@ import pytest
 from pydicom.filereader import read_file_meta_info
 
 from shared.errors import MissingIdentifier, UnreadableObject
-from shared.headers import identifiers_of, read_identifiers
+from shared.headers import Header, Identifiers, read_identifiers
 from tests.system import dicom_files
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -25,13 +25,49 @@ def split(path: Path) -> tuple[bytes, str]:
     return raw[132 + 12 + group_length :], str(meta.TransferSyntaxUID)
 
 
+def pydicom_identifiers(path: Path) -> Identifiers:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return Identifiers(
+        str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.StudyInstanceUID),
+        str(ds.SeriesInstanceUID),
+    )  # fmt: skip
+
+
+TEXT_KEYWORDS = (
+    "PatientID", "PatientName", "StudyDate", "StudyTime", "StudyDescription",
+    "SeriesDescription", "Modality", "ReferringPhysicianName", "AccessionNumber", "ProtocolName",
+)  # fmt: skip
+
+
+def test_header_values_match_pydicom_on_every_test_file(testdata: Path) -> None:
+    for path in dicom_files(testdata):
+        header = Header.from_part10(path.read_bytes())
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for keyword in TEXT_KEYWORDS:
+            assert header.text(keyword) == str(ds.get(keyword, "") or "").strip(), (path, keyword)
+        for keyword in ("SeriesNumber", "InstanceNumber"):
+            value = ds.get(keyword)
+            assert header.integer(keyword) == (None if value in (None, "") else int(value))
+        assert header.meta_text(0x00020010) == ds.file_meta.TransferSyntaxUID
+
+
+def test_text_is_decoded_with_the_data_sets_character_set() -> None:
+    dataset = minimal(SpecificCharacterSet="ISO_IR 100", PatientName="Müller^Jürgen")
+    buffer = pydicom.filebase.DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(buffer, dataset)
+    header = Header.from_data_set(buffer.getvalue(), EXPLICIT_LE)
+    assert header.text("PatientName") == "Müller^Jürgen"
+    assert "Müller".encode("latin-1") in buffer.getvalue()  # really encoded as Latin-1
+
+
 def test_identifiers_match_pydicom_on_every_test_file(testdata: Path) -> None:
     files = dicom_files(testdata)
     syntaxes = set()
     for path in files:
         data_set, syntax = split(path)
         syntaxes.add(syntax)
-        assert read_identifiers(data_set, syntax) == identifiers_of(pydicom.dcmread(path)), path
+        assert read_identifiers(data_set, syntax) == pydicom_identifiers(path), path
     assert len(files) > 300 and len(syntaxes) >= 9  # every encoding in the data was covered
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from services.receiver.storage import IncomingStore, received_time
 from shared.broker import Publisher, connect
 from shared.errors import UnreadableObject
-from shared.headers import identifiers_of, read_header
+from shared.headers import Header
 from shared.logs import configure_logging
 from shared.messages import AssociationClosed, Event, InstanceReceived
 
@@ -39,6 +39,7 @@ _MODELS: dict[str, type[Event]] = {
     model.routing_key: model for model in (InstanceReceived, AssociationClosed)
 }
 _STOP = b""
+TRANSFER_SYNTAX, SOURCE_AE_TITLE = 0x00020010, 0x00020016
 
 
 class Announcer:
@@ -243,27 +244,26 @@ def sweep_incoming(data_dir: Path, quarantine: Path, known: set[Path]) -> list[I
         if path in known:
             continue
         try:
-            header = read_header(path)
-            uids = identifiers_of(header)
-            size = path.stat().st_size
+            content = path.read_bytes()
+            header = Header.from_part10(content)
+            uids = header.identifiers()
         except FileNotFoundError:
             continue  # filed by the sorter meanwhile
         except UnreadableObject as exc:
             log.error("moving an unreadable file from incoming/ to quarantine/: %s", exc)
             path.rename(quarantine / path.name)
             continue
-        meta = header.file_meta
         events.append(
             InstanceReceived(
                 sop_instance_uid=uids.sop_instance_uid,
                 sop_class_uid=uids.sop_class_uid,
                 study_instance_uid=uids.study_instance_uid,
                 series_instance_uid=uids.series_instance_uid,
-                transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")),
+                transfer_syntax_uid=header.meta_text(TRANSFER_SYNTAX),
                 incoming_path=str(path.relative_to(data_dir)),
-                size=size,
+                size=len(content),
                 received_at=received_time(path.name),
-                calling_ae=str(meta.get("SourceApplicationEntityTitle", "")).strip(),
+                calling_ae=header.meta_text(SOURCE_AE_TITLE),
                 peer_host="",
                 association_id="sweep",
             )

@@ -27,11 +27,8 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.sorter.rows import BatchRows, as_utc
 from shared.catalog.models import Instance, Series, Study
 from shared.errors import TransientError
-from shared.headers import identifiers_of, integer, text
+from shared.headers import Header, Identifiers
 from shared.messages import InstanceFiled, InstanceReceived
 from shared.naming import (
     PhysicianAliases,
@@ -68,7 +65,8 @@ class _Arrival:
 
     event: InstanceReceived
     source: Path
-    header: Dataset
+    header: Header
+    uids: Identifiers
     size: int
     checksum: str
 
@@ -117,13 +115,13 @@ class Filer:
         except OSError as exc:
             raise TransientError(f"cannot read {event.incoming_path}: {exc}") from exc
         try:
-            header = dcmread(BytesIO(content), stop_before_pixels=True, force=True)
-            identifiers_of(header)
+            header = Header.from_part10(content)
+            uids = header.identifiers()
         except Exception as exc:
             self._quarantine_file(source, f"unreadable at sorting: {exc}")
             return Outcome(filed=None)
         checksum = hashlib.sha256(content).hexdigest()
-        return _Arrival(event, source, header, len(content), checksum)
+        return _Arrival(event, source, header, uids, len(content), checksum)
 
     def _record_all(self, arrivals: list[_Arrival]) -> list[Outcome]:
         for attempt in range(1, ATTEMPTS + 1):
@@ -134,9 +132,9 @@ class Filer:
                     rows = BatchRows(
                         session,
                         self._aliases,
-                        {text(a.header, "SOPInstanceUID") for a in arrivals},
-                        {text(a.header, "StudyInstanceUID") for a in arrivals},
-                        {text(a.header, "SeriesInstanceUID") for a in arrivals},
+                        {a.uids.sop_instance_uid for a in arrivals},
+                        {a.uids.study_instance_uid for a in arrivals},
+                        {a.uids.series_instance_uid for a in arrivals},
                     )
                     outcomes = [self._record(rows, a, superseded, placements) for a in arrivals]
                     # Every conflict with a concurrent sorter surfaces in this flush, before any
@@ -169,14 +167,13 @@ class Filer:
         superseded: list[Path],
         placements: list[tuple[Path, Path]],
     ) -> Outcome:
-        event, header = arrival.event, arrival.header
-        uids = identifiers_of(header)
+        event, header, uids = arrival.event, arrival.header, arrival.uids
         existing = rows.instances.get(uids.sop_instance_uid)
         if existing and as_utc(existing.received_at) > event.received_at:
             log.info("discarding an older copy of an instance already filed")
             return Outcome(filed=None, duplicate=True)
-        study = rows.study(header, event.received_at)
-        series = rows.series(study, header, event.received_at)
+        study = rows.study(uids.study_instance_uid, header, event.received_at)
+        series = rows.series(uids.series_instance_uid, study, header, event.received_at)
         relative = "/".join(
             (
                 study.physician_folder,
@@ -194,7 +191,7 @@ class Filer:
         instance.series_pk = series.id
         instance.sop_class_uid = uids.sop_class_uid
         instance.transfer_syntax_uid = event.transfer_syntax_uid
-        instance.instance_number = integer(header, "InstanceNumber")
+        instance.instance_number = header.integer("InstanceNumber")
         instance.path = relative
         instance.size = arrival.size
         instance.sha256 = arrival.checksum

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.catalog.models import Instance, Patient, Series, Study
-from shared.headers import integer, text
+from shared.headers import Header
 from shared.naming import (
     PhysicianAliases,
     physician_folder,
@@ -66,22 +65,20 @@ class BatchRows:
             self.instances[sop_instance_uid] = row
         return row
 
-    def study(self, header: Dataset, received_at: datetime) -> Study:
-        uid = text(header, "StudyInstanceUID")
+    def study(self, uid: str, header: Header, received_at: datetime) -> Study:
         study = self._studies.get(uid) or self._create_study(uid, header, received_at)
         study.last_received_at = max(as_utc(study.last_received_at), received_at)
         return study
 
-    def series(self, study: Study, header: Dataset, received_at: datetime) -> Series:
-        uid = text(header, "SeriesInstanceUID")
+    def series(self, uid: str, study: Study, header: Header, received_at: datetime) -> Series:
         series = self._series.get(uid) or self._create_series(uid, study, header, received_at)
         series.last_received_at = max(as_utc(series.last_received_at), received_at)
         return series
 
-    def _create_study(self, uid: str, header: Dataset, received_at: datetime) -> Study:
-        physician = physician_folder(header.get("ReferringPhysicianName"), self._aliases)
+    def _create_study(self, uid: str, header: Header, received_at: datetime) -> Study:
+        physician = physician_folder(header.text("ReferringPhysicianName"), self._aliases)
         folder = study_folder_name(
-            text(header, "StudyDate"), text(header, "PatientID"), text(header, "StudyDescription")
+            header.text("StudyDate"), header.text("PatientID"), header.text("StudyDescription")
         )
         taken = select(Study.id).where(
             Study.physician_folder == physician, func.lower(Study.folder) == folder.lower()
@@ -91,13 +88,13 @@ class BatchRows:
         study = Study(
             study_instance_uid=uid,
             patient_pk=self._patient(header).id,
-            physician_name=text(header, "ReferringPhysicianName"),
+            physician_name=header.text("ReferringPhysicianName"),
             physician_folder=physician,
             folder=folder,
-            study_date=_dicom_date(text(header, "StudyDate")),
-            study_time=text(header, "StudyTime") or None,
-            description=text(header, "StudyDescription"),
-            accession_number=text(header, "AccessionNumber"),
+            study_date=_dicom_date(header.text("StudyDate")),
+            study_time=header.text("StudyTime") or None,
+            description=header.text("StudyDescription"),
+            accession_number=header.text("AccessionNumber"),
             received_at=received_at,
             last_received_at=received_at,
         )
@@ -106,11 +103,11 @@ class BatchRows:
         return study
 
     def _create_series(
-        self, uid: str, study: Study, header: Dataset, received_at: datetime
+        self, uid: str, study: Study, header: Header, received_at: datetime
     ) -> Series:
-        number = integer(header, "SeriesNumber")
-        description = text(header, "SeriesDescription") or text(header, "ProtocolName")
-        folder = series_folder_name(number, description or text(header, "Modality"))
+        number = header.integer("SeriesNumber")
+        description = header.text("SeriesDescription") or header.text("ProtocolName")
+        folder = series_folder_name(number, description or header.text("Modality"))
         taken = select(Series.id).where(
             Series.study_pk == study.id, func.lower(Series.folder) == folder.lower()
         )
@@ -120,7 +117,7 @@ class BatchRows:
             series_instance_uid=uid,
             study_pk=study.id,
             folder=folder,
-            modality=text(header, "Modality"),
+            modality=header.text("Modality"),
             series_number=number,
             description=description,
             received_at=received_at,
@@ -130,11 +127,11 @@ class BatchRows:
         self._series[uid] = series
         return series
 
-    def _patient(self, header: Dataset) -> Patient:
-        patient_id = text(header, "PatientID")
+    def _patient(self, header: Header) -> Patient:
+        patient_id = header.text("PatientID")
         patient = self._session.scalar(select(Patient).where(Patient.patient_id == patient_id))
         if patient is None:
-            patient = Patient(patient_id=patient_id, patient_name=text(header, "PatientName"))
+            patient = Patient(patient_id=patient_id, patient_name=header.text("PatientName"))
             self._add(patient)
         return patient
 

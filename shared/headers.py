@@ -169,7 +169,9 @@ class _Walker:
     ) -> None:
         order = "<" if little_endian else ">"
         self.data, self.implicit = data, implicit
-        self.tag_format, self.u16, self.u32 = f"{order}HH", f"{order}H", f"{order}L"
+        self._explicit = struct.Struct(f"{order}HH2sH").unpack_from
+        self._implicit = struct.Struct(f"{order}HHL").unpack_from
+        self._u32 = struct.Struct(f"{order}L").unpack_from
         self.top_level: dict[int, bytes] = {}
         self._wanted = wanted
 
@@ -195,16 +197,17 @@ class _Walker:
         data = self.data
         if offset + 8 > len(data):
             raise UnreadableObject("data set ends inside an element header")
-        group, element = struct.unpack_from(self.tag_format, data, offset)
-        tag = group << 16 | element
-        if self.implicit or group == 0xFFFE:
-            return tag, None, struct.unpack_from(self.u32, data, offset + 4)[0], offset + 8
-        vr = data[offset + 4 : offset + 6]
+        if self.implicit:
+            group, element, length = self._implicit(data, offset)
+            return group << 16 | element, None, length, offset + 8
+        group, element, vr, length = self._explicit(data, offset)
+        if group == 0xFFFE:  # items and delimiters have no VR in any encoding
+            return group << 16 | element, None, self._u32(data, offset + 4)[0], offset + 8
         if vr in _LONG_VRS:
             if offset + 12 > len(data):
                 raise UnreadableObject("data set ends inside an element header")
-            return tag, vr, struct.unpack_from(self.u32, data, offset + 8)[0], offset + 12
-        return tag, vr, struct.unpack_from(self.u16, data, offset + 6)[0], offset + 8
+            return group << 16 | element, vr, self._u32(data, offset + 8)[0], offset + 12
+        return group << 16 | element, vr, length, offset + 8
 
     def elements(self, offset: int, end: int, depth: int, until: int | None) -> int:
         """Walk elements from ``offset``; stop at ``end`` or after the ``until`` delimiter."""

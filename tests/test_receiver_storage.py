@@ -45,14 +45,14 @@ def test_a_stored_instance_is_the_data_set_as_received(tmp_path: Path, testdata:
     group_length = int.from_bytes(body[140:144], "little")
     data_set = body[144 + group_length :]
     stored = store.store(meta, data_set)
-    assert stored.path.parent == tmp_path / "incoming"
-    assert stored.path.read_bytes().endswith(data_set)
-    assert stored.size == stored.path.stat().st_size
-    copy = pydicom.dcmread(stored.path)
+    path = tmp_path / "incoming" / stored.name
+    assert path.read_bytes().endswith(data_set)
+    assert stored.size == path.stat().st_size
+    copy = pydicom.dcmread(path)
     assert copy.SOPInstanceUID == original.SOPInstanceUID
     assert copy.file_meta.SourceApplicationEntityTitle == "X"
     assert copy.pixel_array.tolist() == original.pixel_array.tolist()
-    assert abs((received_time(stored.path.name) - stored.received_at).total_seconds()) < 1e-6
+    assert abs((received_time(stored.name) - stored.received_at).total_seconds()) < 1e-6
     assert not list((tmp_path / "incoming" / ".partial").iterdir())
 
 
@@ -65,12 +65,12 @@ def test_restart_recovers_complete_partial_files_and_drops_incomplete_ones(
     second = store.store(META, b"\x08\x00\x18\x00UI\x0c\x001.2.3.55555\x00")
     # A power cut undid the rename of the first (complete, maybe acknowledged) and
     # caught the second mid-write (incomplete, never acknowledged).
-    os.rename(first.path, incoming / ".partial" / first.path.name)
-    with open(second.path, "r+b") as handle:
+    os.rename(incoming / first.name, incoming / ".partial" / first.name)
+    with open(incoming / second.name, "r+b") as handle:
         handle.truncate(second.size - 10)
-    os.rename(second.path, incoming / ".partial" / second.path.name)
+    os.rename(incoming / second.name, incoming / ".partial" / second.name)
 
     IncomingStore(incoming, tmp_path / "quarantine")
 
-    assert IncomingStore.waiting_in(incoming) == [first.path]
+    assert IncomingStore.waiting_in(incoming) == [incoming / first.name]
     assert not list((incoming / ".partial").iterdir())

@@ -147,7 +147,7 @@ class Receiver:
                 study_instance_uid=uids.study_instance_uid,
                 series_instance_uid=uids.series_instance_uid,
                 transfer_syntax_uid=transfer_syntax,
-                incoming_path=str(stored.path.relative_to(self.settings.data_dir)),
+                incoming_path=f"incoming/{stored.name}",
                 size=stored.size,
                 received_at=stored.received_at,
                 calling_ae=record.calling_ae,

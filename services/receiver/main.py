@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 
+import pydicom.config
 from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -42,6 +43,9 @@ TRANSFER_SYNTAXES = [
 
 
 def build_ae(settings: ReceiverSettings) -> AE:
+    # pydicom checks every UID pynetdicom copies into a response against a
+    # regular expression; the receiver reads data sets with its own walker.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     ae = AE(ae_title=settings.ae_title)
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:

@@ -15,6 +15,7 @@ File names carry no tag values: a nanosecond stamp, a random part and the size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ class StorageFailed(OSError):
 
 @dataclass(frozen=True)
 class StoredFile:
-    path: Path
+    name: str  # in incoming/
     size: int
     received_at: datetime
 
@@ -76,6 +77,9 @@ class IncomingStore:
         self.incoming = incoming
         self.quarantine = quarantine
         self._partial = incoming / ".partial"
+        # Plain strings on the hot path: pathlib costs more than the write itself.
+        self._incoming_prefix = f"{incoming}{os.sep}"
+        self._partial_prefix = f"{self._partial}{os.sep}"
         for folder in (incoming, quarantine, self._partial):
             folder.mkdir(parents=True, exist_ok=True)
         self._recover_partial_files()
@@ -84,15 +88,17 @@ class IncomingStore:
         """Make the instance durable in ``incoming/``; raise StorageFailed if it cannot be."""
         header = PREAMBLE + meta.encode()
         size = len(header) + len(dataset)
-        name = f"{time_stamp()}-{uuid.uuid4().hex[:12]}-{size}{SUFFIX}"
-        partial = self._partial / name
+        stamp = time.time_ns()
+        name = f"{stamp:020d}-{uuid.uuid4().hex[:12]}-{size}{SUFFIX}"
+        partial, final = self._partial_prefix + name, self._incoming_prefix + name
         try:
             _write_synced(partial, header, dataset)
-            os.rename(partial, self.incoming / name)
+            os.rename(partial, final)
         except OSError as exc:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
             raise StorageFailed(exc.errno, f"cannot store instance: {exc.strerror}") from exc
-        return StoredFile(self.incoming / name, size, received_time(name))
+        return StoredFile(name, size, datetime.fromtimestamp(stamp / 1e9, UTC))
 
     def quarantine_object(self, meta: FileMeta, dataset: bytes, reason: str) -> Path | None:
         """Keep an unreadable object with the reason beside it, for an admin to look at."""
@@ -159,7 +165,7 @@ def _text(value: str) -> bytes:
     return raw + b" " if len(raw) % 2 else raw
 
 
-def _write_synced(path: Path, *parts: bytes) -> None:
+def _write_synced(path: Path | str, *parts: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
         for part in parts:

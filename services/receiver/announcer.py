@@ -2,8 +2,8 @@
 
 Publishing costs CPU (JSON, AMQP frames, confirms) that would compete with
 receiving for the interpreter lock, so it runs in a child process of the
-receiver. The C-STORE handler hands each event to ``Announcer.announce``, which
-writes its JSON to a pipe and returns at once.
+receiver. The C-STORE handler hands each event's fields to ``Announcer.announce``,
+which pickles them into a pipe and returns at once.
 
 The child publishes with publisher confirms. While the broker is away events
 wait in memory (up to a bound). Its sweep, at start and every
@@ -20,9 +20,13 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import pickle
 import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from services.receiver.storage import IncomingStore, received_time
 from shared.broker import Publisher, connect
@@ -66,9 +70,12 @@ class Announcer:
         self._spawn()
         self._monitor.start()
 
-    def announce(self, event: Event) -> None:
-        """Thread-safe; never blocks for the broker."""
-        message = event.routing_key.encode() + b"\n" + event.to_bytes()
+    def announce(self, kind: type[Event], **fields: Any) -> None:
+        """Announce an event of ``kind``; thread-safe, never blocks for the broker.
+
+        The child builds and validates the event: the receiver only pickles its fields.
+        """
+        message = pickle.dumps((kind.routing_key, fields), pickle.HIGHEST_PROTOCOL)
         with self._lock:
             if self._pipe is None:
                 return  # restarting: its start-up sweep covers this file
@@ -170,8 +177,12 @@ class _Publishing:
             if message == _STOP:
                 loop.call_soon_threadsafe(_resolve, stopped)
                 return
-            routing_key, _, body = message.partition(b"\n")
-            event = _MODELS[routing_key.decode()].from_bytes(body)
+            routing_key, fields = pickle.loads(message)
+            try:
+                event = _MODELS[routing_key](**fields)
+            except ValidationError as exc:  # the sweep announces the file properly later
+                log.error("cannot announce %s: %s", routing_key, exc)
+                continue
             loop.call_soon_threadsafe(self._enqueue, event)
 
     def _path(self, event: InstanceReceived) -> Path:

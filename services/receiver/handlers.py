@@ -141,19 +141,18 @@ class Receiver:
         record.bytes_stored += stored.size
         record.studies.add(uids.study_instance_uid)
         self.announcer.announce(
-            InstanceReceived(
-                sop_instance_uid=uids.sop_instance_uid,
-                sop_class_uid=uids.sop_class_uid,
-                study_instance_uid=uids.study_instance_uid,
-                series_instance_uid=uids.series_instance_uid,
-                transfer_syntax_uid=transfer_syntax,
-                incoming_path=f"incoming/{stored.name}",
-                size=stored.size,
-                received_at=stored.received_at,
-                calling_ae=record.calling_ae,
-                peer_host=record.peer_host,
-                association_id=record.association_id,
-            )
+            InstanceReceived,
+            sop_instance_uid=uids.sop_instance_uid,
+            sop_class_uid=uids.sop_class_uid,
+            study_instance_uid=uids.study_instance_uid,
+            series_instance_uid=uids.series_instance_uid,
+            transfer_syntax_uid=transfer_syntax,
+            incoming_path=f"incoming/{stored.name}",
+            size=stored.size,
+            received_at=stored.received_at,
+            calling_ae=record.calling_ae,
+            peer_host=record.peer_host,
+            association_id=record.association_id,
         )
         return SUCCESS
 
@@ -175,18 +174,17 @@ class Receiver:
             record.failed,
         )
         self.announcer.announce(
-            AssociationClosed(
-                association_id=record.association_id,
-                calling_ae=record.calling_ae,
-                peer_host=record.peer_host,
-                started_at=record.started_at,
-                ended_at=datetime.now(UTC),
-                released=record.released,
-                instances_stored=record.stored,
-                instances_failed=record.failed,
-                bytes_stored=record.bytes_stored,
-                study_instance_uids=tuple(sorted(record.studies)),
-            )
+            AssociationClosed,
+            association_id=record.association_id,
+            calling_ae=record.calling_ae,
+            peer_host=record.peer_host,
+            started_at=record.started_at,
+            ended_at=datetime.now(UTC),
+            released=record.released,
+            instances_stored=record.stored,
+            instances_failed=record.failed,
+            bytes_stored=record.bytes_stored,
+            study_instance_uids=tuple(sorted(record.studies)),
         )
 
 

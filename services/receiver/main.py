@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 
 import pydicom.config
@@ -19,6 +20,10 @@ from shared.logs import configure_logging
 from shared.settings import load_settings
 
 log = logging.getLogger("dcmdb.receiver")
+
+# Each association runs two threads that hand every PDU to each other; the
+# default 5 ms before a waiting thread gets the interpreter adds latency.
+SWITCH_INTERVAL = 0.0005
 
 # Uncompressed, deflated and the common compressed transfer syntaxes; the bytes
 # are stored as received, so accepting a syntax costs nothing.
@@ -59,6 +64,7 @@ def build_ae(settings: ReceiverSettings) -> AE:
 
 
 def run(settings: ReceiverSettings) -> None:
+    sys.setswitchinterval(SWITCH_INTERVAL)
     settings.warn_if_open()
     store = IncomingStore(settings.incoming_dir, settings.quarantine_dir)
     announcer = Announcer(

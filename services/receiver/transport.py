@@ -27,7 +27,8 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, cast
@@ -39,6 +40,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
@@ -58,6 +60,8 @@ MAX_PRE_ASSOCIATION_PDU = 256 * 1024
 #: this only bounds the cost of a wake-up we failed to foresee.
 _MAX_WAIT = 0.5
 _PDU_HEADER = struct.Struct(">BBL")
+_ITEM_LENGTH = struct.Struct(">L")
+_P_DATA_TF = 0x04
 _COMMAND_ELEMENT = struct.Struct("<HHL")  # implicit VR little endian
 _PRE_ASSOCIATION_STATES = frozenset({"Sta1", "Sta2", "Sta3"})
 #: pynetdicom's default handlers format every message (~0.1 ms each) and stop
@@ -148,6 +152,19 @@ def encode_c_store_rsp(rsp: C_STORE) -> bytes | None:
     return _COMMAND_ELEMENT.pack(0, 0x0000, 4) + struct.pack("<L", len(body)) + body
 
 
+@dataclass(frozen=True)
+class _StoreResponse:
+    """What ``encode_c_store_rsp`` reads, without the primitive's validating setters:
+    the UIDs are the request's, validated when it was decoded."""
+
+    AffectedSOPClassUID: str | None
+    MessageIDBeingRespondedTo: int | None
+    Status: int
+    AffectedSOPInstanceUID: str | None
+    OffendingElement: None = None
+    ErrorComment: None = None
+
+
 class FastStoreDIMSE(DIMSEServiceProvider):
     """Receives C-STORE requests and sends their responses without pydicom.
 
@@ -162,14 +179,21 @@ class FastStoreDIMSE(DIMSEServiceProvider):
         self._data = BytesIO()
 
     def receive_primitive(self, primitive: P_DATA) -> None:
+        self.receive_pdvs(primitive.presentation_data_value_list)
+
+    def takes_fast_path(self) -> bool:
+        """True when the next PDVs may skip pynetdicom's decoding entirely."""
         between_messages = self._request is None and not self._command
-        if self.message is not None or (  # pynetdicom is part way through one
+        return self.message is None and not (
             between_messages
             and (_config.STORE_RECV_CHUNKED_DATASET or self.assoc.get_handlers(evt.EVT_DIMSE_RECV))
-        ):
-            super().receive_primitive(primitive)
+        )
+
+    def receive_pdvs(self, pdvs: Sequence[tuple[int, bytes | memoryview]]) -> None:
+        """Take (context ID, PDV with its control header) pairs; views are copied at once."""
+        if not self.takes_fast_path():
+            super().receive_primitive(_p_data(pdvs))
             return
-        pdvs = primitive.presentation_data_value_list
         for index, (context_id, pdv) in enumerate(pdvs):
             is_command, is_last = pdv[0] & 1, pdv[0] & 2
             if self._request is None and is_command:
@@ -179,10 +203,8 @@ class FastStoreDIMSE(DIMSEServiceProvider):
                 command, self._command = bytes(self._command), bytearray()
                 self._request = decode_c_store_rq(command)
                 if self._request is None:  # replay the rest to pynetdicom
-                    replay: list[Any] = [[context_id, b"\x03" + command]]
-                    replay += [list(item) for item in pdvs[index + 1 :]]
-                    primitive.presentation_data_value_list = replay
-                    super().receive_primitive(primitive)
+                    replay = [(context_id, b"\x03" + command), *pdvs[index + 1 :]]
+                    super().receive_primitive(_p_data(replay))
                     return
                 self._request._context_id = context_id
             elif self._request is not None and not is_command:
@@ -190,7 +212,9 @@ class FastStoreDIMSE(DIMSEServiceProvider):
                 if is_last:
                     request, self._request = self._request, None
                     request.DataSet, self._data = self._data, BytesIO()
-                    self.msg_queue.put((cast(int, request._context_id), request))
+                    served = cast(EventDrivenAssociation, self.assoc).serve_store(request)
+                    if not served:
+                        self.msg_queue.put((cast(int, request._context_id), request))
             else:  # a command inside a data set or vice versa: framing is broken
                 LOGGER.error("Received a DIMSE fragment out of order")
                 self.dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT
@@ -211,6 +235,25 @@ class FastStoreDIMSE(DIMSEServiceProvider):
         pdata = P_DATA()
         pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
         self.dul.send_pdu(pdata)
+
+
+def _p_data(pdvs: Sequence[tuple[int, bytes | memoryview]]) -> P_DATA:
+    primitive = P_DATA()
+    # pynetdicom insists on [ID, PDV] lists
+    primitive.presentation_data_value_list = [[cid, bytes(pdv)] for cid, pdv in pdvs]  # type: ignore[misc]
+    return primitive
+
+
+def split_pdvs(body: memoryview) -> list[tuple[int, memoryview]] | None:
+    """The PDV items of a P-DATA-TF body as views into it; None if they do not add up."""
+    pdvs, offset = [], 0
+    while offset + 6 <= len(body):
+        (length,) = _ITEM_LENGTH.unpack_from(body, offset)
+        if length < 2 or offset + 4 + length > len(body):
+            return None
+        pdvs.append((body[offset + 4], body[offset + 5 : offset + 4 + length]))
+        offset += 4 + length
+    return pdvs if pdvs and offset == len(body) else None
 
 
 class PDUSocket(AssociationSocket):
@@ -263,6 +306,9 @@ class EventDrivenDUL(DULServiceProvider):
         self._wake_lock = threading.Lock()  # no late wake-up into a closed, reused fd
         self.to_provider_queue = _SignallingQueue(self._wake)
         self._framing_lost = False  # PDU boundaries in the stream are unknown
+        # pynetdicom's loop sleeps this long whenever no event is queued; ours
+        # waits in ``_is_transport_event`` instead, and data PDUs queue none.
+        self._run_loop_delay = 0
 
     def _wake(self) -> None:
         with self._wake_lock, contextlib.suppress(BlockingIOError):  # full: one is pending
@@ -272,6 +318,17 @@ class EventDrivenDUL(DULServiceProvider):
     def kill_dul(self) -> None:
         self._kill_thread = True
         self._wake()
+
+    def send_command(self, context_id: int, command: bytes) -> None:
+        """Send one command set as a P-DATA-TF, from this (the DUL) thread.
+
+        What Sta6's DT-1 action does with a P-DATA primitive, minus the queue
+        and the primitive; the DUL thread is the only one that writes to the
+        socket, so nothing else can interleave.
+        """
+        item = struct.pack(">LB", len(command) + 2, context_id) + b"\x03" + command
+        pdu = _PDU_HEADER.pack(_P_DATA_TF, 0, len(item)) + item
+        cast(PDUSocket, self.socket).send(pdu)
 
     def stop_dul(self) -> bool:
         if self.state_machine.current_state != "Sta1":
@@ -342,6 +399,8 @@ class EventDrivenDUL(DULServiceProvider):
             LOGGER.error("Connection lost while receiving a PDU: %s", exc)
             self.event_queue.put("Evt17")
             return
+        if pdu_type == _P_DATA_TF and self._receive_data_directly(sock.pdu(length)):
+            return
         try:  # _decode_pdu copies the bytes, so the buffer is free again
             pdu, event = self._decode_pdu(sock.pdu(length))  # type: ignore[arg-type]
         except Exception as exc:
@@ -351,6 +410,29 @@ class EventDrivenDUL(DULServiceProvider):
             return
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
+
+    def _receive_data_directly(self, pdu: memoryview) -> bool:
+        """P-DATA-TF in an established association, straight to the DIMSE layer.
+
+        What pynetdicom's state machine does for it (Evt10, action DT-2, back to
+        Sta6), minus building PDU and primitive objects and copying the data
+        twice on the way. False: take pynetdicom's path instead.
+        """
+        dimse = self.assoc.dimse
+        if (
+            self.state_machine.current_state != "Sta6"
+            or not self.event_queue.empty()
+            or not isinstance(dimse, FastStoreDIMSE)
+            or not dimse.takes_fast_path()
+            or self.assoc.get_handlers(evt.EVT_PDU_RECV)
+            or self.assoc.get_handlers(evt.EVT_DATA_RECV)
+        ):
+            return False
+        pdvs = split_pdvs(pdu[_PDU_HEADER.size :])
+        if pdvs is None:
+            return False  # malformed: pynetdicom decodes it and says so
+        dimse.receive_pdvs(pdvs)
+        return True
 
     def _pdu_limit(self) -> int:
         """The longest PDU we accept now: once negotiated, what we told the peer."""
@@ -378,6 +460,51 @@ class EventDrivenAssociation(Association):
         self._kill = True
         self._wakeup.set()
         super().kill()
+
+    def serve_store(self, request: C_STORE) -> bool:
+        """Run the C-STORE handler here, in the DUL thread, and send its response.
+
+        pynetdicom would hand the request to the association thread and back,
+        and build and re-validate a response primitive: a third of the cost of
+        an instance. False when this request is not ours to serve that way.
+        """
+        context_id = cast(int, request._context_id)
+        context = self._accepted_cx.get(context_id)
+        handler = self.get_handlers(evt.EVT_C_STORE)
+        if (
+            context is None
+            or not self.is_established
+            or not isinstance(handler, tuple)
+            or handler[0] is None
+            or handler[0] is evt._c_store_handler  # pynetdicom's default: no handler bound
+            or self.get_handlers(evt.EVT_DIMSE_SENT)
+            or _config.UNRESTRICTED_STORAGE_SERVICE
+        ):
+            return False
+        event = evt.Event(self, evt.EVT_C_STORE, {"request": request, "context": context.as_tuple})
+        try:
+            status = handler[0](event, *(handler[1] or []))
+        except Exception:
+            LOGGER.exception("Exception in handler bound to 'evt.EVT_C_STORE'")
+            status = 0xC211
+        if not isinstance(status, int):
+            return self._respond_slowly(request, context_id, status)
+        response = _StoreResponse(
+            request.AffectedSOPClassUID, request.MessageID, status, request.AffectedSOPInstanceUID
+        )
+        command = encode_c_store_rsp(response)  # type: ignore[arg-type]
+        cast(EventDrivenDUL, self.dul).send_command(context_id, cast(bytes, command))
+        return True
+
+    def _respond_slowly(self, request: C_STORE, context_id: int, status: Any) -> bool:
+        """A handler that answered with a status Dataset: pynetdicom builds that response."""
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = request.MessageID
+        response.AffectedSOPClassUID = request.AffectedSOPClassUID
+        response.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
+        response = StorageServiceClass(self).validate_status(status, response)
+        self.dimse.send_msg(response, context_id)
+        return True
 
     def _run_reactor(self) -> None:
         """``Association._run_reactor`` with an Event in place of the sleep."""

@@ -39,7 +39,9 @@ def incoming_files(system: Dcmdb) -> list[Path]:
 
 
 def partial_files(system: Dcmdb) -> list[Path]:
-    return list((system.data_dir / "incoming" / ".partial").iterdir())
+    """Partly written files (the empty spares kept ready for writing do not count)."""
+    partial = system.data_dir / "incoming" / ".partial"
+    return [path for path in partial.iterdir() if path.stat().st_size > 0]
 
 
 def with_data_set(source: Path, target: Path, data_set: bytes) -> Path:

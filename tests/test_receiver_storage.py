@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import pydicom
@@ -53,7 +54,22 @@ def test_a_stored_instance_is_the_data_set_as_received(tmp_path: Path, testdata:
     assert copy.file_meta.SourceApplicationEntityTitle == "X"
     assert copy.pixel_array.tolist() == original.pixel_array.tolist()
     assert abs((received_time(stored.name) - stored.received_at).total_seconds()) < 1e-6
-    assert not list((tmp_path / "incoming" / ".partial").iterdir())
+    assert all(p.stat().st_size == 0 for p in (tmp_path / "incoming" / ".partial").iterdir())
+
+
+def tiny_data_set(sop_instance_uid: str) -> bytes:
+    """Explicit VR little endian: the four UIDs an instance is filed by, nothing more."""
+    elements = [
+        (0x0008, 0x0016, "1.2.840.10008.5.1.4.1.1.4"),
+        (0x0008, 0x0018, sop_instance_uid),
+        (0x0020, 0x000D, "1.2.3.1"),
+        (0x0020, 0x000E, "1.2.3.2"),
+    ]
+    encoded = b""
+    for group, element, uid in elements:
+        value = uid.encode() + b"\0" * (len(uid) % 2)
+        encoded += struct.pack("<HH2sH", group, element, b"UI", len(value)) + value
+    return encoded
 
 
 def test_restart_recovers_complete_partial_files_and_drops_incomplete_ones(
@@ -61,8 +77,9 @@ def test_restart_recovers_complete_partial_files_and_drops_incomplete_ones(
 ) -> None:
     incoming = tmp_path / "incoming"
     store = IncomingStore(incoming, tmp_path / "quarantine")
-    first = store.store(META, b"\x08\x00\x18\x00UI\x0c\x001.2.3.44444\x00")
-    second = store.store(META, b"\x08\x00\x18\x00UI\x0c\x001.2.3.55555\x00")
+    first = store.store(META, tiny_data_set("1.2.3.44444"))
+    second = store.store(META, tiny_data_set("1.2.3.55555"))
+    third = store.store(META, tiny_data_set("1.2.3.66666"))
     # A power cut undid the rename of the first (complete, maybe acknowledged) and
     # caught the second mid-write (incomplete, never acknowledged).
     os.rename(incoming / first.name, incoming / ".partial" / first.name)
@@ -70,7 +87,15 @@ def test_restart_recovers_complete_partial_files_and_drops_incomplete_ones(
         handle.truncate(second.size - 10)
     os.rename(incoming / second.name, incoming / ".partial" / second.name)
 
+    # And a spare the power cut caught holding a whole object, and an empty one.
+    (incoming / ".partial" / "spare-whole").write_bytes((incoming / third.name).read_bytes())
+    (incoming / third.name).unlink()
+    (incoming / ".partial" / "spare-empty").write_bytes(b"")
+
     IncomingStore(incoming, tmp_path / "quarantine")
 
-    assert IncomingStore.waiting_in(incoming) == [incoming / first.name]
-    assert not list((incoming / ".partial").iterdir())
+    waiting = IncomingStore.waiting_in(incoming)
+    assert incoming / first.name in waiting and len(waiting) == 2
+    assert (incoming / ".partial" / "spare-whole").exists() is False
+    assert not (incoming / ".partial" / "spare-empty").exists()
+    assert not (incoming / ".partial" / second.name).exists()

@@ -4,11 +4,15 @@ An instance is acknowledged only once it is on disk: written to a temporary
 file in ``incoming/.partial/``, fsynced, then renamed into ``incoming/``. Its
 bytes are the ones received; nothing is decoded or re-encoded.
 
+Creating a file costs more than writing and syncing one, so a thread keeps a
+few empty spare files ready in ``.partial/`` and each instance is written into
+one of them.
+
 The directory is not fsynced after the rename (that second sync would double
-the cost of every instance); instead each file's name carries its size, and at
-start any file in ``.partial/`` that is complete, so possibly acknowledged
-before a power cut undid its rename, is moved on into ``incoming/``. One that is
-incomplete was never acknowledged: the sender saw a failure and resends it.
+the cost of every instance); instead, at start, any file in ``.partial/`` that
+holds a complete DICOM object, so possibly acknowledged before a power cut
+undid its rename, is moved on into ``incoming/``. One that is incomplete was
+never acknowledged: the sender saw a failure and resends it.
 
 File names carry no tag values: a nanosecond stamp, a random part and the size.
 """
@@ -19,7 +23,9 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import struct
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,6 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+from shared.errors import UnreadableObject
+from shared.headers import Header
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +92,7 @@ class IncomingStore:
         for folder in (incoming, quarantine, self._partial):
             folder.mkdir(parents=True, exist_ok=True)
         self._recover_partial_files()
+        self._spares = _SpareFiles(self._partial_prefix)
 
     def store(self, meta: FileMeta, dataset: bytes) -> StoredFile:
         """Make the instance durable in ``incoming/``; raise StorageFailed if it cannot be."""
@@ -90,9 +100,9 @@ class IncomingStore:
         size = len(header) + len(dataset)
         stamp = time.time_ns()
         name = f"{stamp:020d}-{uuid.uuid4().hex[:12]}-{size}{SUFFIX}"
-        partial, final = self._partial_prefix + name, self._incoming_prefix + name
+        partial, final = self._spares.take(), self._incoming_prefix + name
         try:
-            _write_synced(partial, header, dataset)
+            _write_synced(partial, header, dataset, create=False)
             os.rename(partial, final)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -125,11 +135,18 @@ class IncomingStore:
 
     def _recover_partial_files(self) -> None:
         for partial in self._partial.iterdir():
-            if partial.stat().st_size == _size_in_name(partial.name):
-                log.warning("recovering %s, complete but not yet in incoming/", partial.name)
-                os.rename(partial, self.incoming / partial.name)
-            else:
-                partial.unlink(missing_ok=True)
+            content = partial.read_bytes()
+            try:
+                Header.from_part10(content).identifiers()
+            except UnreadableObject:
+                partial.unlink(missing_ok=True)  # empty or incomplete: never acknowledged
+                continue
+            name = partial.name  # a spare's content gets a name like any arrival's
+            if name.startswith("spare-"):
+                stamp = partial.stat().st_mtime_ns
+                name = f"{stamp:020d}-{uuid.uuid4().hex[:12]}-{len(content)}{SUFFIX}"
+            log.warning("recovering %s, complete but not yet in incoming/", partial.name)
+            os.rename(partial, self.incoming / name)
 
 
 def time_stamp() -> str:
@@ -142,11 +159,37 @@ def received_time(name: str) -> datetime:
     return datetime.fromtimestamp(int(name[:20]) / 1e9, UTC)
 
 
-def _size_in_name(name: str) -> int:
-    try:
-        return int(name.removesuffix(SUFFIX).rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
+class _SpareFiles:
+    """Empty files in ``.partial/``, made ahead of need by a thread of their own."""
+
+    def __init__(self, prefix: str, count: int = 8) -> None:
+        self._prefix = prefix
+        self._ready: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._wanted = threading.Semaphore(count)
+        threading.Thread(target=self._keep_ready, name="spare-files", daemon=True).start()
+
+    def take(self) -> str:
+        try:
+            spare = self._ready.get_nowait()
+        except queue.Empty:
+            return self._create()
+        self._wanted.release()
+        return spare
+
+    def _keep_ready(self) -> None:
+        while True:
+            self._wanted.acquire()
+            try:
+                self._ready.put(self._create())
+            except OSError as exc:  # a full disk: ``take`` creates, and fails, itself
+                log.debug("cannot make a spare file: %s", exc)
+                self._wanted.release()
+                time.sleep(1.0)
+
+    def _create(self) -> str:
+        path = f"{self._prefix}spare-{uuid.uuid4().hex}"
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+        return path
 
 
 def _element(element: int, vr: bytes, value: bytes) -> bytes:
@@ -165,8 +208,9 @@ def _text(value: str) -> bytes:
     return raw + b" " if len(raw) % 2 else raw
 
 
-def _write_synced(path: Path | str, *parts: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+def _write_synced(path: Path | str, *parts: bytes, create: bool = True) -> None:
+    flags = os.O_WRONLY | (os.O_CREAT | os.O_EXCL if create else 0)
+    fd = os.open(path, flags, 0o640)
     try:
         for part in parts:
             view = memoryview(part)

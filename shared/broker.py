@@ -31,7 +31,8 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import ChannelInvalidStateError
+from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
+from pamqp.commands import Basic
 from pydantic import ValidationError
 
 from shared.errors import PermanentError, TransientError
@@ -44,6 +45,8 @@ from shared.messages import (
 )
 
 log = logging.getLogger(__name__)
+
+PERSISTENT = 2  # AMQP delivery mode: written to disk by the broker
 
 EventT = TypeVar("EventT", bound=Event)
 
@@ -108,28 +111,40 @@ def queue_arguments(queue: Queue) -> dict[str, Any]:
 
 
 class Publisher:
-    """Publishes events as persistent messages and waits for the broker's confirm."""
+    """Publishes events as persistent messages and waits for the broker's confirm.
+
+    Every received instance is one event, so this is a hot path: it publishes
+    on the channel's AMQP layer (aiormq) directly, which costs half of what
+    building an aio-pika ``Message`` and going through ``Exchange.publish`` does.
+    """
 
     def __init__(self, connection: AbstractRobustConnection) -> None:
         self._connection = connection
-        self._exchange: AbstractExchange | None = None
+        self._channel: AbstractChannel | None = None
 
     async def start(self) -> None:
-        channel = await self._connection.channel(publisher_confirms=True)
-        self._exchange = await declare_topology(channel)
+        self._channel = await self._connection.channel(publisher_confirms=True)
+        await declare_topology(self._channel)
 
     async def publish(self, event: Event) -> None:
         """Return once the broker has confirmed the message; raise if it did not."""
-        assert self._exchange is not None, "Publisher.start() first"
-        message = aio_pika.Message(
-            event.to_bytes(),
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        assert self._channel is not None, "Publisher.start() first"
+        channel = await self._channel.get_underlay_channel()
+        properties = Basic.Properties(
+            delivery_mode=PERSISTENT,
             content_type="application/json",
             message_id=str(event.message_id),
-            type=event.routing_key,
+            message_type=event.routing_key,
             timestamp=event.occurred_at,
         )
-        await self._exchange.publish(message, routing_key=event.routing_key)
+        confirmation = await channel.basic_publish(
+            event.to_bytes(),
+            exchange=EVENTS_EXCHANGE,
+            routing_key=event.routing_key,
+            properties=properties,
+        )
+        if not isinstance(confirmation, Basic.Ack):
+            raise DeliveryError(None, confirmation)  # type: ignore[arg-type]
 
 
 Handler = Callable[[EventT], Awaitable[None]]

@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.receiver.storage import IncomingStore, received_time
+from services.receiver.storage import INCOMING, IncomingStore, received_time
 from shared.broker import Publisher, connect
 from shared.errors import UnreadableObject
 from shared.headers import Header
@@ -143,8 +143,9 @@ class _Publishing:
         self._quarantine = quarantine_dir
         self._sweep_interval = sweep_interval
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
-        self._in_flight: set[Path] = set()  # announced, not yet confirmed
-        self._confirmed: set[Path] = set()
+        # incoming_path of each event: announced and not yet confirmed, or confirmed
+        self._in_flight: set[str] = set()
+        self._confirmed: set[str] = set()
 
     async def run(self, pipe: Connection) -> None:
         loop = asyncio.get_running_loop()
@@ -185,14 +186,11 @@ class _Publishing:
                 continue
             loop.call_soon_threadsafe(self._enqueue, event)
 
-    def _path(self, event: InstanceReceived) -> Path:
-        return self._data_dir / event.incoming_path
-
     def _enqueue(self, event: Event) -> None:
         if isinstance(event, InstanceReceived):
             if self._queue.qsize() >= MAX_WAITING:
                 return  # the file is on disk: the sweep announces it when there is room
-            self._in_flight.add(self._path(event))
+            self._in_flight.add(event.incoming_path)
         self._queue.put_nowait(event)
 
     async def _sweep_loop(self) -> None:
@@ -202,7 +200,7 @@ class _Publishing:
                 sweep_incoming, self._data_dir, self._quarantine, known
             )
             # Forget confirmations of files the sorter has taken away.
-            self._confirmed = {path for path in self._confirmed if path.exists()}
+            self._confirmed = {p for p in self._confirmed if (self._data_dir / p).exists()}
             if events:
                 log.info("sweep: announcing %d instance(s) waiting in incoming/", len(events))
             for event in events:
@@ -214,9 +212,8 @@ class _Publishing:
             event = await self._queue.get()
             await _publish_until_confirmed(publisher, event)
             if isinstance(event, InstanceReceived):
-                path = self._path(event)
-                self._in_flight.discard(path)
-                self._confirmed.add(path)
+                self._in_flight.discard(event.incoming_path)
+                self._confirmed.add(event.incoming_path)
             self._queue.task_done()
 
     async def _drain(self, timeout: float) -> None:
@@ -248,11 +245,12 @@ async def _publish_until_confirmed(publisher: Publisher, event: Event) -> None:
             delay = min(delay * 2, 10.0)
 
 
-def sweep_incoming(data_dir: Path, quarantine: Path, known: set[Path]) -> list[InstanceReceived]:
+def sweep_incoming(data_dir: Path, quarantine: Path, known: set[str]) -> list[InstanceReceived]:
     """Events for the files in ``incoming/`` that no confirmed or pending event covers."""
     events = []
-    for path in IncomingStore.waiting_in(data_dir / "incoming"):
-        if path in known:
+    for path in IncomingStore.waiting_in(data_dir / INCOMING):
+        incoming_path = f"{INCOMING}/{path.name}"
+        if incoming_path in known:
             continue
         try:
             content = path.read_bytes()
@@ -271,7 +269,7 @@ def sweep_incoming(data_dir: Path, quarantine: Path, known: set[Path]) -> list[I
                 study_instance_uid=uids.study_instance_uid,
                 series_instance_uid=uids.series_instance_uid,
                 transfer_syntax_uid=header.meta_text(TRANSFER_SYNTAX),
-                incoming_path=str(path.relative_to(data_dir)),
+                incoming_path=incoming_path,
                 size=len(content),
                 received_at=received_time(path.name),
                 calling_ae=header.meta_text(SOURCE_AE_TITLE),

@@ -39,6 +39,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
@@ -306,9 +307,6 @@ class EventDrivenDUL(DULServiceProvider):
         self._wake_lock = threading.Lock()  # no late wake-up into a closed, reused fd
         self.to_provider_queue = _SignallingQueue(self._wake)
         self._framing_lost = False  # PDU boundaries in the stream are unknown
-        # pynetdicom's loop sleeps this long whenever no event is queued; ours
-        # waits in ``_is_transport_event`` instead, and data PDUs queue none.
-        self._run_loop_delay = 0
 
     def _wake(self) -> None:
         with self._wake_lock, contextlib.suppress(BlockingIOError):  # full: one is pending
@@ -340,7 +338,7 @@ class EventDrivenDUL(DULServiceProvider):
 
     def run_reactor(self) -> None:
         try:
-            super().run_reactor()
+            self._react()
         finally:
             with self._wake_lock:
                 self._wake_r.close()
@@ -349,6 +347,43 @@ class EventDrivenDUL(DULServiceProvider):
             # the ACSE timeout; None tells it that no request is coming.
             self.to_user_queue.put(None)  # type: ignore[arg-type]
             self._on_stop()
+
+    def _react(self) -> None:
+        """pynetdicom's ``run_reactor`` without its sleep between idle loops.
+
+        Waiting happens in ``_is_transport_event``, and a data PDU served by
+        ``_receive_data_directly`` queues no event: the sleep would cost a
+        scheduler round trip per PDU.
+        """
+        self._idle_timer.start()
+        while not self._kill_thread:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if not self._process_recv_primitive() and self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                LOGGER.error("Exception in the DUL reactor, aborting association")
+                LOGGER.exception(exc)
+                self._abort_at_once()
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                continue
+            self.state_machine.do_action(event)
+
+    def _abort_at_once(self) -> None:
+        """What pynetdicom does when its reactor fails: A-ABORT, bypassing the state machine."""
+        abort = A_ABORT_RQ()
+        abort.source, abort.reason_diagnostic = 0x02, 0x00
+        with contextlib.suppress(Exception):
+            cast(PDUSocket, self.socket).send(abort.encode())
+        self.assoc.is_aborted, self.assoc.is_established = True, False
+        self.assoc._kill = True
+        self._kill_thread = True
 
     def _is_transport_event(self) -> bool:
         if self._framing_lost and self.state_machine.current_state == "Sta13":

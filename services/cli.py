@@ -24,13 +24,21 @@ def main(argv: list[str] | None = None) -> None:
     for name in SERVICES:
         commands.add_parser(name, help=f"run the {name} service")
     commands.add_parser("up", help="run every service on this host, as separate processes")
-    args = parser.parse_args(argv)
+    commands.add_parser("dead-letters", help="count, show or requeue dead-lettered messages")
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "dead-letters":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     try:
         if args.command == "up":
             from services.supervisor import run_all
 
             sys.exit(run_all(list(SERVICES)))
+        if args.command == "dead-letters":
+            from services.dead_letters import main as dead_letters
+
+            dead_letters(rest)
+            return
         module = importlib.import_module(SERVICES[args.command])
         module.main()
     except ConfigurationError as exc:

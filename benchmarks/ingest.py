@@ -72,6 +72,18 @@ class Children:
             self.stop(proc, grace=10.0)
 
 
+def dcmtk(name: str) -> str:
+    """DCMTK's tool, not pynetdicom's namesake in the virtualenv's bin/."""
+    venv_bin = os.path.realpath(os.path.join(sys.prefix, "bin"))
+    path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if os.path.realpath(p) != venv_bin
+    )
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise SystemExit(f"{name} not found: install DCMTK (apt-get install dcmtk)")
+    return found
+
+
 def free_port() -> int:
     with closing(socket.socket()) as s:
         s.bind((HOST, 0))
@@ -124,7 +136,7 @@ def generate(out: Path, count: int, size: int) -> int:
 
 def storescu(ae: str, port: int, files: Path, log: Path) -> None:
     """Send every file in `files` over one association; raise if storescu reports a failure."""
-    argv = ["storescu", "-aec", ae, "-pdu", PDU, "+sd", HOST, str(port), str(files)]
+    argv = [dcmtk("storescu"), "-aec", ae, "-pdu", PDU, "+sd", HOST, str(port), str(files)]
     with open(log, "ab") as out:
         rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=NODELAY_ENV)
     if rc.returncode != 0:
@@ -142,7 +154,7 @@ def wait_until(what: str, ready: Callable[[], bool], proc: Proc, timeout: float 
 
 
 def echo_ok(ae: str, port: int) -> bool:
-    argv = ["echoscu", "-aec", ae, "-to", "2", HOST, str(port)]
+    argv = [dcmtk("echoscu"), "-aec", ae, "-to", "2", HOST, str(port)]
     return subprocess.run(argv, capture_output=True).returncode == 0
 
 
@@ -221,7 +233,7 @@ class Bench:
     def storescp(self) -> list[float]:
         def one(out: Path) -> float:
             port = free_port()
-            argv = ["storescp", "-aet", "STORESCP", "-od", str(out), str(port)]
+            argv = [dcmtk("storescp"), "-aet", "STORESCP", "-od", str(out), str(port)]
             proc = self.kids.start("storescp", argv, NODELAY_ENV, self.work)
             try:
                 wait_until("storescp", lambda: echo_ok("STORESCP", port), proc)
@@ -322,11 +334,10 @@ def cpu_model() -> str:
 
 def report(bench: Bench, results: dict[str, list[float] | str], total_bytes: int) -> None:
     args, n = bench.args, bench.args.count
-    dcmtk = run(["storescp", "--version"]).splitlines()[0].strip("$ ")
+    dcmtk_version = run([dcmtk("storescp"), "--version"]).splitlines()[0].strip("$ ")
     print(f"\nmachine: nproc {len(os.sched_getaffinity(0))}, {cpu_model()}, {platform.platform()}")
-    print(
-        f"versions: {dcmtk}; Orthanc {bench.orthanc_version}; pynetdicom {pynetdicom.__version__}"
-    )
+    versions = f"{dcmtk_version}; Orthanc {bench.orthanc_version}"
+    print(f"versions: {versions}; pynetdicom {pynetdicom.__version__}")
     print(
         f"workload: {n} MR instances {args.size}x{args.size} int16, {total_bytes / 1e6:.1f} MB, "
         f"storescu -pdu {PDU} one association, TCP_NODELAY=1, best of {args.rounds} rounds\n"

@@ -8,8 +8,10 @@ test data folder fails the test: nothing here skips.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,15 @@ POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def require_tool(name: str) -> str:
-    path = shutil.which(name)
+    """The system's tool of this name: pynetdicom's own storescu and friends in the
+    virtualenv's bin/ (first on PATH under ``uv run``) are not the DCMTK peers."""
+    venv_bin = os.path.join(sys.prefix, "bin")
+    search = os.pathsep.join(
+        entry
+        for entry in os.environ.get("PATH", "").split(os.pathsep)
+        if os.path.realpath(entry) != os.path.realpath(venv_bin)
+    )
+    path = shutil.which(name, path=search)
     if path is None:
         pytest.fail(f"{name} is not installed (bash .ci/run installs what the tests need)")
     return path

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -89,6 +89,49 @@ class InstanceFiled(Event):
     replaced: bool  # an older copy of the same SOP Instance UID was overwritten
 
 
+class SeriesCompleted(Event):
+    """A series is taken to be whole: nothing arrived for the stable age, or all it should hold."""
+
+    routing_key: ClassVar[str] = "series.completed"
+
+    study_instance_uid: str
+    series_instance_uid: str
+    generation: int  # grows each time a late instance reopens the series
+    instances: int
+    reason: Literal["stable", "expected count reached"]
+
+
+class SeriesConverted(Event):
+    routing_key: ClassVar[str] = "series.converted"
+
+    outcome: Literal["converted"] = "converted"
+    study_instance_uid: str
+    series_instance_uid: str
+    generation: int
+    outputs: tuple[str, ...]  # NIfTI paths relative to the archive root
+    engines: tuple[str, ...]
+
+
+class SeriesSkipped(Event):
+    routing_key: ClassVar[str] = "series.skipped"
+
+    outcome: Literal["skipped"] = "skipped"
+    study_instance_uid: str
+    series_instance_uid: str
+    generation: int
+    reason: str
+
+
+class SeriesFailed(Event):
+    routing_key: ClassVar[str] = "series.failed"
+
+    outcome: Literal["failed"] = "failed"
+    study_instance_uid: str
+    series_instance_uid: str
+    generation: int
+    reason: str
+
+
 class Queue(BaseModel):
     """A durable consumer queue bound to some routing keys."""
 
@@ -104,5 +147,9 @@ class Queue(BaseModel):
 
 
 SORTER_QUEUE = Queue(name="dcmdb.sorter", routing_keys=(InstanceReceived.routing_key,))
+# A conversion that fails three times in a row is not worth a fourth.
+CONVERTER_QUEUE = Queue(
+    name="dcmdb.converter", routing_keys=(SeriesCompleted.routing_key,), delivery_limit=3
+)
 
-ALL_QUEUES: tuple[Queue, ...] = (SORTER_QUEUE,)
+ALL_QUEUES: tuple[Queue, ...] = (SORTER_QUEUE, CONVERTER_QUEUE)

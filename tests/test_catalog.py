@@ -17,7 +17,7 @@ from shared.catalog.models import Base, Patient
 
 pytestmark = pytest.mark.integration
 
-TABLES = {"patients", "studies", "series", "instances"}
+TABLES = {"patients", "studies", "series", "instances", "nifti_outputs"}
 
 
 def head_revision() -> str:

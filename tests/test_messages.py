@@ -26,6 +26,10 @@ from shared.messages import (
     Event,
     InstanceFiled,
     InstanceReceived,
+    SeriesCompleted,
+    SeriesConverted,
+    SeriesFailed,
+    SeriesSkipped,
 )
 
 
@@ -79,6 +83,32 @@ SAMPLES: dict[type[Event], Event] = {
         archive_path="smith/20240517_brain/003_t1/1.2.826.0.1.3680043.8.498.1.dcm",
         physician_folder="smith",
         replaced=True,
+    ),
+    SeriesCompleted: SeriesCompleted(
+        study_instance_uid="1.2.826.0.1.3680043.8.498.2",
+        series_instance_uid="1.2.826.0.1.3680043.8.498.3",
+        generation=2,
+        instances=176,
+        reason="stable",
+    ),
+    SeriesConverted: SeriesConverted(
+        study_instance_uid="1.2.826.0.1.3680043.8.498.2",
+        series_instance_uid="1.2.826.0.1.3680043.8.498.3",
+        generation=2,
+        outputs=("smith/20240517_brain/nifti/003_t1.nii.gz",),
+        engines=("dicom2nifti 2.6.2",),
+    ),
+    SeriesSkipped: SeriesSkipped(
+        study_instance_uid="1.2.826.0.1.3680043.8.498.2",
+        series_instance_uid="1.2.826.0.1.3680043.8.498.4",
+        generation=1,
+        reason="localizer",
+    ),
+    SeriesFailed: SeriesFailed(
+        study_instance_uid="1.2.826.0.1.3680043.8.498.2",
+        series_instance_uid="1.2.826.0.1.3680043.8.498.5",
+        generation=1,
+        reason="conversion timed out after 600 s",
     ),
 }
 

@@ -7,6 +7,9 @@ import contextlib
 import logging
 import signal
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.sorter import completion
 from services.sorter.filing import Filer
 from services.sorter.settings import SorterSettings
 from shared.broker import Publisher, connect, consume_batches
@@ -36,6 +39,7 @@ async def run(settings: SorterSettings) -> None:
         await asyncio.gather(*(publisher.publish(o.filed) for o in outcomes if o.filed is not None))
 
     log.info("sorting into %s", settings.archive_root)
+    completing = asyncio.create_task(announce_completions(sessions, publisher, settings.stable_age))
     consumer = asyncio.create_task(
         consume_batches(
             connection,
@@ -47,9 +51,28 @@ async def run(settings: SorterSettings) -> None:
         )
     )
     await _until_stopped(consumer)
+    completing.cancel()
     await connection.close()
     engine.dispose()
     log.info("sorter stopped")
+
+
+async def announce_completions(
+    sessions: sessionmaker[Session], publisher: Publisher, stable_age: float
+) -> None:
+    """Complete the series that went quiet and publish each completion, forever."""
+    interval = min(max(stable_age / 4, 0.2), 5.0)
+    while True:
+        try:
+            await asyncio.to_thread(completion.complete_stable_series, sessions, stable_age)
+            for event in await asyncio.to_thread(completion.unannounced, sessions):
+                await publisher.publish(event)
+                await asyncio.to_thread(completion.mark_announced, sessions, event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the catalog or broker is away: the next round retries
+            log.warning("completing series failed (%s); retrying", exc)
+        await asyncio.sleep(interval)
 
 
 async def _until_stopped(task: asyncio.Task[None]) -> None:

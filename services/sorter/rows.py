@@ -14,7 +14,15 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.catalog.models import Instance, Patient, Series, Study
+from shared.catalog.models import (
+    COMPLETE,
+    PENDING,
+    RECEIVING,
+    Instance,
+    Patient,
+    Series,
+    Study,
+)
 from shared.headers import Header
 from shared.naming import (
     PhysicianAliases,
@@ -49,10 +57,11 @@ class BatchRows:
                 select(Study).where(Study.study_instance_uid.in_(study_uids))
             )
         }
+        # Locked too: the completion of a series waits for the arrivals filed with it.
         self._series = {
             row.series_instance_uid: row
             for row in session.scalars(
-                select(Series).where(Series.series_instance_uid.in_(series_uids))
+                select(Series).where(Series.series_instance_uid.in_(series_uids)).with_for_update()
             )
         }
 
@@ -73,6 +82,12 @@ class BatchRows:
     def series(self, uid: str, study: Study, header: Header, received_at: datetime) -> Series:
         series = self._series.get(uid) or self._create_series(uid, study, header, received_at)
         series.last_received_at = max(as_utc(series.last_received_at), received_at)
+        if series.completion == COMPLETE:  # a late arrival: complete and convert it again
+            series.completion = RECEIVING
+            series.generation += 1
+            series.completed_at = None
+            series.completion_announced = False
+            series.conversion = PENDING
         return series
 
     def _create_study(self, uid: str, header: Header, received_at: datetime) -> Study:
@@ -114,6 +129,10 @@ class BatchRows:
         if self._session.scalar(taken) is not None:
             folder = with_uid_suffix(folder, uid)
         series = Series(
+            completion=RECEIVING,
+            generation=1,
+            completion_announced=False,
+            conversion=PENDING,
             series_instance_uid=uid,
             study_pk=study.id,
             folder=folder,

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -20,8 +21,14 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import false as sa_false
 
 UID = String
+
+# Series.completion
+RECEIVING, COMPLETE = "receiving", "complete"
+# Series.conversion
+PENDING, CONVERTED, SKIPPED, FAILED = "pending", "converted", "skipped", "failed"
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -75,7 +82,10 @@ class Study(Base):
 
 class Series(Base):
     __tablename__ = "series"
-    __table_args__ = (UniqueConstraint("study_pk", "folder", name="uq_series_folder"),)
+    __table_args__ = (
+        UniqueConstraint("study_pk", "folder", name="uq_series_folder"),
+        Index("ix_series_completion", "completion", "last_received_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
@@ -86,9 +96,42 @@ class Series(Base):
     description: Mapped[str] = mapped_column(String, default="")
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Completion: DICOM never says a series is done, so dcmdb decides (see
+    # services/sorter/completion.py). A late instance reopens a complete series
+    # and starts a new generation, which completes and converts again.
+    completion: Mapped[str] = mapped_column(String, default=RECEIVING, server_default=RECEIVING)
+    generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completion_announced: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=sa_false()
+    )
+    expected_instances: Mapped[int | None] = mapped_column(Integer)  # when the PACS said
+    # Conversion to NIfTI of the newest complete generation.
+    conversion: Mapped[str] = mapped_column(String, default=PENDING, server_default=PENDING)
+    conversion_reason: Mapped[str] = mapped_column(String, default="", server_default="")
+    converted_generation: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
+    outputs: Mapped[list[NiftiOutput]] = relationship(
+        back_populates="series", cascade="all, delete-orphan"
+    )
+
+
+class NiftiOutput(Base):
+    """One NIfTI volume (and its JSON sidecar) made from a series."""
+
+    __tablename__ = "nifti_outputs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    path: Mapped[str] = mapped_column(String)  # relative to the archive root
+    sidecar_path: Mapped[str] = mapped_column(String)
+    engine: Mapped[str] = mapped_column(String)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    series: Mapped[Series] = relationship(back_populates="outputs")
 
 
 class Instance(Base):

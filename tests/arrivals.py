@@ -10,11 +10,16 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.receiver.storage import received_time
+from services.sorter.filing import Filer
+from shared.catalog.models import Instance
 from shared.messages import InstanceReceived
 
 _clock = itertools.count(time.time_ns() // 10**6 * 10**6, 10**6)  # a millisecond apart
@@ -74,3 +79,25 @@ def arrive(
         peer_host="127.0.0.1",
         association_id=uuid.uuid4().hex,
     )
+
+
+@dataclass
+class Sorter:
+    """A sorter's filing logic on a data directory and catalog of its own (fixture ``sorter``)."""
+
+    data: Path
+    archive: Path
+    quarantine: Path
+    sessions: sessionmaker[Session]
+    filer: Filer
+
+    def incoming(self) -> list[str]:
+        return sorted(p.name for p in (self.data / "incoming").glob("*"))
+
+    def archived(self) -> dict[str, bytes]:
+        files = (p for p in self.archive.rglob("*") if p.is_file())
+        return {str(p.relative_to(self.archive)): p.read_bytes() for p in files}
+
+    def instances(self) -> dict[str, Instance]:
+        with self.sessions() as session:
+            return {i.sop_instance_uid: i for i in session.scalars(select(Instance))}

@@ -19,6 +19,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from services.sorter.filing import Filer
+from shared.catalog.database import open_catalog
+from tests.arrivals import Sorter
+
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = REPO.parent / "shared" / "testdata" / "dicom"
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -81,3 +85,13 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
         yield f"sqlite:///{tmp_path / 'catalog.sqlite'}"
     else:
         yield from _postgres_database()
+
+
+@pytest.fixture
+def sorter(catalog_url: str, tmp_path: Path) -> Iterator[Sorter]:
+    """The sorter's filing logic against each catalog backend, on a fresh data directory."""
+    engine, sessions = open_catalog(catalog_url, writer=True)
+    data = tmp_path / "data"
+    paths = data / "archive", data / "quarantine"
+    yield Sorter(data, *paths, sessions, Filer(sessions, data, *paths))
+    engine.dispose()

@@ -1,4 +1,4 @@
-"""Series completion: exactly once per generation, reopened by a late instance, kept across restarts."""
+"""Series completion: once per generation, reopened by late instances, kept across restarts."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from sqlalchemy import select
 from services.sorter.completion import complete_stable_series, mark_announced, unannounced
 from shared.catalog.database import open_catalog
 from shared.catalog.models import COMPLETE, RECEIVING, Series
-from tests.arrivals import arrive, dicom_files
-from tests.test_filing import Sorter, sorter  # noqa: F401 - the fixture
+from tests.arrivals import Sorter, arrive, dicom_files
 
 pytestmark = pytest.mark.integration
 

@@ -15,6 +15,7 @@ from shared.settings import ConfigurationError
 SERVICES = {
     "receiver": "services.receiver.main",
     "sorter": "services.sorter.main",
+    "converter": "services.converter.main",
 }
 
 

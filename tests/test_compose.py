@@ -7,6 +7,7 @@ import re
 import yaml
 
 from services.cli import SERVICES
+from services.converter.settings import ConverterSettings
 from services.receiver.settings import ReceiverSettings
 from services.sorter.settings import SorterSettings
 from shared.settings import ENV_PREFIX
@@ -14,7 +15,7 @@ from tests.conftest import REPO
 
 KNOWN_VARIABLES = {
     ENV_PREFIX + name.upper()
-    for settings in (ReceiverSettings, SorterSettings)
+    for settings in (ReceiverSettings, SorterSettings, ConverterSettings)
     for name in settings.model_fields
 }
 
@@ -42,6 +43,6 @@ def test_services_wait_for_healthy_dependencies_and_hold_no_secrets() -> None:
     text = (REPO / "docker-compose.yml").read_text()
     assert not re.search(r"(PASSWORD|PASS):\s+[^$\s]", text), "a password is written in the file"
     for name, service in compose()["services"].items():
-        assert "healthcheck" in service or name == "sorter", name
+        assert "healthcheck" in service or name in ("sorter", "converter"), name
         for dependency in service.get("depends_on", {}).values():
             assert dependency["condition"] == "service_healthy"

@@ -1,0 +1,380 @@
+"""The two conversion engines: dicom2nifti (in process) and dcm2niix (the PyPI binary).
+
+Both write uncompressed NIfTI into a scratch folder; `conversion` compresses and files them.
+
+dicom2nifti applies the rescale (and so writes float64) whenever RescaleSlope/Intercept are
+present; `restore_stored_type` undoes that where it is exact, so that a 16-bit series stays
+a 16-bit NIfTI with scl_slope/scl_inter. Philips images get dcm2niix's "precise" floating
+point scaling (0x2005,0x100E), the default of the reference converter.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import dcm2niix
+import dicom2nifti.settings as settings
+import nibabel as nib
+import numpy as np
+import pydicom
+from dicom2nifti.convert_dicom import dicom_array_to_nifti
+from pydicom.uid import ExplicitVRLittleEndian
+
+from .instances import Instance, as_float, as_text, private_value
+
+DCM2NIIX_TIMEOUT = 1800  # seconds; the caller's pool has its own, usually shorter, limit
+
+# Transfer syntaxes dcm2niix decodes itself; others are decoded by pydicom for it.
+_DCM2NIIX_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.2",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.5",
+    }
+)
+_CORRECTED_COPY = re.compile(r"^(?P<base>.*?)(?P<kind>_Tilt_Eq|_Tilt|_Eq)_\d+$")
+_CORRECTION_NOTES = {
+    "_Tilt": "gantry tilt corrected by dcm2niix (resampled)",
+    "_Eq": "unequal slice spacing equalised by dcm2niix (resampled)",
+    "_Tilt_Eq": "gantry tilt corrected and unequal slice spacing equalised by dcm2niix (resampled)",
+}
+
+
+class EngineError(Exception):
+    """An engine could not convert the images; the message says why."""
+
+
+class IgnoredByDcm2niix(EngineError):
+    """dcm2niix -i y took the images for derived, localizer or 2D images."""
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """One volume an engine wrote (uncompressed) into the scratch folder."""
+
+    suffix: str  # appended to the volume's own suffix
+    nifti: Path
+    metadata: dict[str, Any] = field(default_factory=dict)  # the engine's own sidecar keys
+    notes: tuple[str, ...] = ()
+
+
+@lru_cache(maxsize=1)
+def dicom2nifti_version() -> str:
+    return importlib.metadata.version("dicom2nifti")
+
+
+@lru_cache(maxsize=1)
+def dcm2niix_version() -> str:
+    result = subprocess.run(
+        [dcm2niix.bin, "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    match = re.search(r"version (v\S+)", result.stdout + result.stderr)
+    return match.group(1) if match else f"v{importlib.metadata.version('dcm2niix')}"
+
+
+def dicom2nifti_name() -> str:
+    return f"dicom2nifti {dicom2nifti_version()}"
+
+
+def dcm2niix_name() -> str:
+    return f"dcm2niix {dcm2niix_version()}"
+
+
+# dicom2nifti ------------------------------------------------------------------------------
+
+_D2N_SETTINGS = {
+    # We group and filter the images ourselves: a stack of two or three slices is a volume.
+    "validate_slicecount": False,
+    "validate_orientation": True,
+    "validate_orthogonal": True,  # gantry tilt: raise, and dcm2niix corrects it
+    "validate_slice_increment": True,  # missing slices: raise, and dcm2niix equalises
+    "validate_instance_number": False,
+    "validate_multiframe_implicit": True,
+    "pydicom_read_force": False,
+    "resample": False,
+    "resample_padding": 0,
+    "resample_spline_interpolation_order": 0,
+}
+
+
+@contextmanager
+def _dicom2nifti_settings() -> Iterator[None]:
+    """dicom2nifti's module-level settings as we need them, restored afterwards."""
+    saved = {name: getattr(settings, name) for name in _D2N_SETTINGS}
+    try:
+        for name, value in _D2N_SETTINGS.items():
+            setattr(settings, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(settings, name, value)
+
+
+def run_dicom2nifti(images: Sequence[Instance], scratch: Path) -> EngineOutput:
+    """Convert one stack (or time series of stacks) of single-frame images with dicom2nifti."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    with _dicom2nifti_settings():
+        try:
+            datasets = [pydicom.dcmread(image.path, force=True) for image in images]
+            result = dicom_array_to_nifti(
+                datasets, str(scratch / "dicom2nifti.nii.gz"), reorient_nifti=True
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure of the engine means "fall back"
+            raise EngineError(f"dicom2nifti: {type(exc).__name__}: {exc}") from exc
+    converted = result["NII"]
+    _check_voxel_count(converted, images)
+    image, notes, metadata = restore_stored_type(converted, images)
+    path = scratch / "volume.nii"
+    nib.save(image, path)
+    return EngineOutput("", path, metadata, notes)
+
+
+def _check_voxel_count(image: nib.Nifti1Image, images: Sequence[Instance]) -> None:
+    """dicom2nifti silently drops or merges images in some cases: every pixel must arrive."""
+    if any(i.is_mosaic for i in images):
+        volumes = image.shape[3] if len(image.shape) > 3 else 1
+        if volumes != len(images):
+            raise EngineError(
+                f"dicom2nifti made {volumes} volume(s) of {len(images)} mosaic image(s)"
+            )
+        return
+    expected = sum(
+        (as_float(i.ds.get("Rows")) or 0) * (as_float(i.ds.get("Columns")) or 0) for i in images
+    )
+    if int(np.prod(image.shape[:4])) != int(expected):
+        raise EngineError(
+            f"dicom2nifti made a {image.shape} volume of {len(images)} images: some were "
+            "dropped or merged"
+        )
+
+
+def restore_stored_type(
+    image: nib.Nifti1Image, images: Sequence[Instance]
+) -> tuple[nib.Nifti1Image, tuple[str, ...], dict[str, Any]]:
+    """The stored integers with scl_slope/scl_inter, where dicom2nifti's values allow it."""
+    data = np.asanyarray(image.dataobj)
+    first = images[0].ds
+    notes: list[str] = []
+    metadata: dict[str, Any] = {}
+    stored = _stored_dtype(first)
+    rescales = {_rescale(i.ds) for i in images}
+    raw: np.ndarray | None = None
+    slope, inter = 1.0, 0.0
+    if stored is not None and len(rescales) == 1 and data.dtype.kind in "iuf":
+        slope, inter = rescales.pop()
+        raw = _invert_rescale(data, slope, inter, stored)
+    if raw is None:
+        if data.dtype.kind == "f" and data.dtype != np.float32:
+            data = data.astype(np.float32)
+            notes.append("stored as float32: the rescale varies between images or is not exact")
+        elif data.dtype.byteorder not in "=|":
+            data = data.astype(data.dtype.newbyteorder("="))
+        result = nib.Nifti1Image(data, image.affine)
+        result.header.set_slope_inter(1.0, 0.0)
+    else:
+        philips = _philips_precise(images, slope, inter)
+        if philips is not None:
+            slope, inter, metadata = philips
+        result = nib.Nifti1Image(raw, image.affine)
+        result.header.set_slope_inter(slope, inter)
+    _finish_header(result, first)
+    return result, tuple(notes), metadata
+
+
+def _stored_dtype(ds: pydicom.Dataset) -> np.dtype[Any] | None:
+    bits = as_float(ds.get("BitsAllocated"))
+    if bits not in (8, 16, 32) or as_float(ds.get("SamplesPerPixel") or 1) != 1:
+        return None
+    signed = as_float(ds.get("PixelRepresentation")) == 1
+    return np.dtype(f"{'i' if signed else 'u'}{int(bits or 0) // 8}")
+
+
+def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
+    """The rescale pydicom (and so dicom2nifti) applies: both attributes, or none."""
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds and "ModalityLUTSequence" not in ds:
+        slope = as_float(ds.RescaleSlope)
+        inter = as_float(ds.RescaleIntercept)
+        if slope is not None and inter is not None:
+            return slope, inter
+    return 1.0, 0.0
+
+
+def _invert_rescale(
+    data: np.ndarray, slope: float, inter: float, stored: np.dtype[Any]
+) -> np.ndarray | None:
+    limits = np.iinfo(stored)
+    if data.dtype.kind in "iu":
+        # pydicom's rescale always gives floats: integers are stored values (dicom2nifti's
+        # mosaic path, for one, never applies the rescale it reads).
+        candidate = data.astype(np.float64)
+    else:
+        if slope == 0:
+            return None
+        candidate = np.rint((data.astype(np.float64) - inter) / slope)
+        if not np.array_equal(candidate * slope + inter, data):
+            return None
+    if candidate.size and (candidate.min() < limits.min or candidate.max() > limits.max):
+        return None
+    return candidate.astype(stored)
+
+
+def _philips_precise(
+    images: Sequence[Instance], slope: float, inter: float
+) -> tuple[float, float, dict[str, Any]] | None:
+    """dcm2niix's Philips floating point values: FP = (SV * RS + RI) / (RS * SS)."""
+    first = images[0].ds
+    if "PHILIPS" not in as_text(first.get("Manufacturer")).upper():
+        return None
+    scales = {
+        as_float(private_value(i.ds, 0x2005, "Philips MR Imaging DD 001", 0x0E)) for i in images
+    }
+    if len(scales) != 1:
+        return None
+    scale = scales.pop()
+    if scale is None or scale == 0 or slope == 0:
+        return None
+    rs, ri, ss = np.float32(slope), np.float32(inter), np.float32(scale)
+    at0 = (np.float32(0) * rs + ri) / (rs * ss)
+    at1 = (np.float32(1) * rs + ri) / (rs * ss)
+    metadata = {
+        "PhilipsRescaleSlope": slope,
+        "PhilipsRescaleIntercept": inter,
+        "PhilipsScaleSlope": float(scale),
+        "UsePhilipsFloatNotDisplayScaling": 1,
+    }
+    return float(at1 - at0), float(at0), metadata
+
+
+def _finish_header(image: nib.Nifti1Image, ds: pydicom.Dataset) -> None:
+    header = image.header
+    header.set_xyzt_units("mm", "sec")
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    if len(image.shape) > 3:
+        tr = as_float(ds.get("RepetitionTime"))
+        zooms = list(header.get_zooms())
+        zooms[3] = tr / 1000.0 if tr else 1.0
+        header.set_zooms(zooms)
+    header["descrip"] = f"{dicom2nifti_name()}"[:79].encode()
+
+
+# dcm2niix ---------------------------------------------------------------------------------
+
+
+def run_dcm2niix(images: Sequence[Instance], scratch: Path) -> list[EngineOutput]:
+    """Convert `images` with `dcm2niix -i y`; an empty list when it ignores them all."""
+    source = scratch / "dicom"
+    target = scratch / "nifti"
+    source.mkdir(parents=True, exist_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        try:
+            _stage_for_dcm2niix(image, source / f"{index:06d}.dcm")
+        except Exception as exc:  # noqa: BLE001 - pydicom failing to decode or write it
+            raise EngineError(
+                f"{image.path.name} could not be decoded for dcm2niix: {type(exc).__name__}: {exc}"
+            ) from exc
+    command = [
+        dcm2niix.bin,
+        "-i", "y",  # ignore derived, localizer and 2D images
+        "-b", "y",
+        "-ba", "y",  # no patient details in its sidecar
+        "-z", "n",  # we compress, reproducibly
+        "-d", "0",
+        "-f", "vol",
+        "-o", str(target),
+        str(source),
+    ]  # fmt: skip
+    # HOME points at scratch: no user's ~/.dcm2nii.ini changes the result.
+    environment = {**os.environ, "HOME": str(scratch)}
+    try:
+        completed = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=DCM2NIIX_TIMEOUT,
+            env=environment,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise EngineError(f"dcm2niix: no result within {DCM2NIIX_TIMEOUT} s") from exc
+    log = completed.stdout + completed.stderr
+    outputs = _collect_dcm2niix(target)
+    if not outputs:
+        ignored = [line for line in log.splitlines() if re.match(r"\s*(Ignoring|Skipping)", line)]
+        if completed.returncode == 0 and ignored:
+            raise IgnoredByDcm2niix(ignored[0].strip())
+        log = log.replace(f"{source}{os.sep}", "").replace(str(scratch), "")
+        raise EngineError(f"dcm2niix wrote nothing (exit {completed.returncode}): {_tail(log)}")
+    return outputs
+
+
+def _stage_for_dcm2niix(image: Instance, target: Path) -> None:
+    if image.transfer_syntax in _DCM2NIIX_SYNTAXES:
+        target.symlink_to(image.path.resolve())
+        return
+    # Deflated, JPEG baseline/extended, HTJ2K, ...: decode with pydicom's plugins first.
+    ds = pydicom.dcmread(image.path, force=True)
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is not None and syntax.is_compressed:
+        ds.decompress()
+    else:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(target, enforce_file_format=True)
+
+
+def _collect_dcm2niix(target: Path) -> list[EngineOutput]:
+    stems = sorted(p.name[: -len(".nii")] for p in target.glob("vol*.nii"))
+    corrected: dict[str, tuple[str, str]] = {}
+    for stem in stems:
+        match = _CORRECTED_COPY.match(stem)
+        if match and match.group("base") in stems:
+            corrected[match.group("base")] = (stem, match.group("kind"))
+    outputs = []
+    for stem in stems:
+        match = _CORRECTED_COPY.match(stem)
+        if match and match.group("base") in corrected:
+            continue  # the corrected copy, taken with its plain sibling below
+        metadata = _read_json(target / f"{stem}.json")
+        chosen = stem
+        notes: tuple[str, ...] = ()
+        if stem in corrected:
+            chosen, kind = corrected[stem]
+            notes = (_CORRECTION_NOTES[kind],)
+        suffix = stem[len("vol") :]
+        if suffix and not suffix.startswith("_"):
+            suffix = f"_{suffix}"
+        outputs.append(EngineOutput(suffix, target / f"{chosen}.nii", metadata, notes))
+    return outputs
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _tail(log: str, lines: int = 3) -> str:
+    kept = [line.strip() for line in log.splitlines() if line.strip()]
+    kept = [line for line in kept if not line.startswith("Chris Rorden")]
+    return " | ".join(kept[-lines:]) or "no message"

@@ -1,0 +1,92 @@
+"""Running one conversion in a process of its own, with a time limit.
+
+Conversion is CPU-bound and runs third-party code on real-world data: a
+segfault, a runaway memory use or an endless loop must fail that series, not
+the service. Each conversion runs in a fresh process forked from a server
+that has the conversion code imported already (cheap to start), and is killed
+when it runs out of time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from services.converter.conversion import Conversion, convert_series
+
+_CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT.set_forkserver_preload(["services.converter.conversion"])
+
+
+@dataclass(frozen=True)
+class Job:
+    """One series to convert: everything ``convert_series`` needs."""
+
+    files: tuple[Path, ...]
+    out_dir: Path
+    base_name: str
+    study_instance_uid: str
+    series_instance_uid: str
+
+
+def run_isolated(job: Job, timeout: float) -> Conversion:
+    """Convert in a child process; a crash or running out of time fails the series."""
+    receiving, sending = _CONTEXT.Pipe(duplex=False)
+    work_dir = Path(tempfile.mkdtemp(prefix="dcmdb-convert-"))
+    child = _CONTEXT.Process(target=_convert, args=(job, work_dir, sending), daemon=True)
+    try:
+        child.start()
+        sending.close()
+        if not receiving.poll(timeout):
+            return Conversion(status="failed", reason=f"conversion took over {timeout:.0f} s")
+        try:
+            result: Conversion = receiving.recv()
+        except EOFError:
+            child.join(5)
+            return Conversion(status="failed", reason=f"the converter crashed ({_how(child)})")
+        return result
+    finally:
+        if child.is_alive() and child.pid is not None:
+            # The child leads a process group of its own: dcm2niix goes with it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+        child.join(5)
+        receiving.close()
+        shutil.rmtree(work_dir, ignore_errors=True)
+        if child.pid is not None:
+            _remove_partial_outputs(job.out_dir, child.pid)
+
+
+def _how(child: multiprocessing.process.BaseProcess) -> str:
+    code = child.exitcode
+    return f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+
+
+def _remove_partial_outputs(out_dir: Path, pid: int) -> None:
+    """Temporary files a killed conversion left (named ``.<name>.<pid>.<hex>.tmp``)."""
+    for partial in out_dir.glob(f".*.{pid}.*.tmp"):
+        partial.unlink(missing_ok=True)
+
+
+def _convert(job: Job, work_dir: Path, result: Connection) -> None:
+    os.setpgrp()
+    try:
+        conversion = convert_series(
+            job.files,
+            job.out_dir,
+            job.base_name,
+            study_instance_uid=job.study_instance_uid,
+            series_instance_uid=job.series_instance_uid,
+            work_dir=work_dir,
+        )
+    except Exception as exc:  # a bug in the engines: fail the series, say which
+        conversion = Conversion(status="failed", reason=f"{exc.__class__.__name__}: {exc}")
+    result.send(conversion)
+    result.close()

@@ -1,0 +1,18 @@
+"""Converter settings."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field
+
+from shared.settings import CommonSettings
+
+
+def _default_workers() -> int:
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+class ConverterSettings(CommonSettings):
+    workers: int = Field(default_factory=_default_workers, ge=1, le=64)  # series at once
+    conversion_timeout: float = Field(default=600.0, gt=0)  # seconds for one series

@@ -92,11 +92,17 @@ def wait_until_reachable(engine: Engine) -> None:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision; safe when several services start at once."""
-    with _migration_lock(engine), engine.begin() as connection:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    # Migrating writes: on SQLite it takes the write lock at BEGIN, or a reader
+    # that turns writer while another process commits fails at once as "locked".
+    migrating = create_catalog_engine(engine.url.render_as_string(False), writer=True)
+    try:
+        with _migration_lock(migrating), migrating.begin() as connection:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        migrating.dispose()
 
 
 @contextmanager

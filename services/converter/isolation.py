@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import shutil
 import signal
@@ -34,6 +35,11 @@ class Job:
     base_name: str
     study_instance_uid: str
     series_instance_uid: str
+
+
+def warm_up() -> None:
+    """Start the fork server now, so that the first series does not wait for its imports."""
+    multiprocessing.forkserver.ensure_running()
 
 
 def run_isolated(job: Job, timeout: float) -> Conversion:

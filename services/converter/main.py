@@ -7,7 +7,7 @@ import logging
 import signal
 
 from services.converter import records
-from services.converter.isolation import run_isolated
+from services.converter.isolation import run_isolated, warm_up
 from services.converter.settings import ConverterSettings
 from shared.broker import Publisher, connect, consume
 from shared.catalog.database import open_catalog
@@ -20,6 +20,7 @@ log = logging.getLogger("dcmdb.converter")
 
 async def run(settings: ConverterSettings) -> None:
     engine, sessions = await asyncio.to_thread(open_catalog, settings.catalog_url, writer=True)
+    await asyncio.to_thread(warm_up)
     archive = settings.archive_root
     connection = await connect(settings.broker_url, name="dcmdb-converter")
     publisher = Publisher(connection)

@@ -36,7 +36,9 @@ from .instances import Instance, read_instances
 from .sidecar import ACQUISITION_KEYS, build_sidecar, dumps
 
 Status = Literal["converted", "skipped", "failed"]
-GZIP_LEVEL = 6
+# zlib level 3: a third of level 6's time; on the test data at most 1.06 x the size of
+# dcm2niix's level-6 output (level 1: up to 1.13 x, over the 1.1 x budget).
+GZIP_LEVEL = 3
 _COPY_CHUNK = 1 << 20
 
 

@@ -10,6 +10,7 @@ point scaling (0x2005,0x100E), the default of the reference converter.
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import os
@@ -28,6 +29,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 from dicom2nifti.convert_dicom import dicom_array_to_nifti
+from dicom2nifti.image_reorientation import reorient_image
 from pydicom.uid import ExplicitVRLittleEndian
 
 from .instances import Instance, as_float, as_text, private_value
@@ -132,18 +134,67 @@ def run_dicom2nifti(images: Sequence[Instance], scratch: Path) -> EngineOutput:
     scratch.mkdir(parents=True, exist_ok=True)
     with _dicom2nifti_settings():
         try:
-            datasets = [pydicom.dcmread(image.path, force=True) for image in images]
-            result = dicom_array_to_nifti(
-                datasets, str(scratch / "dicom2nifti.nii.gz"), reorient_nifti=True
-            )
+            datasets = _datasets_for_dicom2nifti(images)
+            converted = _dicom2nifti_volume(datasets, scratch)
         except Exception as exc:  # noqa: BLE001 - any failure of the engine means "fall back"
             raise EngineError(f"dicom2nifti: {type(exc).__name__}: {exc}") from exc
-    converted = result["NII"]
     _check_voxel_count(converted, images)
     image, notes, metadata = restore_stored_type(converted, images)
     path = scratch / "volume.nii"
     nib.save(image, path)
     return EngineOutput("", path, metadata, notes)
+
+
+def _datasets_for_dicom2nifti(images: Sequence[Instance]) -> list[pydicom.Dataset]:
+    """The headers we already read (pixel data still deferred: read when decoded).
+
+    Where every image has the same rescale, the copies lack it: dicom2nifti then keeps the
+    stored integers instead of building (and reorienting) a float64 volume that
+    `restore_stored_type` would only turn back into integers; the header gets the rescale
+    from the original headers instead.
+    """
+    if not _strippable_rescale(images):
+        return [image.ds for image in images]  # dicom2nifti deep-copies each before decoding
+    datasets = [_shallow_copy(image.ds) for image in images]
+    for ds in datasets:
+        del ds.RescaleSlope
+        del ds.RescaleIntercept
+    return datasets
+
+
+def _shallow_copy(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """A copy with its own element mapping, sharing the (unmodified) elements.
+
+    A deep copy costs as much as the conversion for long private headers (GE, Siemens);
+    `Dataset.copy` shares the mapping, so deleting from it would alter the original.
+    """
+    clone = copy.copy(ds)
+    clone._dict = dict(ds._dict)  # noqa: SLF001 - pydicom has no public way to do this
+    return clone
+
+
+def _strippable_rescale(images: Sequence[Instance]) -> bool:
+    """Integer pixel data with one explicit rescale (no modality LUT) for all images."""
+    first = images[0].ds
+    if _stored_dtype(first) is None:
+        return False
+    for image in images:
+        ds = image.ds
+        if "PixelData" not in ds or "ModalityLUTSequence" in ds:
+            return False
+        if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+            return False
+    return len({_rescale(image.ds) for image in images}) == 1
+
+
+def _dicom2nifti_volume(datasets: list[pydicom.Dataset], scratch: Path) -> nib.Nifti1Image:
+    """dicom2nifti's LAS-reoriented volume, kept in memory.
+
+    With no output file dicom2nifti skips writing (and gzipping) its volume; only its
+    reorientation step always writes, so it writes an uncompressed file we then ignore.
+    """
+    result = dicom_array_to_nifti(datasets, None, reorient_nifti=False)
+    return reorient_image(result["NII"], str(scratch / "dicom2nifti.nii"))
 
 
 def _check_voxel_count(image: nib.Nifti1Image, images: Sequence[Instance]) -> None:
@@ -221,9 +272,11 @@ def _invert_rescale(
 ) -> np.ndarray | None:
     limits = np.iinfo(stored)
     if data.dtype.kind in "iu":
-        # pydicom's rescale always gives floats: integers are stored values (dicom2nifti's
-        # mosaic path, for one, never applies the rescale it reads).
-        candidate = data.astype(np.float64)
+        # pydicom's rescale always gives floats: integers are stored values (we removed the
+        # rescale, or dicom2nifti's mosaic path, for one, never applies the rescale it reads).
+        if np.can_cast(data.dtype, stored):
+            return data.astype(stored, copy=False)
+        candidate = data
     else:
         if slope == 0:
             return None

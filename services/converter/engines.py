@@ -153,13 +153,31 @@ def _datasets_for_dicom2nifti(images: Sequence[Instance]) -> list[pydicom.Datase
     `restore_stored_type` would only turn back into integers; the header gets the rescale
     from the original headers instead.
     """
-    if not _strippable_rescale(images):
-        return [image.ds for image in images]  # dicom2nifti deep-copies each before decoding
-    datasets = [_shallow_copy(image.ds) for image in images]
-    for ds in datasets:
-        del ds.RescaleSlope
-        del ds.RescaleIntercept
+    datasets = [_view(image.ds) for image in images]
+    if _strippable_rescale(images):
+        for ds in datasets:
+            del ds.RescaleSlope
+            del ds.RescaleIntercept
     return datasets
+
+
+class _SliceView(pydicom.Dataset):
+    """A header as handed to dicom2nifti.
+
+    dicom2nifti deep-copies every slice before decoding it, only so that the
+    decoded pixels are not kept on the original. A copy with its own element
+    mapping does that as well, at a fraction of the cost of copying long
+    private headers (most of the time of a small series went there).
+    """
+
+    def __deepcopy__(self, memo: dict[int, object]) -> pydicom.Dataset:
+        return _shallow_copy(self)
+
+
+def _view(ds: pydicom.Dataset) -> pydicom.Dataset:
+    view = _shallow_copy(ds)
+    view.__class__ = _SliceView
+    return view
 
 
 def _shallow_copy(ds: pydicom.Dataset) -> pydicom.Dataset:

@@ -108,9 +108,6 @@ class Header:
         except ValueError:
             return None
 
-    def has(self, keyword: str) -> bool:
-        return _TAGS[keyword] in self._values
-
     def meta_text(self, tag: int) -> str:
         """A file meta information element as text (e.g. 0x00020010, the transfer syntax)."""
         return _ascii(self._meta.get(tag, b""))

@@ -67,7 +67,17 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 
 def _open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
+    """Open sockets and pipes: what an association holds (a library may open other files
+    once per process, lazily, and keep them)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile (the listing's own fd)
+        if target.startswith(("socket:", "pipe:")):
+            found.add(f"{fd} {target}")
+    return found
 
 
 @pytest.fixture(autouse=True)

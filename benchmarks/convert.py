@@ -16,29 +16,27 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from contextlib import closing, suppress
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from processes import HOST, Children, Vhost, dcmtk, free_port
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 DCMDB, DCM2NIIX = ROOT / ".venv" / "bin" / "dcmdb", ROOT / ".venv" / "bin" / "dcm2niix"
-STORESCU, ECHOSCU = "/usr/bin/storescu", "/usr/bin/echoscu"  # DCMTK, not pynetdicom's
 TIME = "/usr/bin/time"  # GNU time
 TESTDATA = Path("/work/shared/testdata/dicom")
 SERIES = {"ct": "generated CT 200x512x512", "t1": "siemens_xa30_t1w_3d_classic",
           "fmri": "ge_fmri_epi_4d"}  # fmt: skip
-HOST, STABLE_AGE, MB = "127.0.0.1", 2.0, 1e6
+STABLE_AGE, MB = 2.0, 1e6
 
 
 @dataclass
@@ -215,27 +213,6 @@ def report(results: dict[str, tuple[Run, Run]], sizes: dict[str, int], baseline:
         print(f"{'PASS' if all(verdicts.values()) else 'FAIL'}  {name}: {summary}")
 
 
-def free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def rabbitmqctl(*argv: str, check: bool = True) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *argv], check=check, capture_output=True)
-
-
-def stop_group(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
-    """SIGTERM the leader (it stops its services), then SIGKILL whatever is left of its group."""
-    if proc.poll() is None:
-        proc.terminate()
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(grace)
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 def end_to_end(work: Path) -> None:
     """Seconds from storescu's return to the series' .nii.gz in the archive, minus stable age.
 
@@ -243,18 +220,17 @@ def end_to_end(work: Path) -> None:
     imports the conversion code then); the T1 follows as a series to a warm converter.
     """
     data, log, port = work / "e2e-data", work / "dcmdb-up.log", free_port()
-    vhost, niftis = f"dcmdb-bench-{uuid.uuid4().hex[:8]}", "archive/*/*/nifti/*.nii.gz"
+    vhost, niftis, kids = Vhost(), "archive/*/*/nifti/*.nii.gz", Children(work)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DCMDB_")}
     env.update(TCP_NODELAY="1", DCMDB_DATA_DIR=str(data), DCMDB_DICOM_PORT=str(port),
                DCMDB_AE_TITLE="DCMDB", DCMDB_STABLE_AGE=str(STABLE_AGE),
-               DCMDB_BROKER_URL=f"amqp://guest:guest@{HOST}:5672/{vhost}")  # fmt: skip
-    rabbitmqctl("add_vhost", vhost)
+               DCMDB_BROKER_URL=vhost.url)  # fmt: skip
     proc: subprocess.Popen[bytes] | None = None
 
     def deliver(key: str, when: str) -> None:
         assert proc is not None
         before = set(data.glob(niftis))
-        send = [STORESCU, "-aec", "DCMDB", "-pdu", "131072", "+sd", HOST, str(port),
+        send = [dcmtk("storescu"), "-aec", "DCMDB", "-pdu", "131072", "+sd", HOST, str(port),
                 str(TESTDATA / SERIES[key] / "dicom")]  # fmt: skip
         subprocess.run(send, check=True, capture_output=True, env=env)
         sent = time.perf_counter()
@@ -277,13 +253,9 @@ def end_to_end(work: Path) -> None:
         )
 
     try:
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [str(DCMDB), "up"], stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, env=env, cwd=work, start_new_session=True,
-            )  # fmt: skip
-        echo = [ECHOSCU, "-aec", "DCMDB", "-to", "2", HOST, str(port)]
+        vhost.recreate()
+        proc = kids.start("dcmdb-up", [str(DCMDB), "up"], env, work)
+        echo = [dcmtk("echoscu"), "-aec", "DCMDB", "-to", "2", HOST, str(port)]
         deadline = time.monotonic() + 60
         while not (
             subprocess.run(echo, capture_output=True).returncode == 0
@@ -296,9 +268,8 @@ def end_to_end(work: Path) -> None:
         deliver("fmri", "first series since start")
         deliver("t1", "next series, warm converter")
     finally:
-        if proc is not None:
-            stop_group(proc)
-        rabbitmqctl("delete_vhost", vhost, check=False)
+        kids.stop_all()
+        vhost.delete()
 
 
 def parse_args() -> argparse.Namespace:

@@ -14,14 +14,12 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable
 from contextlib import closing, suppress
 from pathlib import Path
@@ -29,72 +27,15 @@ from typing import Any
 
 import numpy as np
 import pynetdicom
+from processes import HOST, Children, Proc, Vhost, dcmtk, free_port, run
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 DCMDB = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "dcmdb"
-HOST, PDU = "127.0.0.1", "131072"
+PDU = "131072"
 NODELAY_ENV = {k: v for k, v in os.environ.items() if not k.startswith("DCMDB_")}
 NODELAY_ENV["TCP_NODELAY"] = "1"
 TARGETS = {"a": "storescp", "b": "Orthanc", "c": "dcmdb receiver", "d": "dcmdb receive + sort"}
-Proc = subprocess.Popen[bytes]
-
-
-class Children:
-    """Long-running children, each in its own session so that its whole group can be killed."""
-
-    def __init__(self, logdir: Path) -> None:
-        self.logdir = logdir
-        self.live: list[Proc] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> Proc:
-        with open(self.logdir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, cwd=cwd, start_new_session=True,
-            )  # fmt: skip
-        self.live.append(proc)
-        return proc
-
-    def stop(self, proc: Proc, grace: float = 30.0) -> None:
-        """SIGTERM the leader (it stops its own children), then SIGKILL the rest of its group."""
-        if proc.poll() is None:
-            proc.terminate()
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(grace)
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        self.live.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in list(self.live):
-            self.stop(proc, grace=10.0)
-
-
-def dcmtk(name: str) -> str:
-    """DCMTK's tool, not pynetdicom's namesake in the virtualenv's bin/."""
-    venv_bin = os.path.realpath(os.path.join(sys.prefix, "bin"))
-    path = os.pathsep.join(
-        p for p in os.environ.get("PATH", "").split(os.pathsep) if os.path.realpath(p) != venv_bin
-    )
-    found = shutil.which(name, path=path)
-    if found is None:
-        raise SystemExit(f"{name} not found: install DCMTK (apt-get install dcmtk)")
-    return found
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def run(argv: list[str], check: bool = True) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
-    return proc.stdout
 
 
 def generate(out: Path, count: int, size: int) -> int:
@@ -178,25 +119,6 @@ def http(method: str, url: str) -> Any:
     with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=30) as resp:
         body = resp.read()
     return json.loads(body) if body else None
-
-
-class Vhost:
-    """A throw-away RabbitMQ vhost for the dcmdb targets, recreated empty for every round."""
-
-    def __init__(self) -> None:
-        self.name, self.exists = f"dcmdb-bench-{uuid.uuid4().hex[:8]}", False
-        self.url = f"amqp://guest:guest@{HOST}:5672/{self.name}"
-
-    def recreate(self) -> None:
-        self.delete()
-        run(["rabbitmqctl", "-q", "add_vhost", self.name])
-        self.exists = True
-        run(["rabbitmqctl", "-q", "set_permissions", "-p", self.name, "guest", ".*", ".*", ".*"])
-
-    def delete(self) -> None:
-        if self.exists:
-            run(["rabbitmqctl", "-q", "delete_vhost", self.name], check=False)
-            self.exists = False
 
 
 class Bench:

@@ -89,46 +89,42 @@ class InstanceFiled(Event):
     replaced: bool  # an older copy of the same SOP Instance UID was overwritten
 
 
-class SeriesCompleted(Event):
-    """A series is taken to be whole: nothing arrived for the stable age, or all it should hold."""
-
-    routing_key: ClassVar[str] = "series.completed"
+class SeriesEvent(Event):
+    """What every event about one generation of a series carries."""
 
     study_instance_uid: str
     series_instance_uid: str
     generation: int  # grows each time a late instance reopens the series
+
+
+class SeriesCompleted(SeriesEvent):
+    """A series is taken to be whole: nothing arrived for the stable age, or all it should hold."""
+
+    routing_key: ClassVar[str] = "series.completed"
+
     instances: int
     reason: Literal["stable", "expected count reached"]
 
 
-class SeriesConverted(Event):
+class SeriesConverted(SeriesEvent):
     routing_key: ClassVar[str] = "series.converted"
 
     outcome: Literal["converted"] = "converted"
-    study_instance_uid: str
-    series_instance_uid: str
-    generation: int
     outputs: tuple[str, ...]  # NIfTI paths relative to the archive root
     engines: tuple[str, ...]
 
 
-class SeriesSkipped(Event):
+class SeriesSkipped(SeriesEvent):
     routing_key: ClassVar[str] = "series.skipped"
 
     outcome: Literal["skipped"] = "skipped"
-    study_instance_uid: str
-    series_instance_uid: str
-    generation: int
     reason: str
 
 
-class SeriesFailed(Event):
+class SeriesFailed(SeriesEvent):
     routing_key: ClassVar[str] = "series.failed"
 
     outcome: Literal["failed"] = "failed"
-    study_instance_uid: str
-    series_instance_uid: str
-    generation: int
     reason: str
 
 

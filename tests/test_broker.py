@@ -474,7 +474,9 @@ def test_undecodable_messages_are_dead_lettered_without_calling_the_handler(
                 await eventually(lambda: len(handled) == 1)
                 await settled(connection, expected)
             await settled(connection, expected, hold=FINAL_HOLD)
-            assert await dead_letter_counts(connection) == with_other_queues_empty({SORTER_DEAD: len(bad_bodies)})
+            assert await dead_letter_counts(connection) == with_other_queues_empty(
+                {SORTER_DEAD: len(bad_bodies)}
+            )
             return await get_all(connection, SORTER_DEAD)
 
     dead = run(scenario())

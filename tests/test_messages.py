@@ -39,7 +39,8 @@ def all_event_classes() -> list[type[Event]]:
     pending = list(Event.__subclasses__())
     while pending:
         cls = pending.pop()
-        found.append(cls)
+        if "routing_key" in vars(cls):  # bases such as SeriesEvent are not sent themselves
+            found.append(cls)
         pending.extend(cls.__subclasses__())
     return sorted(found, key=lambda cls: cls.__name__)
 

@@ -102,32 +102,17 @@ def record(
 
 def outcome(event: SeriesCompleted, result: Conversion, archive: Path) -> Event:
     """The event that announces what became of a completed series."""
-    study, series, generation = (
-        event.study_instance_uid,
-        event.series_instance_uid,
-        event.generation,
-    )
+    series = {
+        "study_instance_uid": event.study_instance_uid,
+        "series_instance_uid": event.series_instance_uid,
+        "generation": event.generation,
+    }
     if result.status == "converted":
-        return SeriesConverted(
-            study_instance_uid=study,
-            series_instance_uid=series,
-            generation=generation,
-            outputs=tuple(_relative(o.nifti, archive) for o in result.outputs),
-            engines=tuple(sorted({o.engine for o in result.outputs})),
-        )
-    if result.status == "skipped":
-        return SeriesSkipped(
-            study_instance_uid=study,
-            series_instance_uid=series,
-            generation=generation,
-            reason=result.reason,
-        )
-    return SeriesFailed(
-        study_instance_uid=study,
-        series_instance_uid=series,
-        generation=generation,
-        reason=result.reason,
-    )
+        outputs = tuple(_relative(o.nifti, archive) for o in result.outputs)
+        engines = tuple(sorted({o.engine for o in result.outputs}))
+        return SeriesConverted.model_validate({**series, "outputs": outputs, "engines": engines})
+    kind = SeriesSkipped if result.status == "skipped" else SeriesFailed
+    return kind.model_validate({**series, "reason": result.reason})
 
 
 def _series(session: Session, uid: str, lock: bool = False) -> Series | None:

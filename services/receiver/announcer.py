@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.receiver.settings import ReceiverSettings
 from services.receiver.storage import INCOMING, IncomingStore, received_time
 from shared.broker import Publisher, connect
 from shared.errors import UnreadableObject
@@ -49,16 +50,8 @@ TRANSFER_SYNTAX, SOURCE_AE_TITLE = 0x00020010, 0x00020016
 class Announcer:
     """The receiver's side: a pipe to the publishing child, restarted if it dies."""
 
-    def __init__(
-        self,
-        broker_url: str,
-        data_dir: Path,
-        quarantine_dir: Path,
-        sweep_interval: float,
-        log_level: str,
-        log_format: str,
-    ) -> None:
-        self._args = (broker_url, data_dir, quarantine_dir, sweep_interval, log_level, log_format)
+    def __init__(self, settings: ReceiverSettings) -> None:
+        self._settings = settings
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -100,7 +93,7 @@ class Announcer:
     def _spawn(self) -> None:
         receiving, sending = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=run_announcer, args=(receiving, *self._args), name="announcer", daemon=True
+            target=run_announcer, args=(receiving, self._settings), name="announcer", daemon=True
         )
         process.start()
         receiving.close()
@@ -119,18 +112,12 @@ class Announcer:
                 self._spawn()
 
 
-def run_announcer(
-    pipe: Connection,
-    broker_url: str,
-    data_dir: Path,
-    quarantine_dir: Path,
-    sweep_interval: float,
-    log_level: str,
-    log_format: str,
-) -> None:
+def run_announcer(pipe: Connection, settings: ReceiverSettings) -> None:
     """The child process: publish what the receiver hands over, and sweep."""
-    configure_logging("receiver", log_level, log_format)
-    publishing = _Publishing(broker_url, data_dir, quarantine_dir, sweep_interval)
+    configure_logging("receiver", settings.log_level, settings.log_format)
+    publishing = _Publishing(
+        settings.broker_url, settings.data_dir, settings.quarantine_dir, settings.sweep_interval
+    )
     asyncio.run(publishing.run(pipe))
 
 

@@ -67,14 +67,7 @@ def run(settings: ReceiverSettings) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
     settings.warn_if_open()
     store = IncomingStore(settings.incoming_dir, settings.quarantine_dir)
-    announcer = Announcer(
-        settings.broker_url,
-        settings.data_dir,
-        settings.quarantine_dir,
-        settings.sweep_interval,
-        settings.log_level,
-        settings.log_format,
-    )
+    announcer = Announcer(settings)
     announcer.start()
     receiver = Receiver(settings, store, announcer)
     ae = build_ae(settings)

@@ -1,0 +1,92 @@
+"""What the benchmarks share: DCMTK's tools, free ports, child processes, a RabbitMQ vhost."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from contextlib import closing, suppress
+from pathlib import Path
+
+HOST = "127.0.0.1"
+Proc = subprocess.Popen[bytes]
+
+
+class Children:
+    """Long-running children, each in its own session so that its whole group can be killed."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.live: list[Proc] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> Proc:
+        with open(self.logdir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, cwd=cwd, start_new_session=True,
+            )  # fmt: skip
+        self.live.append(proc)
+        return proc
+
+    def stop(self, proc: Proc, grace: float = 30.0) -> None:
+        """SIGTERM the leader (it stops its own children), then SIGKILL the rest of its group."""
+        if proc.poll() is None:
+            proc.terminate()
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(grace)
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self.live.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(self.live):
+            self.stop(proc, grace=10.0)
+
+
+def dcmtk(name: str) -> str:
+    """DCMTK's tool, not pynetdicom's namesake in the virtualenv's bin/."""
+    venv_bin = os.path.realpath(os.path.join(sys.prefix, "bin"))
+    path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if os.path.realpath(p) != venv_bin
+    )
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise SystemExit(f"{name} not found: install DCMTK (apt-get install dcmtk)")
+    return found
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def run(argv: list[str], check: bool = True) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+class Vhost:
+    """A throw-away RabbitMQ vhost for the dcmdb targets, recreated empty for every round."""
+
+    def __init__(self) -> None:
+        self.name, self.exists = f"dcmdb-bench-{uuid.uuid4().hex[:8]}", False
+        self.url = f"amqp://guest:guest@{HOST}:5672/{self.name}"
+
+    def recreate(self) -> None:
+        self.delete()
+        run(["rabbitmqctl", "-q", "add_vhost", self.name])
+        self.exists = True
+        run(["rabbitmqctl", "-q", "set_permissions", "-p", self.name, "guest", ".*", ".*", ".*"])
+
+    def delete(self) -> None:
+        if self.exists:
+            run(["rabbitmqctl", "-q", "delete_vhost", self.name], check=False)
+            self.exists = False

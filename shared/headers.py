@@ -130,6 +130,35 @@ def read_identifiers(dataset: bytes, transfer_syntax_uid: str) -> Identifiers:
     return Header.from_data_set(dataset, transfer_syntax_uid, _UID_TAGS).identifiers()
 
 
+# Where one top-level element lies in a data set: (tag, VR as encoded or None when implicit,
+# length as encoded, value start, value end). For an undefined length, the end is where the
+# closing delimiter starts.
+ElementPlace = tuple[int, bytes | None, int, int, int]
+
+
+def element_places(dataset: bytes, *, implicit: bool, little_endian: bool) -> list[ElementPlace]:
+    """Every top-level element of a data set, in order; the whole data set is checked.
+
+    Raises UnreadableObject when the bytes do not parse or stop short.
+    """
+    walker = _Walker(dataset, implicit=implicit, little_endian=little_endian, wanted=frozenset())
+    walker.places = []
+    walker.walk()
+    return walker.places
+
+
+def meta_places(content: bytes) -> tuple[list[ElementPlace], int]:
+    """The file meta elements of a DICOM file (offsets in `content`) and where its data set starts.
+
+    Raises UnreadableObject when `content` is not a DICOM file or its meta is malformed.
+    """
+    if content[128:132] != _PART10_MAGIC:
+        raise UnreadableObject("not a DICOM file (no DICM prefix)")
+    walker = _Walker(content, implicit=False, little_endian=True, wanted=frozenset())
+    walker.places = []
+    return walker.places, walker.walk_meta(132)
+
+
 def _ascii(raw: bytes) -> str:
     return raw.rstrip(b"\x00 ").decode("ascii", "replace").strip()
 
@@ -171,21 +200,23 @@ class _Walker:
         self._u32 = struct.Struct(f"{order}L").unpack_from
         self.top_level: dict[int, bytes] = {}
         self._wanted = wanted
+        self.places: list[ElementPlace] | None = None  # recorded when a list
 
     def walk(self) -> None:
         if self.elements(0, len(self.data), depth=0, until=None) != len(self.data):
             raise UnreadableObject("data set ends inside an element")
 
-    def walk_meta(self) -> int:
-        """Walk the group 0002 elements at the start; keep them all; return where they end."""
-        offset = 0
+    def walk_meta(self, offset: int = 0) -> int:
+        """Walk the group 0002 elements from `offset`; keep them all; return where they end."""
         while offset + 8 <= len(self.data):
-            tag, _vr, length, value = self.header(offset)
+            tag, vr, length, value = self.header(offset)
             if tag >> 16 != 0x0002:
                 return offset
             if length == _UNDEFINED or value + length > len(self.data):
                 raise UnreadableObject("file meta information is malformed")
             self.top_level[tag] = self.data[value : value + length]
+            if self.places is not None:
+                self.places.append((tag, vr, length, value, value + length))
             offset = value + length
         raise UnreadableObject("file ends inside its meta information")
 
@@ -218,12 +249,17 @@ class _Walker:
                 offset = value + length
                 if offset > end:
                     raise UnreadableObject("data set ends inside an element")
-                if depth == 0 and tag in self._wanted:
-                    self.top_level[tag] = self.data[value:offset]
+                if depth == 0:
+                    if tag in self._wanted:
+                        self.top_level[tag] = self.data[value:offset]
+                    if self.places is not None:
+                        self.places.append((tag, vr, length, value, offset))
                 continue
             if vr not in (None, b"SQ", b"UN", b"OB", b"OW"):
                 raise UnreadableObject("undefined length on an element that cannot have one")
             offset = self.items(value, end, depth + 1)
+            if depth == 0 and self.places is not None:
+                self.places.append((tag, vr, length, value, offset - 8))
         if until is not None:
             raise UnreadableObject("sequence or item not terminated")
         return offset

@@ -173,6 +173,41 @@ class _SliceView(pydicom.Dataset):
     def __deepcopy__(self, memo: dict[int, object]) -> pydicom.Dataset:
         return _shallow_copy(self)
 
+    @property
+    def pixel_array(self) -> np.ndarray:
+        """Decoded once per copy. dicom2nifti asks again for every slice sharing a position
+        with another (each time point of an fMRI run), and pydicom's own cache check costs
+        about as much as decoding a small image."""
+        array = self.__dict__.get("_decoded")
+        if array is None:
+            array = _native_pixels(self)
+            if array is None:
+                array = pydicom.Dataset.pixel_array.fget(self)  # type: ignore[attr-defined]
+            self.__dict__["_decoded"] = array
+        return array
+
+
+_NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+
+
+def _native_pixels(ds: pydicom.Dataset) -> np.ndarray | None:
+    """A single-frame grey image stored uncompressed, little endian, as pydicom decodes it
+    (no masking of unused bits, no sign correction); None for anything else."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or meta.get("TransferSyntaxUID") not in _NATIVE_LITTLE_ENDIAN:
+        return None
+    if ds.get("SamplesPerPixel") != 1 or (ds.get("NumberOfFrames") or 1) != 1:
+        return None
+    bits, signed = ds.get("BitsAllocated"), ds.get("PixelRepresentation")
+    rows, columns = ds.get("Rows"), ds.get("Columns")
+    if bits not in (8, 16, 32) or signed not in (0, 1) or not rows or not columns:
+        return None
+    dtype = np.dtype(f"<{'ui'[signed]}{bits // 8}")
+    data = ds.get("PixelData")
+    if not isinstance(data, bytes) or len(data) < rows * columns * dtype.itemsize:
+        return None
+    return np.frombuffer(data, dtype, rows * columns).reshape(rows, columns).copy()
+
 
 def _view(ds: pydicom.Dataset) -> pydicom.Dataset:
     view = _shallow_copy(ds)

@@ -1,7 +1,7 @@
 """Reading the instances of one series: headers, duplicates and the attributes the rules use.
 
-Headers are read with the pixel data deferred (read from the file only when asked for), so
-classifying a long series costs little. Nothing here converts anything.
+Headers are read with the pixel data deferred (read from the file only when asked for) and
+elements decoded only when used (see `reading`), so classifying a long series costs little. Nothing here converts anything.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
+
+from .reading import read_file
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -100,7 +100,7 @@ def read_instances(files: Iterable[Path]) -> tuple[list[Instance], list[str]]:
     problems: list[str] = []
     for path in sorted({Path(f) for f in files}, key=str):
         try:
-            ds = _read_header(path)
+            ds = read_file(path)
         except Exception as exc:  # noqa: BLE001 - whatever pydicom makes of a bad file
             problems.append(f"{path.name}: unreadable ({type(exc).__name__}: {exc})")
             continue
@@ -109,14 +109,6 @@ def read_instances(files: Iterable[Path]) -> tuple[list[Instance], list[str]]:
             continue
         found.append(Instance(path, ds))
     return sorted(_unique(found), key=lambda i: i.sort_key), problems
-
-
-def _read_header(path: Path) -> Dataset:
-    try:
-        return pydicom.dcmread(path, defer_size="16 KB")
-    except InvalidDicomError:
-        # No preamble or file meta (some archives store such objects): read it anyway.
-        return pydicom.dcmread(path, defer_size="16 KB", force=True)
 
 
 def _unique(instances: Sequence[Instance]) -> list[Instance]:
@@ -181,12 +173,17 @@ def as_text(value: Any) -> str:
 
 
 def private_value(ds: Dataset, group: int, creator: str, element: int) -> Any:
-    """The value of private element (group, xx`element`) reserved by `creator`, or None."""
-    try:
-        block = ds.private_block(group, creator)
-        return block[element].value
-    except (KeyError, ValueError):
-        return None
+    """The value of private element (group, xx`element`) reserved by `creator`, or None.
+
+    Looks the creator up tag by tag: pydicom's `private_block` sorts the whole data set.
+    """
+    tags = ds.keys()
+    for block in range(0x10, 0x100):
+        creator_tag = group << 16 | block
+        if creator_tag in tags and as_text(ds[creator_tag].value) == creator:
+            tag = group << 16 | block << 8 | element
+            return ds[tag].value if tag in tags else None
+    return None
 
 
 def find_attribute(ds: Dataset, keyword: str) -> Any:

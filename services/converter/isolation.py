@@ -10,6 +10,7 @@ when it runs out of time.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -22,8 +23,9 @@ from pathlib import Path
 
 from services.converter.conversion import Conversion, convert_series
 
+_GC_THRESHOLD = 100_000  # allocations between collections of the youngest generation
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["services.converter.conversion"])
+_CONTEXT.set_forkserver_preload(["services.converter.preload"])
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,9 @@ def _remove_partial_outputs(out_dir: Path, pid: int) -> None:
 
 def _convert(job: Job, work_dir: Path, result: Connection) -> None:
     os.setpgrp()
+    # The headers of a series are tens of thousands of small objects that live until the
+    # conversion ends; the default thresholds would scan them again and again for cycles.
+    gc.set_threshold(_GC_THRESHOLD)
     try:
         conversion = convert_series(
             job.files,

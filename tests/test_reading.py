@@ -56,7 +56,10 @@ def test_every_test_file_reads_as_dcmread_reads_it(path: Path) -> None:
         warnings.simplefilter("ignore")
         _same(read_file(path), pydicom.dcmread(path))
         ours = read_file(path)
-        if "PixelData" in ours and ours.file_meta.TransferSyntaxUID != DeflatedExplicitVRLittleEndian:
+        if (
+            "PixelData" in ours
+            and ours.file_meta.TransferSyntaxUID != DeflatedExplicitVRLittleEndian
+        ):
             reference = pydicom.dcmread(path)
             decoded = _native_pixels(ours)
             if decoded is not None:

@@ -1,7 +1,8 @@
 """Reading the instances of one series: headers, duplicates and the attributes the rules use.
 
 Headers are read with the pixel data deferred (read from the file only when asked for) and
-elements decoded only when used (see `reading`), so classifying a long series costs little. Nothing here converts anything.
+elements decoded only when used (see `reading`), so classifying a long series costs little.
+Nothing here converts anything.
 """
 
 from __future__ import annotations

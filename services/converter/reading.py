@@ -105,7 +105,9 @@ def _raw_dataset(
         else:
             value = content[base + start : base + end]
         key = BaseTag(tag)
-        elements[key] = RawDataElement(key, vr, length, value, base + start, implicit, little_endian)
+        elements[key] = RawDataElement(
+            key, vr, length, value, base + start, implicit, little_endian
+        )
     return Dataset(elements)
 
 

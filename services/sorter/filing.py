@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.sorter.rows import BatchRows, as_utc
+from shared.catalog.counts import recount_series
 from shared.catalog.models import Instance, Series, Study
 from shared.errors import TransientError
 from shared.headers import Header, Identifiers
@@ -136,10 +137,13 @@ class Filer:
                         {a.uids.study_instance_uid for a in arrivals},
                         {a.uids.series_instance_uid for a in arrivals},
                     )
+                    previous_series = {row.series_pk for row in rows.instances.values()}
                     outcomes = [self._record(rows, a, superseded, placements) for a in arrivals]
                     # Every conflict with a concurrent sorter surfaces in this flush, before any
                     # file is touched; from here to the commit the rows stay locked.
                     session.flush()
+                    current_series = {row.series_pk for row in rows.instances.values()}
+                    recount_series(session, previous_series | current_series)
                     for source, destination in placements:
                         _place(source, destination)
                     for folder in {d.parent for _, d in placements}:  # durable before the commit

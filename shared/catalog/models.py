@@ -55,15 +55,18 @@ class Study(Base):
     __tablename__ = "studies"
     __table_args__ = (
         UniqueConstraint("physician_folder", "folder", name="uq_studies_folder"),
-        Index("ix_studies_study_date", "study_date"),
-        Index("ix_studies_received_at", "received_at"),
+        # Listings page by (sort key, id), within a lab or over all.
+        Index("ix_studies_study_date", "study_date", "id"),
+        Index("ix_studies_received_at", "received_at", "id"),
+        Index("ix_studies_physician_study_date", "physician_folder", "study_date", "id"),
+        Index("ix_studies_physician_received_at", "physician_folder", "received_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
     physician_name: Mapped[str] = mapped_column(String, default="")
-    physician_folder: Mapped[str] = mapped_column(String, index=True)
+    physician_folder: Mapped[str] = mapped_column(String)
     folder: Mapped[str] = mapped_column(String)
     study_date: Mapped[str | None] = mapped_column(String)
     study_time: Mapped[str | None] = mapped_column(String)
@@ -106,6 +109,10 @@ class Series(Base):
         Boolean, default=False, server_default=sa_false()
     )
     expected_instances: Mapped[int | None] = mapped_column(Integer)  # when the PACS said
+    # Counts of the instances filed, kept by the sorter (see `recount_series`) so that
+    # listings need not count instances.
+    instance_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Conversion to NIfTI of the newest complete generation.
     conversion: Mapped[str] = mapped_column(String, default=PENDING, server_default=PENDING)
     conversion_reason: Mapped[str] = mapped_column(String, default="", server_default="")

@@ -1,0 +1,97 @@
+"""What the API answers: the JSON shapes of studies, series, physicians and pages.
+
+These models are the contract with lab scripts (and `services.api.client` reads them
+back); the OpenAPI document at /docs is generated from them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ConversionStatus = Literal["pending", "converted", "skipped", "failed"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class ConversionSummary(_Model):
+    """How many of a study's series are in each conversion state."""
+
+    converted: int = 0
+    skipped: int = 0
+    failed: int = 0
+    pending: int = 0
+
+
+class StudySummary(_Model):
+    study_uid: str
+    physician_name: str = Field(description="Referring physician as sent, '' when none")
+    physician_folder: str = Field(description="The lab folder the study is filed under")
+    folder: str = Field(description="Study folder, relative to the archive root")
+    patient_id: str
+    patient_name: str
+    study_date: str | None = Field(description="YYYYMMDD as sent")
+    study_time: str | None
+    description: str
+    accession_number: str
+    modalities: list[str]
+    series_count: int
+    instance_count: int
+    size_bytes: int
+    received_at: datetime
+    conversion: ConversionSummary
+
+
+class StudyPage(_Model):
+    items: list[StudySummary]
+    next: str | None = Field(description="Cursor of the next page; null on the last page")
+
+
+class NiftiFile(_Model):
+    path: str = Field(description="The .nii.gz, relative to the archive root")
+    sidecar_path: str = Field(description="Its JSON sidecar, relative to the archive root")
+    engine: str
+    size_bytes: int
+
+
+class Nifti(_Model):
+    status: ConversionStatus
+    reason: str = Field(description="Why skipped or failed; '' otherwise")
+    outputs: list[NiftiFile]
+
+
+class SeriesSummary(_Model):
+    series_uid: str
+    study_uid: str
+    number: int | None
+    description: str
+    modality: str
+    instance_count: int
+    size_bytes: int
+    folder: str = Field(description="Series folder, relative to the archive root")
+    completion: Literal["receiving", "complete"]
+    received_at: datetime
+    last_received_at: datetime
+    nifti: Nifti
+
+
+class StudyDetail(StudySummary):
+    series: list[SeriesSummary]
+
+
+class Physician(_Model):
+    folder: str
+    names: list[str] = Field(description="Referring physician names filed under this folder")
+    study_count: int
+    size_bytes: int
+    latest_study_date: str | None
+
+
+class Problem(_Model):
+    """The body of every error answer."""
+
+    detail: str

@@ -1,0 +1,67 @@
+"""API settings: where it listens and who may call it."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+
+from shared.settings import CommonSettings
+
+SCOPES = ("read", "admin")
+
+
+class ApiSettings(CommonSettings):
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    # Comma-separated KEY:SCOPE pairs, scope "read" or "admin".
+    api_keys: SecretStr = SecretStr("")
+    # The same in a file (one pair per line or comma-separated), for docker secrets.
+    api_keys_file: Path | None = None
+    api_workers: int = Field(default=1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> Self:
+        keys = self.keys  # parses: a malformed pair fails here, at start
+        if not keys and not is_loopback(self.api_host):
+            raise ValueError(
+                f"DCMDB_API_HOST={self.api_host} is not a loopback address and no API key is "
+                "configured: set DCMDB_API_KEYS (KEY:read or KEY:admin pairs) or listen on "
+                "127.0.0.1"
+            )
+        return self
+
+    @property
+    def keys(self) -> dict[str, str]:
+        """Each key and its scope."""
+        text = self.api_keys.get_secret_value()
+        if self.api_keys_file is not None:
+            try:
+                text += "," + self.api_keys_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"DCMDB_API_KEYS_FILE cannot be read: {exc.strerror}") from None
+        keys: dict[str, str] = {}
+        for number, pair in enumerate(text.replace("\n", ",").split(","), start=1):
+            pair = pair.strip()
+            if not pair:
+                continue
+            key, _, scope = pair.rpartition(":")
+            if not key or scope not in SCOPES:
+                raise ValueError(
+                    f"API key entry {number} is not KEY:read or KEY:admin (the key is not shown)"
+                )
+            if len(key) < 16:
+                raise ValueError(f"API key entry {number} is shorter than 16 characters")
+            keys[key] = scope
+        return keys
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

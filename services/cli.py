@@ -16,6 +16,7 @@ SERVICES = {
     "receiver": "services.receiver.main",
     "sorter": "services.sorter.main",
     "converter": "services.converter.main",
+    "api": "services.api.main",
 }
 
 
@@ -25,9 +26,14 @@ def main(argv: list[str] | None = None) -> None:
     for name in SERVICES:
         commands.add_parser(name, help=f"run the {name} service")
     commands.add_parser("up", help="run every service on this host, as separate processes")
-    commands.add_parser("dead-letters", help="count, show or requeue dead-lettered messages")
+    commands.add_parser(
+        "dead-letters", help="count, show or requeue dead-lettered messages", add_help=False
+    )
+    # Their options are parsed by their own modules, --help included.
+    commands.add_parser("studies", help="list the studies the API finds", add_help=False)
+    commands.add_parser("download", help="download a study through the API", add_help=False)
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "dead-letters":
+    if rest and args.command not in ("dead-letters", "studies", "download"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     try:
@@ -39,6 +45,16 @@ def main(argv: list[str] | None = None) -> None:
             from services.dead_letters import main as dead_letters
 
             dead_letters(rest)
+            return
+        if args.command == "studies":
+            from services.lab_commands import studies
+
+            studies(rest)
+            return
+        if args.command == "download":
+            from services.lab_commands import download
+
+            download(rest)
             return
         module = importlib.import_module(SERVICES[args.command])
         module.main()

@@ -53,6 +53,10 @@ def testdata() -> Path:
 @pytest.fixture
 def broker_url() -> Iterator[str]:
     """A fresh RabbitMQ virtual host, so that no test sees another's queues."""
+    yield from fresh_vhost()
+
+
+def fresh_vhost() -> Iterator[str]:
     rabbitmqctl = require_tool("rabbitmqctl")
     vhost = f"dcmdb-test-{uuid.uuid4().hex[:10]}"
     subprocess.run([rabbitmqctl, "-q", "add_vhost", vhost], check=True)
@@ -64,7 +68,7 @@ def broker_url() -> Iterator[str]:
     subprocess.run([rabbitmqctl, "-q", "delete_vhost", vhost], check=False)
 
 
-def _postgres_database() -> Iterator[str]:
+def fresh_postgres_database() -> Iterator[str]:
     name = f"dcmdb_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -75,7 +79,7 @@ def _postgres_database() -> Iterator[str]:
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    yield from _postgres_database()
+    yield from fresh_postgres_database()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -84,7 +88,7 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'catalog.sqlite'}"
     else:
-        yield from _postgres_database()
+        yield from fresh_postgres_database()
 
 
 @pytest.fixture

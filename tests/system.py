@@ -124,6 +124,7 @@ class Dcmdb:
     broker_url: str
     database_url: str
     port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -135,6 +136,7 @@ class Dcmdb:
             "DCMDB_BROKER_URL": self.broker_url,
             "DCMDB_DATABASE_URL": self.database_url,
             "DCMDB_DICOM_PORT": str(self.port),
+            "DCMDB_API_PORT": str(self.api_port),
             "DCMDB_AE_TITLE": AE_TITLE,
             "DCMDB_SWEEP_INTERVAL": "2",
             **self.extra_env,

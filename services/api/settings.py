@@ -50,10 +50,12 @@ class ApiSettings(CommonSettings):
             key, _, scope = pair.rpartition(":")
             if not key or scope not in SCOPES:
                 raise ValueError(
-                    f"API key entry {number} is not KEY:read or KEY:admin (the key is not shown)"
+                    f"DCMDB_API_KEYS entry {number} is not KEY:read or KEY:admin (key not shown)"
                 )
             if len(key) < 16:
-                raise ValueError(f"API key entry {number} is shorter than 16 characters")
+                raise ValueError(
+                    f"DCMDB_API_KEYS entry {number}: a key needs 16 characters or more"
+                )
             keys[key] = scope
         return keys
 

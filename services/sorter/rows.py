@@ -160,8 +160,9 @@ class BatchRows:
         self._session.flush()
 
 
-def _dicom_date(value: str) -> str | None:
-    return value if len(value) == 8 and value.isdigit() else None
+def _dicom_date(value: str) -> str:
+    """YYYYMMDD, or "" when absent or malformed (sorts before every date on every backend)."""
+    return value if len(value) == 8 and value.isdigit() else ""
 
 
 def as_utc(moment: datetime) -> datetime:

@@ -2,7 +2,7 @@
 
 Paths are stored relative to the archive root, so the archive can move.
 Times are UTC. Study dates keep DICOM's ``YYYYMMDD`` text, which sorts and
-compares correctly as a string and survives malformed values.
+compares correctly as a string; a missing or malformed date is ``""``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Study(Base):
     physician_name: Mapped[str] = mapped_column(String, default="")
     physician_folder: Mapped[str] = mapped_column(String)
     folder: Mapped[str] = mapped_column(String)
-    study_date: Mapped[str | None] = mapped_column(String)
+    study_date: Mapped[str] = mapped_column(String, default="")  # YYYYMMDD or ""
     study_time: Mapped[str | None] = mapped_column(String)
     description: Mapped[str] = mapped_column(String, default="")
     accession_number: Mapped[str] = mapped_column(String, default="")

@@ -1,4 +1,4 @@
-"""instance counts per series, indexes for keyset listings
+"""instance counts per series, indexes for keyset listings, no NULL study dates
 
 Revision ID: 0003
 Revises: 0002
@@ -33,6 +33,9 @@ def upgrade() -> None:
         " instance_count = (SELECT count(*) FROM instances WHERE series_pk = series.id),"
         " size_bytes = (SELECT coalesce(sum(size), 0) FROM instances WHERE series_pk = series.id)"
     )
+    # No date sorts as "" (first ascending, last descending) on every backend, where NULL
+    # sorts differently on SQLite and PostgreSQL.
+    op.execute("UPDATE studies SET study_date = '' WHERE study_date IS NULL")
     with op.batch_alter_table("studies", schema=None) as batch_op:
         batch_op.drop_index("ix_studies_physician_folder")
         batch_op.drop_index("ix_studies_study_date")

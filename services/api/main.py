@@ -1,0 +1,47 @@
+"""``dcmdb api``: the REST API, served by uvicorn."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.api.app import create_app
+from services.api.settings import ApiSettings, is_loopback
+from shared.logs import configure_logging
+from shared.settings import load_settings
+
+log = logging.getLogger("dcmdb.api")
+
+
+def app_from_environment() -> FastAPI:
+    """The application as uvicorn's workers build it (settings from the environment)."""
+    return create_app(load_settings(ApiSettings))
+
+
+def main() -> None:
+    settings = load_settings(ApiSettings)  # a bad setting stops here, before uvicorn starts
+    configure_logging("api", settings.log_level, settings.log_format)
+    if not settings.keys:
+        log.warning(
+            "no API key configured: the API is open to anyone on this host and listens on "
+            "%s only; set DCMDB_API_KEYS to serve other hosts",
+            settings.api_host,
+        )
+    elif not is_loopback(settings.api_host):
+        log.info("API keys required on every request but /healthz, /readyz and /metrics")
+    log.info(
+        "serving the API on http://%s:%d/ (docs at /docs)", settings.api_host, settings.api_port
+    )
+    uvicorn.run(
+        "services.api.main:app_from_environment",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        workers=settings.api_workers,
+        log_config=None,  # our logging configuration, no access log with UIDs at INFO
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+    )

@@ -1,0 +1,110 @@
+"""Query parameters as lab scripts write them, turned into what the catalog compares.
+
+Each parser raises ValueError with a message that says what is accepted; FastAPI turns it
+into a 422 naming the parameter.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+DATE_FORMAT = "%Y%m%d"
+_DATE_HELP = (
+    "use YYYYMMDD, a range YYYYMMDD-YYYYMMDD (either end may be left open), today or yesterday"
+)
+_LIKE_ESCAPE = "\\"
+
+
+@dataclass(frozen=True)
+class DateRange:
+    first: str | None  # YYYYMMDD, inclusive
+    last: str | None
+
+
+def date_range(text: str, today: dt.date | None = None) -> DateRange:
+    """``20240131``, ``20240101-20240131``, ``20240101-``, ``-20240131``, today, yesterday."""
+    today = today or dt.date.today()
+    value = text.strip().lower()
+    if value in ("today", "yesterday"):
+        day = today if value == "today" else today - dt.timedelta(days=1)
+        return DateRange(day.strftime(DATE_FORMAT), day.strftime(DATE_FORMAT))
+    if "-" in value:
+        first, _, last = value.partition("-")
+        if not first and not last:
+            raise ValueError(_DATE_HELP)
+        result = DateRange(_day(first) if first else None, _day(last) if last else None)
+        if result.first and result.last and result.first > result.last:
+            raise ValueError(f"the range ends before it starts; {_DATE_HELP}")
+        return result
+    day = _day(value)
+    return DateRange(day, day)
+
+
+def _day(text: str) -> str:
+    try:
+        if len(text) != 8:
+            raise ValueError
+        return dt.datetime.strptime(text, DATE_FORMAT).strftime(DATE_FORMAT)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date; {_DATE_HELP}") from None
+
+
+ISO_TIME_PATTERN = (
+    r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$"
+)
+
+
+def utc_time(text: str) -> dt.datetime:
+    """An ISO 8601 date or time; a naive one is taken as UTC."""
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 time such as 2024-05-01T08:00:00Z") from None
+    # As UTC: SQLite compares stored times as text, without their offset.
+    return moment.astimezone(dt.UTC) if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def like_pattern(text: str, *, wildcards: bool) -> str:
+    """A LIKE pattern (escape character backslash): ``*`` matches anything when `wildcards`,
+    else the text matches as a substring; LIKE's own ``%`` and ``_`` match themselves."""
+    escaped = text.replace(_LIKE_ESCAPE, _LIKE_ESCAPE * 2).replace("%", r"\%").replace("_", r"\_")
+    if wildcards:
+        return escaped.replace("*", "%")
+    return f"%{escaped}%"
+
+
+LIKE_ESCAPE = _LIKE_ESCAPE
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the next page starts: after (key, id) in the listing's order."""
+
+    sort: str
+    order: str
+    key: Any
+    id: int
+
+    def encode(self) -> str:
+        raw = json.dumps([self.sort, self.order, self.key, self.id], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            sort, order, key, row = json.loads(raw)
+            if not isinstance(sort, str) or not isinstance(order, str) or type(row) is not int:
+                raise ValueError
+            if not isinstance(key, str):
+                raise ValueError
+        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+            raise ValueError(
+                "not a cursor from this API: pass the 'next' value of a page"
+            ) from None
+        return cls(sort, order, key, row)

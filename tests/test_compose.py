@@ -6,6 +6,7 @@ import re
 
 import yaml
 
+from services.api.settings import ApiSettings
 from services.cli import SERVICES
 from services.converter.settings import ConverterSettings
 from services.receiver.settings import ReceiverSettings
@@ -15,7 +16,7 @@ from tests.conftest import REPO
 
 KNOWN_VARIABLES = {
     ENV_PREFIX + name.upper()
-    for settings in (ReceiverSettings, SorterSettings, ConverterSettings)
+    for settings in (ReceiverSettings, SorterSettings, ConverterSettings, ApiSettings)
     for name in settings.model_fields
 }
 

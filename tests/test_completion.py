@@ -6,12 +6,13 @@ import multiprocessing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pydicom
 import pytest
 from sqlalchemy import select
 
 from services.sorter.completion import complete_stable_series, mark_announced, unannounced
 from shared.catalog.database import open_catalog
-from shared.catalog.models import COMPLETE, RECEIVING, Series
+from shared.catalog.models import COMPLETE, RECEIVING, ExpectedSeries, Series
 from tests.arrivals import Sorter, arrive, dicom_files
 
 pytestmark = pytest.mark.integration
@@ -95,3 +96,28 @@ def test_sorters_completing_at_once_complete_each_series_exactly_once(
     rows = series_rows(sorter)
     assert len(rows) == 3 and all(s.completion == COMPLETE for s in rows.values())
     assert len(unannounced(sorter.sessions)) == 3
+
+
+def test_a_retrieved_series_completes_when_all_its_expected_instances_are_filed(
+    sorter: Sorter, testdata: Path
+) -> None:
+    files = dicom_files(testdata, "ge_fmri_epi_4d")
+    series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    with sorter.sessions.begin() as session:
+        session.add(
+            ExpectedSeries(
+                series_instance_uid=series_uid,
+                study_instance_uid=study_uid,
+                expected_instances=len(files),
+            )
+        )
+    sorter.filer.file_batch([arrive(path, sorter.data) for path in files[:-1]])
+    assert complete_stable_series(sorter.sessions, stable_age=3600) == 0  # one still missing
+    sorter.filer.file_batch([arrive(path, sorter.data) for path in files[-1:]])
+    assert complete_stable_series(sorter.sessions, stable_age=3600) == 1  # no waiting
+    [event] = unannounced(sorter.sessions)
+    assert (event.instances, event.reason) == (len(files), "expected count reached")
+    # Another series of the same batch, without expectations, waits for the stable age.
+    file_folder(sorter, testdata, "d2n_hitachi_mr")
+    assert complete_stable_series(sorter.sessions, stable_age=3600) == 0

@@ -1,7 +1,8 @@
 """Deciding that a series is complete, once per generation, and saying so.
 
 DICOM never says "this series is done". A series whose last instance arrived
-more than the stable age ago is taken to be complete: one conditional UPDATE
+more than the stable age ago is taken to be complete, and so is one that holds as many
+instances as the PACS said it has when dcmdb retrieved it (`ExpectedSeries`): one conditional UPDATE
 moves it from ``receiving`` to ``complete``, so of several sorters running this
 at once exactly one completes it. The ``series.completed`` event is published
 afterwards and marked as announced only once the broker confirmed it (an
@@ -14,24 +15,28 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.catalog.models import COMPLETE, RECEIVING, Instance, Series, Study
+from shared.catalog.models import COMPLETE, RECEIVING, Series, Study
 from shared.messages import SeriesCompleted
 
 
 def complete_stable_series(
     sessions: sessionmaker[Session], stable_age: float, now: datetime | None = None
 ) -> int:
-    """Mark complete every series that received nothing for ``stable_age`` seconds."""
+    """Mark complete every series that received nothing for ``stable_age`` seconds, and
+    every series that holds all the instances a retrieval from the PACS said it has."""
     now = now or datetime.now(UTC)
     with sessions.begin() as session:
         result = session.execute(
             update(Series)
             .where(
                 Series.completion == RECEIVING,
-                Series.last_received_at < now - timedelta(seconds=stable_age),
+                or_(
+                    Series.last_received_at < now - timedelta(seconds=stable_age),
+                    Series.instance_count >= Series.expected_instances,
+                ),
             )
             .values(completion=COMPLETE, completed_at=now, completion_announced=False)
             .execution_options(synchronize_session=False)
@@ -41,16 +46,14 @@ def complete_stable_series(
 
 def unannounced(sessions: sessionmaker[Session], limit: int = 500) -> list[SeriesCompleted]:
     """The completions not yet confirmed as published, oldest first."""
-    counts = (
-        select(Instance.series_pk, func.count().label("instances"))
-        .group_by(Instance.series_pk)
-        .subquery()
-    )
     query = (
-        select(Series, Study.study_instance_uid, counts.c.instances)
+        select(Series, Study.study_instance_uid)
         .join(Study, Series.study_pk == Study.id)
-        .join(counts, counts.c.series_pk == Series.id)
-        .where(Series.completion == COMPLETE, Series.completion_announced.is_(False))
+        .where(
+            Series.completion == COMPLETE,
+            Series.completion_announced.is_(False),
+            Series.instance_count > 0,
+        )
         .order_by(Series.completed_at)
         .limit(limit)
     )
@@ -60,10 +63,15 @@ def unannounced(sessions: sessionmaker[Session], limit: int = 500) -> list[Serie
                 study_instance_uid=study_uid,
                 series_instance_uid=series.series_instance_uid,
                 generation=series.generation,
-                instances=instances,
-                reason="stable",
+                instances=series.instance_count,
+                reason=(
+                    "expected count reached"
+                    if series.expected_instances is not None
+                    and series.instance_count >= series.expected_instances
+                    else "stable"
+                ),
             )
-            for series, study_uid, instances in session.execute(query)
+            for series, study_uid in session.execute(query)
         ]
 
 

@@ -34,12 +34,17 @@ async def run(settings: SorterSettings) -> None:
     publisher = Publisher(connection)
     await publisher.start()
 
+    filed = asyncio.Event()  # a retrieved series may now hold all its expected instances
+
     async def on_instances_received(events: list[InstanceReceived]) -> None:
         outcomes = await asyncio.to_thread(filer.file_batch, events)
         await asyncio.gather(*(publisher.publish(o.filed) for o in outcomes if o.filed is not None))
+        filed.set()
 
     log.info("sorting into %s", settings.archive_root)
-    completing = asyncio.create_task(announce_completions(sessions, publisher, settings.stable_age))
+    completing = asyncio.create_task(
+        announce_completions(sessions, publisher, settings.stable_age, filed)
+    )
     consumer = asyncio.create_task(
         consume_batches(
             connection,
@@ -58,10 +63,15 @@ async def run(settings: SorterSettings) -> None:
 
 
 async def announce_completions(
-    sessions: sessionmaker[Session], publisher: Publisher, stable_age: float
+    sessions: sessionmaker[Session],
+    publisher: Publisher,
+    stable_age: float,
+    filed: asyncio.Event | None = None,
 ) -> None:
-    """Complete the series that went quiet and publish each completion, forever."""
+    """Complete the series that went quiet (or hold all they should) and publish each
+    completion, forever: every `stable_age`/4 seconds, and after each batch filed."""
     interval = min(max(stable_age / 4, 0.2), 5.0)
+    filed = filed or asyncio.Event()
     while True:
         try:
             await asyncio.to_thread(completion.complete_stable_series, sessions, stable_age)
@@ -72,7 +82,9 @@ async def announce_completions(
             raise
         except Exception as exc:  # the catalog or broker is away: the next round retries
             log.warning("completing series failed (%s); retrying", exc)
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(filed.wait(), interval)
+        filed.clear()
 
 
 async def _until_stopped(task: asyncio.Task[None]) -> None:

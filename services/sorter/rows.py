@@ -18,6 +18,7 @@ from shared.catalog.models import (
     COMPLETE,
     PENDING,
     RECEIVING,
+    ExpectedSeries,
     Instance,
     Patient,
     Series,
@@ -64,6 +65,15 @@ class BatchRows:
                 select(Series).where(Series.series_instance_uid.in_(series_uids)).with_for_update()
             )
         }
+
+        # What a retrieval from the PACS said new series hold (see `completion`).
+        self._expected = dict(
+            session.execute(
+                select(ExpectedSeries.series_instance_uid, ExpectedSeries.expected_instances).where(
+                    ExpectedSeries.series_instance_uid.in_(series_uids - self._series.keys())
+                )
+            ).all()
+        )
 
     def instance(self, sop_instance_uid: str) -> Instance:
         """The catalog row of this SOP instance, a new one (added) if there is none."""
@@ -141,6 +151,7 @@ class BatchRows:
             description=description,
             received_at=received_at,
             last_received_at=received_at,
+            expected_instances=self._expected.get(uid),
         )
         self._add(series)
         self._series[uid] = series

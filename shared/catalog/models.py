@@ -158,3 +158,78 @@ class Instance(Base):
     replacements: Mapped[int] = mapped_column(Integer, default=0)
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+# Retrievals from the PACS -------------------------------------------------------------------
+
+# RetrievalJob.state
+QUEUED, RUNNING, COMPLETED, PARTIAL, JOB_FAILED, CANCELLED = (
+    "queued",
+    "running",
+    "completed",
+    "partial",
+    "failed",
+    "cancelled",
+)
+JOB_STATES = (QUEUED, RUNNING, COMPLETED, PARTIAL, JOB_FAILED, CANCELLED)
+FINISHED_STATES = (COMPLETED, PARTIAL, JOB_FAILED, CANCELLED)
+
+
+class RetrievalJob(Base):
+    """A C-FIND at study level on a PACS, then a C-MOVE (or C-GET) of each match to dcmdb."""
+
+    __tablename__ = "retrieval_jobs"
+    __table_args__ = (Index("ix_retrieval_jobs_state", "state", "heartbeat_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String, default=QUEUED)
+    origin: Mapped[str] = mapped_column(String)  # "request", "nightly" or "repair"
+    pacs: Mapped[str] = mapped_column(String)  # the peer's name
+    query: Mapped[str] = mapped_column(String)  # JSON of the study-level query
+    # The nightly slot it runs for ("2026-11-25T01:00"); unique: one run per slot.
+    nightly_slot: Mapped[str | None] = mapped_column(String, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A running job's worker touches it regularly; one gone quiet is taken over.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str] = mapped_column(String, default="")
+    gaps: Mapped[str] = mapped_column(String, default="")  # JSON: what the check found missing
+
+    studies: Mapped[list[RetrievalStudy]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="RetrievalStudy.id"
+    )
+
+
+class RetrievalStudy(Base):
+    """One study a job fetches, and how its move went."""
+
+    __tablename__ = "retrieval_studies"
+    __table_args__ = (UniqueConstraint("job_id", "study_uid", name="uq_retrieval_studies_study"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("retrieval_jobs.id"), index=True)
+    study_uid: Mapped[str] = mapped_column(UID)
+    state: Mapped[str] = mapped_column(String, default=QUEUED)  # or "already complete"
+    series_uids: Mapped[str] = mapped_column(String, default="")  # JSON; only these, if any
+    expected_series: Mapped[int | None] = mapped_column(Integer)
+    expected_instances: Mapped[int | None] = mapped_column(Integer)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    warning: Mapped[int] = mapped_column(Integer, default=0)
+    remaining: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String, default="")
+
+    job: Mapped[RetrievalJob] = relationship(back_populates="studies")
+
+
+class ExpectedSeries(Base):
+    """What the PACS said a series holds, so that it completes once all of it is filed."""
+
+    __tablename__ = "expected_series"
+
+    series_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    expected_instances: Mapped[int] = mapped_column(Integer)

@@ -37,6 +37,7 @@ def upgrade() -> None:
     # sorts differently on SQLite and PostgreSQL.
     op.execute("UPDATE studies SET study_date = '' WHERE study_date IS NULL")
     with op.batch_alter_table("studies", schema=None) as batch_op:
+        batch_op.alter_column("study_date", existing_type=sa.String(), nullable=False)
         batch_op.drop_index("ix_studies_physician_folder")
         batch_op.drop_index("ix_studies_study_date")
         batch_op.drop_index("ix_studies_received_at")
@@ -46,6 +47,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("studies", schema=None) as batch_op:
+        batch_op.alter_column("study_date", existing_type=sa.String(), nullable=True)
         for name in _LISTING_INDEXES:
             batch_op.drop_index(name)
         batch_op.create_index("ix_studies_received_at", ["received_at"], unique=False)

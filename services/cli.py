@@ -17,6 +17,7 @@ SERVICES = {
     "sorter": "services.sorter.main",
     "converter": "services.converter.main",
     "api": "services.api.main",
+    "retriever": "services.retriever.main",
 }
 
 

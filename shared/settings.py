@@ -31,6 +31,8 @@ class CommonSettings(BaseSettings):
         frozen=True,
     )
 
+    # dcmdb's own AE title: the receiver answers to it, PACS move studies to it.
+    ae_title: str = "DCMDB"
     data_dir: Path = Path("./data")
     archive_dir: Path | None = None
     database_url: str | None = None
@@ -47,6 +49,14 @@ class CommonSettings(BaseSettings):
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'catalog.sqlite'}")
         return self
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        value = value.strip()
+        if not value or len(value) > 16 or not value.isascii() or "\\" in value:
+            raise ValueError("must be 1 to 16 ASCII characters without a backslash")
+        return value
 
     @field_validator("broker_url")
     @classmethod

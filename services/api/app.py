@@ -17,13 +17,12 @@ from typing import Annotated, Literal
 
 import aiormq
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from services.api import metrics
+from services.api import metrics, retrievals
 from services.api.access import Keys, known_parameters_only, require
 from services.api.archives import Entry, zip_stream
 from services.api.parameters import (
@@ -31,6 +30,7 @@ from services.api.parameters import (
     Cursor,
     DateRange,
     date_range,
+    invalid,
     like_pattern,
     utc_time,
 )
@@ -89,6 +89,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.keys = Keys(settings.keys)
     app.add_middleware(metrics.RequestMetrics)
     _routes(app)
+    app.include_router(retrievals.router)
     return app
 
 
@@ -167,9 +168,9 @@ def _routes(app: FastAPI) -> None:
             try:
                 position = Cursor.decode(cursor)
             except ValueError as exc:
-                raise _invalid("cursor", str(exc)) from None
+                raise invalid("query", "cursor", str(exc)) from None
             if (position.sort, position.order) != (sort, order):
-                raise _invalid("cursor", "the cursor belongs to another sort or order")
+                raise invalid("query", "cursor", "the cursor belongs to another sort or order")
         filters = StudyFilters(
             physician_folders=(
                 request.app.state.physicians.folders_for(physician) if physician else None
@@ -187,7 +188,7 @@ def _routes(app: FastAPI) -> None:
                 session, filters, sort=sort, order=order, limit=limit, cursor=position
             )
         except ValueError as exc:
-            raise _invalid("cursor", str(exc)) from None
+            raise invalid("query", "cursor", str(exc)) from None
         return StudyPage(items=items, next=following)
 
     @app.get(
@@ -343,13 +344,6 @@ def _optional_date_range(value: str | None) -> DateRange | None:
 
 def _optional_time(value: str | None) -> dt.datetime | None:
     return None if value is None else utc_time(value)
-
-
-def _invalid(parameter: str, message: str) -> RequestValidationError:
-    """A 422 in FastAPI's own shape, as for every other bad parameter."""
-    return RequestValidationError(
-        [{"type": "value_error", "loc": ("query", parameter), "msg": message, "input": None}]
-    )
 
 
 def _zip_response(entries: list[Entry], name: str) -> StreamingResponse:

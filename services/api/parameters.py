@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
+
 DATE_FORMAT = "%Y%m%d"
 _DATE_HELP = (
     "use YYYYMMDD, a range YYYYMMDD-YYYYMMDD (either end may be left open), today or yesterday"
@@ -108,3 +110,11 @@ class Cursor:
                 "not a cursor from this API: pass the 'next' value of a page"
             ) from None
         return cls(sort, order, key, row)
+
+
+def invalid(where: str, name: str, message: str) -> RequestValidationError:
+    """A 422 in FastAPI's own shape (as for every other bad parameter), naming `name`;
+    `where` is "query", "path" or "body"."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": (where, name), "msg": message, "input": None}]
+    )

@@ -95,3 +95,78 @@ class Problem(_Model):
     """The body of every error answer."""
 
     detail: str
+
+
+RetrievalState = Literal["queued", "running", "completed", "partial", "failed", "cancelled"]
+
+
+class RetrievalRequest(_Model):
+    """What to fetch from the PACS: a C-FIND at study level with these keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    study_date: str | None = Field(
+        default=None,
+        description="YYYYMMDD, a range YYYYMMDD-YYYYMMDD (open ends allowed), today, yesterday",
+    )
+    patient_id: str | None = Field(default=None, min_length=1, max_length=64)
+    accession_number: str | None = Field(default=None, min_length=1, max_length=16)
+    study_uid: str | None = Field(default=None, min_length=1, max_length=64)
+    modality: str | None = Field(default=None, min_length=1, max_length=16)
+    referring_physician: str | None = Field(
+        default=None, min_length=1, max_length=64, description="DICOM name, * wildcards"
+    )
+    pacs: str | None = Field(default=None, description="A configured PACS; the default if none")
+
+
+class RetrievalStudyProgress(_Model):
+    study_uid: str
+    state: str = Field(
+        description="queued, running, completed, failed, cancelled or already complete"
+    )
+    series_uids: list[str] = Field(description="Only these series (a repair); [] = the study")
+    expected_series: int | None
+    expected_instances: int | None
+    completed: int
+    failed: int
+    warning: int
+    remaining: int | None
+    filed: int = Field(description="Instances of the study in the catalog now")
+    reason: str
+
+
+class Retrieval(_Model):
+    id: int
+    state: RetrievalState
+    origin: Literal["request", "nightly", "repair"]
+    pacs: str
+    query: dict[str, str]
+    nightly_slot: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    cancel_requested: bool
+    reason: str
+    gaps: list[dict[str, object]] = Field(description="What the end-of-night check found missing")
+    studies: list[RetrievalStudyProgress]
+
+
+class SeriesComparison(_Model):
+    series_uid: str
+    number: int | None
+    modality: str
+    description: str
+    pacs_instances: int
+    catalog_instances: int
+    missing: int
+
+
+class PacsCheck(_Model):
+    study_uid: str
+    pacs: str
+    complete: bool
+    missing_series: list[str]
+    missing_instances: int
+    series: list[SeriesComparison]
+    only_in_catalog: list[str] = Field(description="Series the catalog has and the PACS lists not")

@@ -8,12 +8,12 @@ from typing import Self
 
 from pydantic import Field, SecretStr, model_validator
 
-from shared.settings import CommonSettings
+from shared.peers import PacsSettings
 
 SCOPES = ("read", "admin")
 
 
-class ApiSettings(CommonSettings):
+class ApiSettings(PacsSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     # Comma-separated KEY:SCOPE pairs, scope "read" or "admin".

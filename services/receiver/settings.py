@@ -16,7 +16,6 @@ CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
 class ReceiverSettings(CommonSettings):
-    ae_title: str = "DCMDB"
     dicom_host: str = "0.0.0.0"
     dicom_port: int = Field(default=11112, ge=1, le=65535)
     allowed_calling_aes: CommaList = ()
@@ -24,14 +23,6 @@ class ReceiverSettings(CommonSettings):
     maximum_pdu_size: int = Field(default=1_048_576, ge=4096, le=64 * 1_048_576)
     sweep_interval: float = Field(default=60.0, gt=0)
     network_timeout: float = Field(default=60.0, gt=0)
-
-    @field_validator("ae_title")
-    @classmethod
-    def _valid_ae_title(cls, value: str) -> str:
-        value = value.strip()
-        if not value or len(value) > 16 or not value.isascii() or "\\" in value:
-            raise ValueError("must be 1 to 16 ASCII characters without a backslash")
-        return value
 
     @field_validator("allowed_calling_aes", "allowed_hosts", mode="before")
     @classmethod

@@ -1,0 +1,63 @@
+"""``dcmdb retriever``: runs the retrieval jobs the API records, and the nightly one.
+
+Jobs live in the catalog (see `shared.retrievals`): the retriever claims one at a time,
+runs it (`runner`), and looks for the next every `DCMDB_POLL_INTERVAL` seconds. A job cut
+off by a stop or a crash is taken over once its lease (`DCMDB_JOB_LEASE`) runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from services.retriever import nightly
+from services.retriever.runner import JobRunner
+from services.retriever.settings import RetrieverSettings
+from shared import retrievals
+from shared.catalog.database import open_catalog
+from shared.logs import configure_logging
+from shared.settings import load_settings
+
+log = logging.getLogger("dcmdb.retriever")
+
+
+def serve(settings: RetrieverSettings, stop: threading.Event) -> None:
+    engine, sessions = open_catalog(settings.catalog_url, writer=True)
+    runner = JobRunner(settings, sessions)
+    peers = ", ".join(str(p) for p in settings.peers) or "none configured"
+    log.info("retrieving to AE %s; PACS: %s", settings.ae_title, peers)
+    if not settings.peers:
+        log.warning("no PACS configured (DCMDB_PACS): there is nothing to retrieve from")
+    elif settings.nightly_retrieve.strip():
+        log.info("nightly retrieval at '%s'", settings.nightly_retrieve)
+    try:
+        while not stop.is_set():
+            try:
+                nightly.schedule(settings, sessions)
+                job_id = retrievals.claim(sessions, settings.job_lease)
+                if job_id is not None:
+                    runner.run(job_id)
+                    continue
+            except Exception as exc:  # the catalog is away: the next round retries
+                log.warning("retrieval round failed (%s); retrying", exc)
+            stop.wait(settings.poll_interval)
+    finally:
+        engine.dispose()
+        log.info("retriever stopped")
+
+
+def main() -> None:
+    settings = load_settings(RetrieverSettings)
+    configure_logging("retriever", settings.log_level, settings.log_format)
+    stop = threading.Event()
+
+    def stopping(_signum: int, _frame: object) -> None:
+        stop.set()
+        # A job in the middle of a move is left to its lease: another retriever (or this
+        # one, restarted) takes it over and moves what is still missing.
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stopping)
+    signal.signal(signal.SIGINT, stopping)
+    serve(settings, stop)

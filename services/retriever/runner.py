@@ -1,0 +1,266 @@
+"""Running one retrieval job: find the studies, check each against the catalog, move what
+is missing to dcmdb's own receiver, record how it went.
+
+The C-MOVE destination is always dcmdb's own AE title from its settings. Association
+failures are retried with backoff, then the study (or the job, for the C-FIND) fails with
+the reason. Instances moved arrive at the receiver like any other and are filed by the
+sorter; what the PACS said each series holds lets the sorter complete a retrieved series
+as soon as it is whole.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.retriever.pacs import (
+    PacsError,
+    Peer,
+    Progress,
+    StudyQuery,
+    find_studies,
+    retrieve,
+)
+from services.retriever.settings import RetrieverSettings
+from shared import retrievals
+from shared.catalog.models import (
+    CANCELLED,
+    COMPLETED,
+    JOB_FAILED,
+    PARTIAL,
+    QUEUED,
+    RUNNING,
+    RetrievalJob,
+    RetrievalStudy,
+)
+from shared.pacs_check import StudyCheck, check_study, record_expectations
+
+log = logging.getLogger("dcmdb.retriever")
+
+ALREADY_COMPLETE = "already complete"
+CANCEL_STATUS = 0xFE00
+BACKOFF = (2.0, 5.0, 15.0)  # seconds before each new attempt
+_WRITE_EVERY = 0.5  # seconds between progress writes
+T = TypeVar("T")
+
+
+class JobRunner:
+    def __init__(
+        self,
+        settings: RetrieverSettings,
+        sessions: sessionmaker[Session],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._sleep = sleep
+
+    def run(self, job_id: int) -> None:
+        with self._sessions() as session:
+            job = session.get(RetrievalJob, job_id)
+            assert job is not None
+            origin, pacs, query = job.origin, job.pacs, json.loads(job.query)
+        log.info("retrieval job %d (%s) started", job_id, origin)
+        try:
+            peer = self._settings.peer(pacs)
+        except ValueError as exc:
+            retrievals.finish(self._sessions, job_id, JOB_FAILED, str(exc))
+            return
+        if origin != "repair":
+            try:
+                matches = self._with_retries(
+                    lambda: find_studies(peer, StudyQuery(**query)), f"C-FIND on {peer}"
+                )
+            except PacsError as exc:
+                retrievals.finish(self._sessions, job_id, JOB_FAILED, str(exc))
+                log.warning("retrieval job %d failed: %s", job_id, exc)
+                return
+            retrievals.add_studies(self._sessions, job_id, [m.study_uid for m in matches])
+        for row_id, study_uid, only in self._open_studies(job_id):
+            if retrievals.touch(self._sessions, job_id):
+                self._cancel_rest(job_id)
+                break
+            self._study(job_id, peer, row_id, study_uid, only)
+        state, reason = self._outcome(job_id)
+        gaps = self._gaps(job_id, peer) if origin == "nightly" and state != CANCELLED else None
+        retrievals.finish(self._sessions, job_id, state, reason, gaps)
+        log.info("retrieval job %d %s%s", job_id, state, f": {reason}" if reason else "")
+
+    def _open_studies(self, job_id: int) -> list[tuple[int, str, list[str]]]:
+        with self._sessions() as session:
+            rows = session.execute(
+                select(RetrievalStudy.id, RetrievalStudy.study_uid, RetrievalStudy.series_uids)
+                .where(
+                    RetrievalStudy.job_id == job_id,
+                    RetrievalStudy.state.in_((QUEUED, RUNNING)),
+                )
+                .order_by(RetrievalStudy.id)
+            ).all()
+        return [(row_id, uid, json.loads(only or "[]")) for row_id, uid, only in rows]
+
+    def _study(self, job_id: int, peer: Peer, row_id: int, study_uid: str, only: list[str]) -> None:
+        try:
+            check = self._with_retries(
+                lambda: check_study(peer, self._sessions, study_uid), f"C-FIND on {peer}"
+            )
+        except PacsError as exc:
+            retrievals.update_study(self._sessions, row_id, state=JOB_FAILED, reason=str(exc))
+            return
+        record_expectations(self._sessions, study_uid, check)
+        expected = {
+            "expected_series": len(check.series),
+            "expected_instances": sum(s.pacs_instances for s in check.series),
+        }
+        if not check.series:
+            retrievals.update_study(
+                self._sessions, row_id, state=JOB_FAILED, reason="the PACS lists no series of it"
+            )
+            return
+        wanted = only or _what_to_move(check)
+        if not only and check.complete:
+            retrievals.update_study(
+                self._sessions, row_id, state=ALREADY_COMPLETE, remaining=0, **expected
+            )
+            return
+        retrievals.update_study(self._sessions, row_id, state=RUNNING, **expected)
+        watch = _Watch(self._sessions, job_id, row_id)
+        try:
+            result = self._with_retries(
+                lambda: retrieve(
+                    peer,
+                    self._settings.ae_title,
+                    study_uid,
+                    wanted,
+                    progress=watch.progress,
+                    cancelled=watch.cancelled,
+                ),
+                f"C-MOVE from {peer}",
+            )
+        except PacsError as exc:
+            retrievals.update_study(self._sessions, row_id, state=JOB_FAILED, reason=str(exc))
+            return
+        if result.status == CANCEL_STATUS or watch.cancel:
+            state = CANCELLED
+        elif result.succeeded:
+            state = COMPLETED
+        else:
+            state = JOB_FAILED
+        retrievals.update_study(
+            self._sessions,
+            row_id,
+            state=state,
+            completed=result.completed,
+            failed=result.failed,
+            warning=result.warning,
+            remaining=result.remaining,
+            reason=result.reason or "",
+        )
+
+    def _with_retries(self, attempt: Callable[[], T], what: str) -> T:
+        for number, pause in enumerate((*BACKOFF, None), start=1):
+            try:
+                return attempt()
+            except PacsError as exc:
+                if pause is None:
+                    raise PacsError(f"{exc} (after {number} attempts)") from exc
+                log.warning("%s failed (%s); trying again in %.0f s", what, exc, pause)
+                self._sleep(pause)
+        raise AssertionError("unreachable")
+
+    def _cancel_rest(self, job_id: int) -> None:
+        for row_id, _uid, _only in self._open_studies(job_id):
+            retrievals.update_study(self._sessions, row_id, state=CANCELLED)
+
+    def _outcome(self, job_id: int) -> tuple[str, str]:
+        with self._sessions() as session:
+            job = session.get(RetrievalJob, job_id)
+            assert job is not None
+            states = [row.state for row in job.studies]
+            failures = [f"{r.study_uid}: {r.reason}" for r in job.studies if r.state == JOB_FAILED]
+        if CANCELLED in states:
+            return CANCELLED, "cancelled on request"
+        if not states:
+            return COMPLETED, "no study matched on the PACS"
+        if not failures:
+            return COMPLETED, ""
+        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+        reason = "; ".join(failures[:5]) + more
+        return (JOB_FAILED if len(failures) == len(states) else PARTIAL), reason
+
+    def _gaps(self, job_id: int, peer: Peer) -> list[dict[str, object]]:
+        """The nightly run ends with the check: what the catalog still lacks, per study,
+        once the moved instances had time to be filed."""
+        with self._sessions() as session:
+            uids = list(
+                session.scalars(
+                    select(RetrievalStudy.study_uid).where(RetrievalStudy.job_id == job_id)
+                )
+            )
+        deadline = time.monotonic() + self._settings.check_wait
+        gaps: list[dict[str, object]] = []
+        for uid in uids:
+            try:
+                check = self._settled_check(job_id, peer, uid, deadline)
+            except PacsError as exc:
+                gaps.append({"study_uid": uid, "error": str(exc)})
+                continue
+            if not check.complete:
+                gaps.append(
+                    {
+                        "study_uid": uid,
+                        "missing_series": check.missing_series,
+                        "missing_instances": check.missing_instances,
+                    }
+                )
+        return gaps
+
+    def _settled_check(self, job_id: int, peer: Peer, uid: str, deadline: float) -> StudyCheck:
+        """The check once the study is whole, or as it is at the deadline."""
+        while True:
+            check = check_study(peer, self._sessions, uid)
+            if check.complete or time.monotonic() > deadline:
+                return check
+            retrievals.touch(self._sessions, job_id)
+            self._sleep(2.0)
+
+
+def _what_to_move(check: StudyCheck) -> list[str] | None:
+    """The whole study when the catalog has none of it, else only the incomplete series."""
+    if all(s.catalog_instances == 0 for s in check.series):
+        return None
+    return check.missing_series
+
+
+class _Watch:
+    """Progress into the catalog (at most every half second) and the cancel flag out."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: int, row_id: int) -> None:
+        self._sessions, self._job_id, self._row_id = sessions, job_id, row_id
+        self._written = 0.0
+        self._asked = 0.0
+        self.cancel = False
+
+    def progress(self, counts: Progress) -> None:
+        if time.monotonic() - self._written < _WRITE_EVERY and counts.remaining:
+            return
+        self._written = time.monotonic()
+        retrievals.update_study(
+            self._sessions,
+            self._row_id,
+            completed=counts.completed,
+            failed=counts.failed,
+            warning=counts.warning,
+            remaining=counts.remaining,
+        )
+
+    def cancelled(self) -> bool:
+        if not self.cancel and time.monotonic() - self._asked >= _WRITE_EVERY:
+            self._asked = time.monotonic()
+            self.cancel = retrievals.touch(self._sessions, self._job_id)
+        return self.cancel

@@ -1,0 +1,34 @@
+"""Retriever settings: the PACS peers and the nightly retrieval."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from croniter import croniter
+from pydantic import Field, model_validator
+
+from shared.peers import PacsSettings
+
+
+class RetrieverSettings(PacsSettings):
+    # Cron expression of the nightly retrieval of the previous day's studies; "" disables.
+    nightly_retrieve: str = "0 1 * * *"
+    nightly_modality: str = ""  # only studies with this modality
+    nightly_physician: str = ""  # only studies of this referring physician (wildcards allowed)
+    # A slot missed while dcmdb was down still runs when it is back within this many hours.
+    nightly_grace_hours: float = Field(default=12.0, ge=0)
+    # A running job whose worker has not touched it for this long is taken over.
+    job_lease: float = Field(default=60.0, gt=0)
+    poll_interval: float = Field(default=2.0, gt=0)
+    # How long the end-of-night check waits for moved instances to be filed.
+    check_wait: float = Field(default=300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _valid_cron(self) -> Self:
+        if self.nightly_retrieve.strip():
+            if not croniter.is_valid(self.nightly_retrieve):
+                raise ValueError(
+                    f"DCMDB_NIGHTLY_RETRIEVE={self.nightly_retrieve!r} is not a cron expression "
+                    "(minute hour day month weekday, e.g. '0 1 * * *')"
+                )
+        return self

@@ -25,10 +25,9 @@ class RetrieverSettings(PacsSettings):
 
     @model_validator(mode="after")
     def _valid_cron(self) -> Self:
-        if self.nightly_retrieve.strip():
-            if not croniter.is_valid(self.nightly_retrieve):
-                raise ValueError(
-                    f"DCMDB_NIGHTLY_RETRIEVE={self.nightly_retrieve!r} is not a cron expression "
-                    "(minute hour day month weekday, e.g. '0 1 * * *')"
-                )
+        if self.nightly_retrieve.strip() and not croniter.is_valid(self.nightly_retrieve):
+            raise ValueError(
+                f"DCMDB_NIGHTLY_RETRIEVE={self.nightly_retrieve!r} is not a cron expression "
+                "(minute hour day month weekday, e.g. '0 1 * * *')"
+            )
         return self

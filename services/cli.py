@@ -19,6 +19,16 @@ SERVICES = {
     "api": "services.api.main",
     "retriever": "services.retriever.main",
 }
+TOOLS = {  # name: ("module:function taking the arguments", what it does)
+    "dead-letters": (
+        "services.dead_letters:main",
+        "count, show or requeue dead-lettered messages",
+    ),
+    "studies": ("services.lab_commands:studies", "list the studies the API finds"),
+    "download": ("services.lab_commands:download", "download a study through the API"),
+    "retrieve": ("services.pacs_commands:retrieve", "fetch studies from the PACS"),
+    "pacs-check": ("services.pacs_commands:pacs_check", "compare a study with the PACS"),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,14 +37,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in SERVICES:
         commands.add_parser(name, help=f"run the {name} service")
     commands.add_parser("up", help="run every service on this host, as separate processes")
-    commands.add_parser(
-        "dead-letters", help="count, show or requeue dead-lettered messages", add_help=False
-    )
-    # Their options are parsed by their own modules, --help included.
-    commands.add_parser("studies", help="list the studies the API finds", add_help=False)
-    commands.add_parser("download", help="download a study through the API", add_help=False)
+    # Tools parse their own options, --help included.
+    for name, (_function, summary) in TOOLS.items():
+        commands.add_parser(name, help=summary, add_help=False)
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command not in ("dead-letters", "studies", "download"):
+    if rest and args.command not in TOOLS:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     try:
@@ -42,20 +49,9 @@ def main(argv: list[str] | None = None) -> None:
             from services.supervisor import run_all
 
             sys.exit(run_all(list(SERVICES)))
-        if args.command == "dead-letters":
-            from services.dead_letters import main as dead_letters
-
-            dead_letters(rest)
-            return
-        if args.command == "studies":
-            from services.lab_commands import studies
-
-            studies(rest)
-            return
-        if args.command == "download":
-            from services.lab_commands import download
-
-            download(rest)
+        if args.command in TOOLS:
+            module_name, _, function = TOOLS[args.command][0].partition(":")
+            getattr(importlib.import_module(module_name), function)(rest)
             return
         module = importlib.import_module(SERVICES[args.command])
         module.main()

@@ -48,7 +48,7 @@ def studies(argv: list[str]) -> None:
     ):
         if value is not None:
             query[name] = value  # type: ignore[literal-required]
-    with _reporting("studies"), _client("studies", args) as client:
+    with reporting("studies"), client_for("studies", args) as client:
         listing = _Listing(client, query, args.limit)
         if args.json:
             for study in listing:
@@ -56,7 +56,7 @@ def studies(argv: list[str]) -> None:
         else:
             rows = [_row(study) for study in listing]
             if rows:
-                print(_table(rows))
+                print(table(rows))
             else:
                 print("no study matches", file=sys.stderr)
         if listing.more:
@@ -66,7 +66,7 @@ def studies(argv: list[str]) -> None:
 def download(argv: list[str]) -> None:
     args = _download_parser().parse_args(argv)
     form: ArchiveFormat = "all" if args.all else "nifti" if args.nifti else "dicom"
-    with _reporting("download"), _client("download", args) as client:
+    with reporting("download"), client_for("download", args) as client:
         study = client.study(args.study_uid)  # an unknown UID fails here, before any file
         files = _download_with_progress(client, study, form, args.output)
     if not files:
@@ -151,18 +151,21 @@ def _row(study: StudySummary) -> list[str]:
     ]
 
 
-def _table(rows: list[list[str]]) -> str:
+Columns = tuple[tuple[str, int | None, bool], ...]  # header, width limit, right-aligned
+
+
+def table(rows: list[list[str]], columns: Columns = _COLUMNS) -> str:
     rows = [
-        [_clip(cell, limit) for cell, (_, limit, _) in zip(row, _COLUMNS, strict=True)]
+        [_clip(cell, limit) for cell, (_, limit, _) in zip(row, columns, strict=True)]
         for row in rows
     ]
-    headers = [header for header, _, _ in _COLUMNS]
+    headers = [header for header, _, _ in columns]
     widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
     lines = []
     for row in [headers, *rows]:
         cells = [
             cell.rjust(width) if right else cell.ljust(width)
-            for cell, width, (_, _, right) in zip(row, widths, _COLUMNS, strict=True)
+            for cell, width, (_, _, right) in zip(row, widths, columns, strict=True)
         ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
@@ -209,7 +212,7 @@ def _studies_parser() -> argparse.ArgumentParser:
         "--limit", type=_count, default=50, metavar="N", help="show N (default 50; 0: all)"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object a line")
-    _connection_options(parser)
+    connection_options(parser)
     return parser
 
 
@@ -224,11 +227,11 @@ def _download_parser() -> argparse.ArgumentParser:
     form = parser.add_mutually_exclusive_group()
     form.add_argument("--nifti", action="store_true", help="the NIfTI files and sidecars")
     form.add_argument("--all", action="store_true", help="DICOM and NIfTI files")
-    _connection_options(parser)
+    connection_options(parser)
     return parser
 
 
-def _connection_options(parser: argparse.ArgumentParser) -> None:
+def connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="the API (default: $DCMDB_API_URL or 127.0.0.1:8000)")
     parser.add_argument("--key", help="an API key (default: $DCMDB_API_KEY)")
 
@@ -248,7 +251,7 @@ def _count(text: str) -> int:
 
 
 @contextmanager
-def _client(command: str, args: argparse.Namespace) -> Iterator[Client]:
+def client_for(command: str, args: argparse.Namespace) -> Iterator[Client]:
     try:
         client = Client(args.url, args.key)
     except ValueError as exc:
@@ -258,7 +261,7 @@ def _client(command: str, args: argparse.Namespace) -> Iterator[Client]:
 
 
 @contextmanager
-def _reporting(command: str) -> Iterator[None]:
+def reporting(command: str) -> Iterator[None]:
     """What stops a command becomes one line on stderr and exit status 1."""
     try:
         yield

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.retriever.pacs import Peer, count_instances, find_series
 from shared.catalog.models import ExpectedSeries, Series
+from shared.pacs import Peer, count_instances, find_series
 from shared.retrievals import catalog_series_counts
 
 

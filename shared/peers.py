@@ -2,13 +2,97 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self, cast
 
+import yaml
 from pydantic import model_validator
 
-from services.retriever.pacs import Peer, load_peers_file, parse_peers
 from shared.settings import CommonSettings
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    calling_ae: str = "DCMDB"
+    retrieve: Literal["move", "get"] = "move"
+
+    def __post_init__(self) -> None:
+        for title in (self.ae_title, self.calling_ae):
+            if not re.fullmatch(r"[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]{0,15}", title):
+                raise ValueError(f"{title!r} is not an AE title (1 to 16 characters)")
+        if not self.host:
+            raise ValueError("the host is empty")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} is not between 1 and 65535")
+        if self.retrieve not in ("move", "get"):
+            raise ValueError(f"retrieve must be move or get, not {self.retrieve!r}")
+
+    def __str__(self) -> str:
+        address = f"{self.ae_title}@{self.host}:{self.port}"
+        return address if self.name == self.ae_title else f"{self.name} ({address})"
+
+
+def parse_peers(text: str, calling_ae: str) -> list[Peer]:
+    """``DCMDB_PACS``: ``AETITLE@host:port`` entries separated by commas, the default first."""
+    peers = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        ae_title, _, address = entry.partition("@")
+        host, _, port = address.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")  # [::1]:104
+        try:
+            if not (ae_title and host and port.isdigit()):
+                raise ValueError("expected AETITLE@host:port")
+            peers.append(Peer(ae_title, ae_title, host, int(port), calling_ae))
+        except ValueError as error:
+            raise ValueError(f"DCMDB_PACS entry {entry!r}: {error}") from None
+    return _unique(peers, "DCMDB_PACS")
+
+
+def load_peers_file(path: Path, calling_ae: str) -> list[Peer]:
+    """A YAML list of ``{name, ae_title, host, port, calling_ae?, retrieve?: move|get}``."""
+    entries = yaml.safe_load(path.read_text())
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a list of PACS")
+    peers = []
+    for number, entry in enumerate(entries, 1):
+        try:
+            peers.append(_peer_entry(entry, calling_ae))
+        except ValueError as error:
+            raise ValueError(f"{path}: PACS {number}: {error}") from None
+    return _unique(peers, str(path))
+
+
+def _peer_entry(entry: object, calling_ae: str) -> Peer:
+    if not isinstance(entry, dict) or not {"name", "ae_title", "host", "port"} <= set(entry):
+        raise ValueError("needs name, ae_title, host and port")
+    if unknown := set(entry) - {"name", "ae_title", "host", "port", "calling_ae", "retrieve"}:
+        raise ValueError(f"unknown keys {sorted(unknown)}")
+    if not isinstance(entry["port"], int):
+        raise ValueError("port must be a number")
+    text = {key: str(value) for key, value in entry.items()}
+    return Peer(
+        name=text["name"],
+        ae_title=text["ae_title"],
+        host=text["host"],
+        port=entry["port"],
+        calling_ae=text.get("calling_ae", calling_ae),
+        retrieve=cast(Literal["move", "get"], text.get("retrieve", "move")),
+    )
+
+
+def _unique(peers: list[Peer], source: str) -> list[Peer]:
+    names = [peer.name for peer in peers]
+    if duplicates := sorted({name for name in names if names.count(name) > 1}):
+        raise ValueError(f"{source}: PACS named more than once: {', '.join(duplicates)}")
+    return peers
 
 
 class PacsSettings(CommonSettings):

@@ -8,6 +8,9 @@ the PACS said how many instances it holds.
 from __future__ import annotations
 
 import datetime as dt
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ import httpx
 import pydicom
 import pytest
 
-from tests.conftest import TESTDATA, fresh_vhost
+from tests.conftest import REPO, TESTDATA, fresh_vhost
 from tests.pacs_peers import Dcmqrscp, Orthanc
 from tests.system import Dcmdb, dicom_files, send_dicom, wait_for
 
@@ -223,3 +226,42 @@ def test_yesterday_in_a_request_is_a_dicom_date(site: Site) -> None:
     yesterday = (dt.date.today() - dt.timedelta(days=1)).strftime("%Y%m%d")
     job = site.finished(site.post("/retrievals", study_date="yesterday").json()["id"])
     assert job["query"] == {"study_date": yesterday}
+
+
+def _dcmdb(site: Site, *argv: str, key: str = ADMIN) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            *argv,
+            "--url",
+            str(site.client.base_url),
+            "--key",
+            key,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_retrieve_and_pacs_check_commands(site: Site) -> None:
+    uid, files = _study("d2n_ct_missing_slice")
+    done = _dcmdb(site, "retrieve", "--study-uid", uid, "--pacs", "ORTHANC")
+    assert done.returncode == 0, done.stderr
+    # Moved now, or found whole when an earlier test fetched it already.
+    moved = re.search(
+        r"completed: 1/1 studies, (\d+)/(\d+) instances moved, (\d+) filed", done.stdout
+    )
+    assert moved is not None, done.stdout
+    assert moved.group(1) in ("0", str(len(files))) and moved.group(2, 3) == (str(len(files)),) * 2
+    wait_for(lambda: (site.study(uid) or {}).get("instance_count") == len(files), 120, "filed")
+    check = _dcmdb(site, "pacs-check", uid, "--pacs", "ORTHANC", key=READ)
+    assert check.returncode == 0, check.stderr
+    assert "complete on ORTHANC" in check.stdout
+    unknown = _dcmdb(site, "pacs-check", "1.2.3.4.5.6.7", key=READ)
+    assert unknown.returncode == 1 and "404" in unknown.stderr
+    refused = _dcmdb(site, "retrieve", "--study-uid", uid, key=READ)
+    assert refused.returncode == 1 and "403" in refused.stderr

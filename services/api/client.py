@@ -30,7 +30,15 @@ from urllib.parse import quote
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
-from services.api.schemas import Physician, SeriesSummary, StudyDetail, StudyPage, StudySummary
+from services.api.schemas import (
+    PacsCheck,
+    Physician,
+    Retrieval,
+    SeriesSummary,
+    StudyDetail,
+    StudyPage,
+    StudySummary,
+)
 from shared.naming import resolve_under
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -176,7 +184,54 @@ class Client:
             os.replace(download, target)
             return [target]
 
+    # --- retrievals from the PACS --------------------------------------------------------
+
+    def retrieve(self, *, pacs: str | None = None, **query: str) -> Retrieval:
+        """Queue a retrieval (admin key): C-FIND with `query` (study_date, patient_id,
+        accession_number, study_uid, modality, referring_physician), C-MOVE of each match."""
+        body: dict[str, str] = {**query, **({"pacs": pacs} if pacs else {})}
+        return self._call("POST", Retrieval, "/retrievals", body=body)
+
+    def retrieval(self, job_id: int) -> Retrieval:
+        return self._read(Retrieval, f"/retrievals/{int(job_id)}")
+
+    def cancel_retrieval(self, job_id: int) -> Retrieval:
+        return self._call("DELETE", Retrieval, f"/retrievals/{int(job_id)}")
+
+    def pacs_check(self, study_uid: str, pacs: str | None = None) -> PacsCheck:
+        """The PACS's series and instance counts beside the catalog's."""
+        params = {"pacs": pacs} if pacs else None
+        return self._read(PacsCheck, f"/studies/{_segment(study_uid)}/pacs-check", params)
+
+    def repair(self, study_uid: str, pacs: str | None = None) -> Retrieval:
+        """Queue a move of the series the check finds incomplete (admin key)."""
+        params = {"pacs": pacs} if pacs else None
+        path = f"/studies/{_segment(study_uid)}/repair"
+        return self._call("POST", Retrieval, path, params=params)
+
     # --- HTTP ----------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        shape: type[_T],
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: dict[str, str] | None = None,
+    ) -> _T:
+        try:
+            response = self._http.request(method, path, params=params, json=body)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from None
+        if not response.is_success:
+            raise ApiError(response.status_code, _detail(response))
+        try:
+            return TypeAdapter(shape).validate_json(response.content)
+        except ValidationError as exc:
+            raise ApiError(
+                None, f"the answer of {self.url}{path} does not fit this client ({exc})"
+            ) from None
 
     def _read(self, shape: type[_T], path: str, params: dict[str, str] | None = None) -> _T:
         with self._request(path, params) as response:

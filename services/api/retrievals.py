@@ -26,9 +26,9 @@ from services.api.schemas import (
     SeriesComparison,
 )
 from services.api.settings import ApiSettings
-from services.retriever.pacs import PacsError, StudyQuery
 from shared import retrievals
 from shared.catalog.models import RetrievalJob, Study
+from shared.pacs import PacsError, StudyQuery
 from shared.pacs_check import StudyCheck, check_study
 
 READ = [Depends(require("read"))]

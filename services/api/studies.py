@@ -280,16 +280,21 @@ class PhysicianDirectory:
 
     def folders_for(self, value: str) -> frozenset[str]:
         key = value.strip().lower()
-        age = time.monotonic() - self._loaded_at
-        if age > self._ttl or (key not in self._by_key and age > 0.5):
-            self._load()
+        if self._stale(key):
+            with self._lock:
+                if self._stale(key):  # not reloaded meanwhile by another request
+                    self._load()
         found = self._by_key.get(key)
         if found is None:  # a raw name typed differently, e.g. "Smith^John" for SMITH_JOHN
             found = self._by_key.get(physician_folder(value).lower(), frozenset())
         return found
 
+    def _stale(self, key: str) -> bool:
+        age = time.monotonic() - self._loaded_at
+        return age > self._ttl or (key not in self._by_key and age > 0.5)
+
     def _load(self) -> None:
-        with self._lock, self._sessions() as session:
+        with self._sessions() as session:
             pairs = session.execute(
                 select(Study.physician_folder, Study.physician_name).distinct()
             ).all()

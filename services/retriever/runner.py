@@ -19,14 +19,6 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.retriever.pacs import (
-    PacsError,
-    Peer,
-    Progress,
-    StudyQuery,
-    find_studies,
-    retrieve,
-)
 from services.retriever.settings import RetrieverSettings
 from shared import retrievals
 from shared.catalog.models import (
@@ -38,6 +30,14 @@ from shared.catalog.models import (
     RUNNING,
     RetrievalJob,
     RetrievalStudy,
+)
+from shared.pacs import (
+    PacsError,
+    Peer,
+    Progress,
+    StudyQuery,
+    find_studies,
+    retrieve,
 )
 from shared.pacs_check import StudyCheck, check_study, record_expectations
 

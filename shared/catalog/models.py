@@ -60,6 +60,8 @@ class Study(Base):
         Index("ix_studies_received_at", "received_at", "id"),
         Index("ix_studies_physician_study_date", "physician_folder", "study_date", "id"),
         Index("ix_studies_physician_received_at", "physician_folder", "received_at", "id"),
+        # The API resolves a physician filter from these pairs, read off this index alone.
+        Index("ix_studies_physician_names", "physician_folder", "physician_name"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

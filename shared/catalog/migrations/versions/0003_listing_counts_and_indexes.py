@@ -17,6 +17,7 @@ _LISTING_INDEXES = {
     "ix_studies_received_at": ["received_at", "id"],
     "ix_studies_physician_study_date": ["physician_folder", "study_date", "id"],
     "ix_studies_physician_received_at": ["physician_folder", "received_at", "id"],
+    "ix_studies_physician_names": ["physician_folder", "physician_name"],
 }
 
 

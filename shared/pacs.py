@@ -1,6 +1,6 @@
 """The DICOM client side of PACS retrievals: find studies and series, then move or get them.
 
-A ``Peer`` is a PACS as dcmdb knows it (``DCMDB_PACS`` or a peers file). ``find_studies``,
+A ``Peer`` (see `shared.peers`) is a PACS as dcmdb knows it. ``find_studies``,
 ``find_series`` and ``count_instances`` run C-FIND in the Study Root model; ``retrieve``
 runs C-MOVE to dcmdb's own receiver or, for a peer configured with ``retrieve: get``,
 C-GET with each instance handed to a ``store`` callback. A failed association
@@ -19,10 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from io import BytesIO
-from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
-import yaml
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom import _config as pynetdicom_config
@@ -30,6 +28,8 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.status import QR_GET_SERVICE_CLASS_STATUS, QR_MOVE_SERVICE_CLASS_STATUS
+
+from shared.peers import Peer
 
 log = logging.getLogger("dcmdb.retriever")
 
@@ -69,70 +69,6 @@ StoreInstance = Callable[[bytes, str, str, str], None]
 
 class PacsError(Exception):
     """The PACS could not be asked: unreachable, rejected, aborted or silent."""
-
-
-@dataclass(frozen=True)
-class Peer:
-    name: str
-    ae_title: str
-    host: str
-    port: int
-    calling_ae: str = "DCMDB"
-    retrieve: Literal["move", "get"] = "move"
-
-    def __post_init__(self) -> None:
-        for title in (self.ae_title, self.calling_ae):
-            if not re.fullmatch(r"[\x21-\x5b\x5d-\x7e](?:[\x20-\x5b\x5d-\x7e]{0,15})", title):
-                raise ValueError(f"PACS {self.name}: {title!r} is not an AE title (1-16 chars)")
-        if not self.host or not 0 < self.port < 65536:
-            raise ValueError(f"PACS {self.name}: {self.host!r}:{self.port} is not an address")
-        if self.retrieve not in ("move", "get"):
-            raise ValueError(f"PACS {self.name}: retrieve must be move or get")
-
-    def __str__(self) -> str:
-        address = f"{self.ae_title}@{self.host}:{self.port}"
-        return address if self.name == self.ae_title else f"{self.name} ({address})"
-
-
-def parse_peers(text: str, calling_ae: str) -> list[Peer]:
-    """``DCMDB_PACS``: ``AETITLE@host:port`` entries separated by commas, the default first."""
-    peers = []
-    for entry in (part.strip() for part in text.split(",")):
-        if not entry:
-            continue
-        ae_title, _, address = entry.partition("@")
-        host, _, port = address.rpartition(":")
-        host = host.removeprefix("[").removesuffix("]")  # [::1]:104
-        if not (ae_title and host and port.isdigit()):
-            raise ValueError(f"DCMDB_PACS: {entry!r} is not AETITLE@host:port")
-        peers.append(Peer(ae_title, ae_title, host, int(port), calling_ae))
-    return _unique(peers, "DCMDB_PACS")
-
-
-def load_peers_file(path: Path, calling_ae: str) -> list[Peer]:
-    """A YAML list of ``{name, ae_title, host, port, calling_ae?, retrieve?: move|get}``."""
-    entries = yaml.safe_load(path.read_text())
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a list of PACS")
-    peers = []
-    for number, entry in enumerate(entries, 1):
-        fields = {"name", "ae_title", "host", "port", "calling_ae", "retrieve"}
-        if not isinstance(entry, dict) or not {"name", "ae_title", "host", "port"} <= set(entry):
-            raise ValueError(f"{path}: PACS {number} needs name, ae_title, host and port")
-        if unknown := set(entry) - fields:
-            raise ValueError(f"{path}: PACS {number}: unknown keys {sorted(unknown)}")
-        if not isinstance(entry["port"], int):
-            raise ValueError(f"{path}: PACS {number}: port must be a number")
-        entry = {key: value if key == "port" else str(value) for key, value in entry.items()}
-        peers.append(Peer(**{"calling_ae": calling_ae, **entry}))
-    return _unique(peers, str(path))
-
-
-def _unique(peers: list[Peer], source: str) -> list[Peer]:
-    names = [peer.name for peer in peers]
-    if duplicates := sorted({name for name in names if names.count(name) > 1}):
-        raise ValueError(f"{source}: PACS named more than once: {', '.join(duplicates)}")
-    return peers
 
 
 @dataclass(frozen=True)
@@ -430,7 +366,7 @@ def _reason(
 ) -> str | None:
     if status == SUCCESS and counts.failed == 0:
         return None
-    if status in (SUCCESS, WARNING):
+    if status in (SUCCESS, WARNING) or (status == 0xA702 and counts.failed):
         total = counts.completed + counts.failed + counts.warning
         text = f"{counts.failed} of {total} instances failed to arrive"
     elif status == 0xA801:
@@ -600,7 +536,7 @@ def _handle_store(event: evt.Event, store: StoreInstance) -> int:
             str(request.AffectedSOPClassUID),
             str(request.AffectedSOPInstanceUID),
         )
-    except Exception:
-        log.exception("a retrieved instance could not be stored")
+    except Exception as error:
+        log.error("a retrieved instance could not be stored: %s", error)
         return 0xA700  # out of resources
     return SUCCESS

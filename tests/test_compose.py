@@ -10,13 +10,20 @@ from services.api.settings import ApiSettings
 from services.cli import SERVICES
 from services.converter.settings import ConverterSettings
 from services.receiver.settings import ReceiverSettings
+from services.retriever.settings import RetrieverSettings
 from services.sorter.settings import SorterSettings
 from shared.settings import ENV_PREFIX
 from tests.conftest import REPO
 
 KNOWN_VARIABLES = {
     ENV_PREFIX + name.upper()
-    for settings in (ReceiverSettings, SorterSettings, ConverterSettings, ApiSettings)
+    for settings in (
+        ReceiverSettings,
+        SorterSettings,
+        ConverterSettings,
+        ApiSettings,
+        RetrieverSettings,
+    )
     for name in settings.model_fields
 }
 
@@ -44,6 +51,6 @@ def test_services_wait_for_healthy_dependencies_and_hold_no_secrets() -> None:
     text = (REPO / "docker-compose.yml").read_text()
     assert not re.search(r"(PASSWORD|PASS):\s+[^$\s]", text), "a password is written in the file"
     for name, service in compose()["services"].items():
-        assert "healthcheck" in service or name in ("sorter", "converter"), name
+        assert "healthcheck" in service or name in ("sorter", "converter", "retriever"), name
         for dependency in service.get("depends_on", {}).values():
             assert dependency["condition"] == "service_healthy"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "DCMDB_"
@@ -31,8 +31,10 @@ class CommonSettings(BaseSettings):
         frozen=True,
     )
 
-    # dcmdb's own AE title: the receiver answers to it, PACS move studies to it.
+    # dcmdb's own AE title and DICOM port: the receiver answers to them, PACS move studies
+    # to them, and the retriever hands on what it gets by C-GET.
     ae_title: str = "DCMDB"
+    dicom_port: int = Field(default=11112, ge=1, le=65535)
     data_dir: Path = Path("./data")
     archive_dir: Path | None = None
     database_url: str | None = None

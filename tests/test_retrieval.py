@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 ADMIN = "admin-key-for-retrieval-tests-0123"
 READ = "read-key-for-retrieval-tests-01234"
 ON_DCMQRSCP = ("ge_fmri_epi_4d", "d2n_hitachi_mr", "siemens_xa30_t1w_3d_classic")
-ON_ORTHANC = ("d2n_ct_missing_slice",)
+ON_ORTHANC = ("d2n_ct_missing_slice", "d2n_mr_4slice_jpeg")
 
 
 def _study(folder: str) -> tuple[str, list[Path]]:
@@ -78,10 +78,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with pacs, orthanc:
         pacs.fill([f for folder in ON_DCMQRSCP for f in _study(folder)[1]])
         orthanc.fill([f for folder in ON_ORTHANC for f in _study(folder)[1]])
+        peers_file = root / "peers.yaml"  # Orthanc once more, by C-GET this time
+        peers_file.write_text(
+            f"- {{name: ORTHANC-GET, ae_title: {orthanc.ae_title}, host: 127.0.0.1,"
+            f" port: {orthanc.port}, retrieve: get}}\n"
+        )
         dcmdb.extra_env.update(
             {
                 "DCMDB_PACS": f"{pacs.ae_title}@127.0.0.1:{pacs.port},"
                 f"{orthanc.ae_title}@127.0.0.1:{orthanc.port}",
+                "DCMDB_PACS_FILE": str(peers_file),
                 "DCMDB_NIGHTLY_RETRIEVE": "",
                 "DCMDB_STABLE_AGE": "600",
                 "DCMDB_POLL_INTERVAL": "0.3",
@@ -182,6 +188,19 @@ def test_a_second_pacs_by_name(site: Site) -> None:
     assert job["state"] == "completed" and job["pacs"] == "ORTHANC", job
     assert job["studies"][0]["expected_instances"] == len(files)  # Orthanc gives counts
     wait_for(lambda: (site.study(uid) or {}).get("instance_count") == len(files), 120, "filed")
+
+
+def test_c_get_hands_every_instance_to_the_receiver(site: Site) -> None:
+    uid, files = _study("d2n_mr_4slice_jpeg")  # JPEG lossless: the PACS may transcode it
+    job = site.finished(site.post("/retrievals", study_uid=uid, pacs="ORTHANC-GET").json()["id"])
+    assert job["state"] == "completed", job
+    assert job["studies"][0]["completed"] == len(files)
+    wait_for(lambda: (site.study(uid) or {}).get("instance_count") == len(files), 120, "filed")
+    filed = list((site.dcmdb.data_dir / "archive").rglob("*.dcm"))
+    for path in files:
+        original = pydicom.dcmread(path)
+        [copy] = [p for p in filed if p.name.startswith(str(original.SOPInstanceUID))]
+        assert (pydicom.dcmread(copy).pixel_array == original.pixel_array).all()
 
 
 def test_nothing_matching_is_a_completed_empty_job(site: Site) -> None:

@@ -17,7 +17,6 @@ CommaList = Annotated[tuple[str, ...], NoDecode]
 
 class ReceiverSettings(CommonSettings):
     dicom_host: str = "0.0.0.0"
-    dicom_port: int = Field(default=11112, ge=1, le=65535)
     allowed_calling_aes: CommaList = ()
     allowed_hosts: CommaList = ()
     maximum_pdu_size: int = Field(default=1_048_576, ge=4096, le=64 * 1_048_576)

@@ -1,11 +1,12 @@
 """Running one retrieval job: find the studies, check each against the catalog, move what
 is missing to dcmdb's own receiver, record how it went.
 
-The C-MOVE destination is always dcmdb's own AE title from its settings. Association
-failures are retried with backoff, then the study (or the job, for the C-FIND) fails with
-the reason. Instances moved arrive at the receiver like any other and are filed by the
-sorter; what the PACS said each series holds lets the sorter complete a retrieved series
-as soon as it is whole.
+Instances come by C-MOVE, or by C-GET for a peer configured so (handed on to the
+receiver by `forwarding`). The C-MOVE destination is always dcmdb's own AE title from its
+settings. Association failures are retried with backoff, then the study (or the job, for
+the C-FIND) fails with the reason. Instances moved arrive at the receiver like any other
+and are filed by the sorter; what the PACS said each series holds lets the sorter complete
+a retrieved series as soon as it is whole.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.retriever.forwarding import Forwarder
 from services.retriever.settings import RetrieverSettings
 from shared import retrievals
 from shared.catalog.models import (
@@ -130,18 +132,21 @@ class JobRunner:
             return
         retrievals.update_study(self._sessions, row_id, state=RUNNING, **expected)
         watch = _Watch(self._sessions, job_id, row_id)
+        settings = self._settings
         try:
-            result = self._with_retries(
-                lambda: retrieve(
-                    peer,
-                    self._settings.ae_title,
-                    study_uid,
-                    wanted,
-                    progress=watch.progress,
-                    cancelled=watch.cancelled,
-                ),
-                f"C-MOVE from {peer}",
-            )
+            with Forwarder(settings.ae_title, settings.receiver_host, settings.dicom_port) as to_us:
+                result = self._with_retries(
+                    lambda: retrieve(
+                        peer,
+                        settings.ae_title,
+                        study_uid,
+                        wanted,
+                        store=to_us.store if peer.retrieve == "get" else None,
+                        progress=watch.progress,
+                        cancelled=watch.cancelled,
+                    ),
+                    f"C-{peer.retrieve.upper()} from {peer}",
+                )
         except PacsError as exc:
             retrievals.update_study(self._sessions, row_id, state=JOB_FAILED, reason=str(exc))
             return

@@ -11,6 +11,8 @@ from shared.peers import PacsSettings
 
 
 class RetrieverSettings(PacsSettings):
+    # Where dcmdb's receiver listens, for what a PACS sends by C-GET (port: DCMDB_DICOM_PORT).
+    receiver_host: str = "127.0.0.1"
     # Cron expression of the nightly retrieval of the previous day's studies; "" disables.
     nightly_retrieve: str = "0 1 * * *"
     nightly_modality: str = ""  # only studies with this modality

@@ -47,8 +47,8 @@ log = logging.getLogger("dcmdb.retriever")
 
 ALREADY_COMPLETE = "already complete"
 CANCEL_STATUS = 0xFE00
-BACKOFF = (2.0, 5.0, 15.0)  # seconds before each new attempt
 _WRITE_EVERY = 0.5  # seconds between progress writes
+_CANCEL_EVERY = 0.2  # seconds between looks at the cancel flag during a move
 T = TypeVar("T")
 
 
@@ -168,13 +168,15 @@ class JobRunner:
         )
 
     def _with_retries(self, attempt: Callable[[], T], what: str) -> T:
-        for number, pause in enumerate((*BACKOFF, None), start=1):
+        attempts, delay = self._settings.pacs_attempts, self._settings.pacs_retry_delay
+        for number in range(1, attempts + 1):
             try:
                 return attempt()
             except PacsError as exc:
-                if pause is None:
-                    raise PacsError(f"{exc} (after {number} attempts)") from exc
-                log.warning("%s failed (%s); trying again in %.0f s", what, exc, pause)
+                if number == attempts:
+                    raise PacsError(f"{exc} (after {attempts} attempts)") from exc
+                pause = delay * 2 ** (number - 1)
+                log.warning("%s failed (%s); trying again in %.1f s", what, exc, pause)
                 self._sleep(pause)
         raise AssertionError("unreachable")
 
@@ -265,7 +267,7 @@ class _Watch:
         )
 
     def cancelled(self) -> bool:
-        if not self.cancel and time.monotonic() - self._asked >= _WRITE_EVERY:
+        if not self.cancel and time.monotonic() - self._asked >= _CANCEL_EVERY:
             self._asked = time.monotonic()
             self.cancel = retrievals.touch(self._sessions, self._job_id)
         return self.cancel

@@ -22,6 +22,9 @@ class RetrieverSettings(PacsSettings):
     # A running job whose worker has not touched it for this long is taken over.
     job_lease: float = Field(default=60.0, gt=0)
     poll_interval: float = Field(default=2.0, gt=0)
+    # A PACS that fails to associate is asked again after 1, 2, 4 ... times this delay.
+    pacs_attempts: int = Field(default=4, ge=1, le=20)
+    pacs_retry_delay: float = Field(default=2.0, ge=0)
     # How long the end-of-night check waits for moved instances to be filed.
     check_wait: float = Field(default=300.0, ge=0)
 

@@ -1,0 +1,229 @@
+"""Retrievals when things go wrong, with real peers: a PACS that is down, a PACS that does
+not know dcmdb as a move destination (0xA801), a move that loses an instance (partial,
+then repaired), a job cancelled while it runs, and a retriever killed in the middle of a
+job (``dcmdb up`` restarts it; the job is taken over once its lease runs out).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+
+from tests.conftest import TESTDATA, fresh_vhost
+from tests.pacs_peers import Dcmqrscp
+from tests.system import Dcmdb, dicom_files, free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+ADMIN = "admin-key-for-failure-tests-012345"
+FOLDERS = (
+    "ge_fmri_epi_4d",
+    "d2n_hitachi_mr",
+    "siemens_xa30_t1w_3d_classic",
+    "d2n_ct_missing_slice",
+    "siemens_vb17_mosaic_axasc35",
+    "ge_3plane_localizer",
+)
+
+
+def _uid(folder: str) -> str:
+    return str(pydicom.dcmread(dicom_files(TESTDATA / folder)[0]).StudyInstanceUID)
+
+
+@dataclass
+class Site:
+    dcmdb: Dcmdb
+    pacs: Dcmqrscp
+    client: httpx.Client
+
+    def post(self, path: str, **body: Any) -> dict[str, Any]:
+        answer = self.client.post(path, json=body)
+        assert answer.status_code == 202, answer.text
+        return answer.json()  # type: ignore[no-any-return]
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self.client.get(f"/retrievals/{job_id}").json()  # type: ignore[no-any-return]
+
+    def finished(self, job_id: int, timeout: float = 240) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if job["state"] not in ("queued", "running"):
+                return job
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} did not end: {self.job(job_id)}")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    root = tmp_path_factory.mktemp("failures")
+    vhosts = fresh_vhost()
+    dcmdb = Dcmdb(root / "data", next(vhosts), f"sqlite:///{root / 'catalog.sqlite'}")
+    pacs = Dcmqrscp(root / "pacs", ("DCMDB", "127.0.0.1", dcmdb.port))
+    stranger = Dcmqrscp(root / "stranger", ("SOMEONE", "127.0.0.1", dcmdb.port), "STRANGER")
+    with pacs, stranger:
+        pacs.fill([f for folder in FOLDERS for f in dicom_files(TESTDATA / folder)])
+        stranger.fill(dicom_files(TESTDATA / "d2n_hitachi_mr"))
+        dcmdb.extra_env.update(
+            {
+                "DCMDB_PACS": f"DCMQRSCP@127.0.0.1:{pacs.port},"
+                f"STRANGER@127.0.0.1:{stranger.port},DOWN@127.0.0.1:{free_port()}",
+                "DCMDB_NIGHTLY_RETRIEVE": "",
+                "DCMDB_STABLE_AGE": "600",
+                "DCMDB_POLL_INTERVAL": "0.2",
+                "DCMDB_JOB_LEASE": "3",
+                "DCMDB_PACS_ATTEMPTS": "2",
+                "DCMDB_PACS_RETRY_DELAY": "0.2",
+                "DCMDB_API_KEYS": f"{ADMIN}:admin",
+            }
+        )
+        dcmdb.start("up")
+        try:
+            dcmdb.wait_until_listening()
+            client = httpx.Client(
+                base_url=f"http://127.0.0.1:{dcmdb.api_port}",
+                headers={"Authorization": f"Bearer {ADMIN}"},
+                timeout=120,
+            )
+            wait_for(lambda: _answers(client), 60, "the API")
+            yield Site(dcmdb, pacs, client)
+            client.close()
+        finally:
+            dcmdb.stop()
+            next(vhosts, None)
+
+
+def _answers(client: httpx.Client) -> bool:
+    try:
+        return client.get("/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_pacs_that_is_down_is_tried_again_then_fails_the_job_with_the_reason(
+    site: Site,
+) -> None:
+    job = site.finished(site.post("/retrievals", study_uid="1.2.3", pacs="DOWN")["id"])
+    assert job["state"] == "failed"
+    assert "unreachable" in job["reason"] and "after 2 attempts" in job["reason"]
+
+
+def test_a_pacs_that_does_not_know_dcmdb_fails_the_study_with_0xa801(site: Site) -> None:
+    uid = _uid("d2n_hitachi_mr")
+    job = site.finished(site.post("/retrievals", study_uid=uid, pacs="STRANGER")["id"])
+    assert job["state"] == "failed", job
+    [study] = job["studies"]
+    assert study["state"] == "failed" and "0xA801" in study["reason"], study
+    assert "0xA801" in job["reason"]
+
+
+def _pacs_copy(site: Site, sop_instance_uid: str) -> Path:
+    for path in (site.pacs.folder / "db").rglob("*"):
+        if path.is_file() and path.name not in ("index.dat",):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:  # noqa: BLE001 - the index and other files of dcmqrscp
+                continue
+            if ds.SOPInstanceUID == sop_instance_uid:
+                return path
+    raise AssertionError(f"{sop_instance_uid} not in the PACS storage")
+
+
+def test_a_move_that_loses_an_instance_is_partial_and_repair_fills_the_gap(site: Site) -> None:
+    whole, broken = "d2n_ct_missing_slice", "ge_fmri_epi_4d"
+    lost = str(pydicom.dcmread(dicom_files(TESTDATA / broken)[7]).SOPInstanceUID)
+    stored = _pacs_copy(site, lost)
+    aside = stored.with_suffix(".aside")
+    shutil.move(stored, aside)  # the PACS lists the instance but cannot send it
+    try:
+        job = site.finished(_two_study_job(site, whole, broken))
+    finally:
+        shutil.move(aside, stored)
+    assert job["state"] == "partial", job
+    by_uid = {s["study_uid"]: s for s in job["studies"]}
+    assert by_uid[_uid(whole)]["state"] == "completed"
+    assert by_uid[_uid(broken)]["state"] == "failed" and by_uid[_uid(broken)]["failed"] >= 1
+    check = site.client.get(f"/studies/{_uid(broken)}/pacs-check").json()
+    wait_for(
+        lambda: (
+            site.client.get(f"/studies/{_uid(broken)}/pacs-check").json()["missing_instances"] == 1
+        ),
+        60,
+        "the gap seen by the check",
+    )
+    repair = site.finished(site.post(f"/studies/{_uid(broken)}/repair")["id"])
+    assert repair["state"] == "completed", repair
+    assert check["study_uid"] == _uid(broken)
+    wait_for(
+        lambda: site.client.get(f"/studies/{_uid(broken)}/pacs-check").json()["complete"],
+        60,
+        "the study whole",
+    )
+
+
+def _two_study_job(site: Site, *folders: str) -> int:
+    """One job for these studies (and any other of the PACS between their dates)."""
+    dates = sorted(str(pydicom.dcmread(dicom_files(TESTDATA / f)[0]).StudyDate) for f in folders)
+    job = site.post("/retrievals", study_date=f"{dates[0]}-{dates[-1]}")
+    return int(job["id"])
+
+
+def test_a_job_cancelled_while_it_runs_stops(site: Site) -> None:
+    job = site.post("/retrievals", study_date="19000101-29991231")
+    wait_for(lambda: site.job(job["id"])["state"] == "running", 60, "the job running")
+    answer = site.client.delete(f"/retrievals/{job['id']}")
+    assert answer.status_code == 202
+    assert answer.json()["cancel_requested"] is True
+    ended = site.finished(job["id"])
+    assert ended["state"] == "cancelled", ended
+    assert any(s["state"] in ("cancelled", "queued") for s in ended["studies"]), ended
+
+
+def _retriever_pid(site: Site) -> int:
+    found = subprocess.run(
+        ["pgrep", "-f", "services.cli retriever"], capture_output=True, text=True
+    ).stdout.split()
+    ours = [int(pid) for pid in found if _environment_has(int(pid), str(site.dcmdb.data_dir))]
+    assert len(ours) == 1, found
+    return ours[0]
+
+
+def _environment_has(pid: int, text: str) -> bool:
+    try:
+        return text.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
+def test_a_retriever_killed_mid_job_is_restarted_and_the_job_taken_over(site: Site) -> None:
+    job = site.post("/retrievals", study_date="19000101-29991231")
+    wait_for(lambda: site.job(job["id"])["state"] == "running", 60, "the job running")
+    os.kill(_retriever_pid(site), signal.SIGKILL)
+    ended = site.finished(job["id"])
+    assert ended["state"] == "completed", ended
+    assert ended["attempts"] >= 2  # claimed again after the lease ran out
+    expected: dict[str, int] = {}
+    for folder in FOLDERS:  # two of the folders are one study (a GE exam)
+        expected[_uid(folder)] = expected.get(_uid(folder), 0) + len(dicom_files(TESTDATA / folder))
+    try:
+        wait_for(lambda: {uid: _filed(site, uid) for uid in expected} == expected, 120, "all filed")
+    except AssertionError:
+        filed = {uid: _filed(site, uid) for uid in expected}
+        raise AssertionError(f"expected {expected}, filed {filed}; job {ended}") from None
+    assert "retriever exited with code -9; restarting" in site.dcmdb.log()
+
+
+def _filed(site: Site, uid: str) -> int:
+    answer = site.client.get(f"/studies/{uid}")
+    return answer.json()["instance_count"] if answer.status_code == 200 else 0

@@ -439,6 +439,11 @@ class _Negotiation:
     answer: A_ASSOCIATE | None = None
     peer_aborted: bool = False
 
+    def settle(self, timeout: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.answer is None and not self.peer_aborted and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def handlers(self) -> list[Any]:
         return [(evt.EVT_CONN_OPEN, self._opened), (evt.EVT_ACSE_RECV, self._received)]
 
@@ -477,6 +482,10 @@ def _associate(
     except OSError as error:  # the host name does not resolve
         raise PacsError(f"PACS {peer} unreachable: {_os_error(error)}") from None
     if not assoc.is_established:
+        if assoc.is_rejected or assoc.is_aborted:
+            # The answer reaches our event handler from pynetdicom's own thread, at times
+            # just after associate() returned.
+            negotiation.settle()
         raise PacsError(_refusal(peer, negotiation, time.monotonic() - started, ae))
     try:
         if not any(cx.abstract_syntax == model for cx in assoc.accepted_contexts):

@@ -156,7 +156,7 @@ AETable END
         (self.folder / "db").mkdir(parents=True, exist_ok=True)
         config = self.folder / "dcmqrscp.cfg"
         config.write_text(self.config())
-        self._start([require_tool("dcmqrscp"), "-v", "-c", str(config)])
+        self._start([require_tool("dcmqrscp"), "-v", "-dhl", "-c", str(config)])
         wait_for(lambda: self._check_running() and echo(self.port, self.ae_title), 30, "dcmqrscp")
 
     def fill(self, files: Iterable[Path]) -> None:

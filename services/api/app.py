@@ -17,10 +17,13 @@ from typing import Annotated, Literal
 
 import aiormq
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import AfterValidator
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api import metrics, retrievals
 from services.api.access import Keys, known_parameters_only, require
@@ -88,9 +91,27 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.settings = settings
     app.state.keys = Keys(settings.keys)
     app.add_middleware(metrics.RequestMetrics)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     _routes(app)
     app.include_router(retrievals.router)
     return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """As FastAPI answers, but a 405's Allow lists the methods of every route of the path
+    (Starlette lists only those of the first route that matches)."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code != status.HTTP_405_METHOD_NOT_ALLOWED:
+        return await http_exception_handler(request, exc)
+    allowed = sorted(
+        method
+        for route in request.app.routes
+        if isinstance(route, APIRoute) and route.path_regex.match(request.url.path)
+        for method in route.methods
+    )
+    return JSONResponse(
+        {"detail": exc.detail}, exc.status_code, headers={"Allow": ", ".join(allowed)}
+    )
 
 
 def _session(request: Request) -> Iterator[Session]:

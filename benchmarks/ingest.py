@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import pynetdicom
-from processes import HOST, Children, Proc, Vhost, dcmtk, free_port, run
+from processes import HOST, Children, Proc, Vhost, cpu_model, dcmtk, free_port, quiet, run
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -234,6 +234,7 @@ class Bench:
                 # Measure the service as it runs, not as it starts: wait for its publisher.
                 ready = b"announcing arrivals"
                 wait_until("dcmdb ready", lambda: ready in log.read_bytes()[offset:], proc)
+                quiet(f"dcmdb {command}", proc)  # every service done starting (fork server...)
                 if not sort:
                     seconds = self.send(key, "DCMDB", port)
                     self.expect("dcmdb incoming", count_files(data / "incoming", "*.dcm"))
@@ -245,13 +246,6 @@ class Bench:
                 self.kids.stop(proc)
 
         return self.rounds(key, one)
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def report(bench: Bench, results: dict[str, list[float] | str], total_bytes: int) -> None:

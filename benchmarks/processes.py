@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from contextlib import closing, suppress
 from pathlib import Path
@@ -90,3 +92,35 @@ class Vhost:
         if self.exists:
             run(["rabbitmqctl", "-q", "delete_vhost", self.name], check=False)
             self.exists = False
+
+
+def session_cpu(session: int) -> float:
+    """CPU seconds (user + system) of the live processes in a session (`Children` starts each
+    child as a session leader, so its pid is the session's id)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[3]) == session:
+                total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def quiet(what: str, proc: Proc, window: float = 1.0, busy: float = 0.05) -> None:
+    """Until `proc`'s session used under `busy` of a core for `window` seconds: the converter's
+    fork server, say, still runs its practice conversion after the converter said it is ready."""
+    deadline = time.monotonic() + 120
+    while True:
+        before = session_cpu(proc.pid)
+        time.sleep(window)
+        if session_cpu(proc.pid) - before < busy * window:
+            return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not settle down within 120 s")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 import pynetdicom
-from processes import HOST, Children, Proc, Vhost, dcmtk, free_port, run
+from processes import HOST, Children, Proc, Vhost, cpu_model, dcmtk, free_port, quiet, run
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
@@ -137,31 +137,6 @@ def wait_until(what: str, ready: Callable[[], bool], proc: Proc, timeout: float 
 def echo_ok(ae: str, port: int) -> bool:
     argv = [dcmtk("echoscu"), "-aec", ae, "-to", "2", HOST, str(port)]
     return subprocess.run(argv, capture_output=True, env=NODELAY_ENV).returncode == 0
-
-
-def session_cpu(session: int) -> float:
-    """CPU seconds (user + system) of the live processes in a session (`Children` starts each
-    child as a session leader, so its pid is the session's id)."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with suppress(OSError, ValueError):
-            fields = stat.read_text().rpartition(")")[2].split()
-            if int(fields[3]) == session:
-                total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def quiet(what: str, proc: Proc, window: float = 1.0, busy: float = 0.05) -> None:
-    """Until `proc`'s session used under `busy` of a core for `window` seconds: the converter's
-    fork server, say, still runs its practice conversion after the converter said it is ready."""
-    deadline = time.monotonic() + 120
-    while True:
-        before = session_cpu(proc.pid)
-        time.sleep(window)
-        if session_cpu(proc.pid) - before < busy * window:
-            return
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not settle down within 120 s")
 
 
 def http(method: str, url: str, body: dict[str, str] | None = None) -> Any:
@@ -347,13 +322,6 @@ AETable END
             return times
         finally:
             self.stop_dcmdb(proc, name)
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def report(bench: Bench, rounds: dict[str, list[float]], api: dict[str, float], size: int) -> int:

@@ -10,7 +10,7 @@ import asyncio
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
@@ -45,6 +45,7 @@ def _session(request: Request) -> Any:
 
 
 SessionDep = Annotated[Session, Depends(_session)]
+JobId = Annotated[int, Path(ge=1, le=2**31 - 1, description="A job id")]
 
 
 def _settings(request: Request) -> ApiSettings:
@@ -60,6 +61,7 @@ def _problem(code: int, detail: str) -> HTTPException:
     dependencies=ADMIN,
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Retrieval,
+    responses={400: {"model": Problem, "description": "The body is not JSON"}},
 )
 def start_retrieval(request: Request, body: RetrievalRequest, session: SessionDep) -> Retrieval:
     """Queue a retrieval: a C-FIND at study level, then a C-MOVE of each match to dcmdb."""
@@ -99,7 +101,7 @@ def list_retrievals(
 @router.get(
     "/retrievals/{job_id}", dependencies=READ, response_model=Retrieval, responses=_NOT_FOUND
 )
-def get_retrieval(job_id: int, session: SessionDep) -> Retrieval:
+def get_retrieval(job_id: JobId, session: SessionDep) -> Retrieval:
     return _job_view(session, job_id)
 
 
@@ -110,7 +112,7 @@ def get_retrieval(job_id: int, session: SessionDep) -> Retrieval:
     response_model=Retrieval,
     responses=_NOT_FOUND,
 )
-def cancel_retrieval(job_id: int, session: SessionDep) -> Retrieval:
+def cancel_retrieval(job_id: JobId, session: SessionDep) -> Retrieval:
     """Cancel: a queued job at once; a running one sends C-CANCEL at the PACS's next answer."""
     with session.begin():
         if retrievals.request_cancel(session, job_id) is None:

@@ -482,7 +482,7 @@ def _associate(
     except OSError as error:  # the host name does not resolve
         raise PacsError(f"PACS {peer} unreachable: {_os_error(error)}") from None
     if not assoc.is_established:
-        if assoc.is_rejected or assoc.is_aborted:
+        if negotiation.connected:
             # The answer reaches our event handler from pynetdicom's own thread, at times
             # just after associate() returned.
             negotiation.settle()

@@ -27,14 +27,25 @@ from typing import Any
 
 import numpy as np
 import pynetdicom
-from processes import HOST, Children, Proc, Vhost, cpu_model, dcmtk, free_port, quiet, run
+from processes import (
+    HOST,
+    NODELAY_ENV,
+    Children,
+    Proc,
+    Vhost,
+    cpu_model,
+    dcmtk,
+    echo_ok,
+    free_port,
+    quiet,
+    run,
+    wait_until,
+)
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 DCMDB = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "dcmdb"
 PDU = "131072"
-NODELAY_ENV = {k: v for k, v in os.environ.items() if not k.startswith("DCMDB_")}
-NODELAY_ENV["TCP_NODELAY"] = "1"
 TARGETS = {"a": "storescp", "b": "Orthanc", "c": "dcmdb receiver", "d": "dcmdb receive + sort"}
 
 
@@ -82,21 +93,6 @@ def storescu(ae: str, port: int, files: Path, log: Path) -> None:
         rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=NODELAY_ENV)
     if rc.returncode != 0:
         raise RuntimeError(f"storescu to {ae} exited {rc.returncode}, see {log}")
-
-
-def wait_until(what: str, ready: Callable[[], bool], proc: Proc, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not ready after {timeout:.0f} s")
-        time.sleep(0.1)
-
-
-def echo_ok(ae: str, port: int) -> bool:
-    argv = [dcmtk("echoscu"), "-aec", ae, "-to", "2", HOST, str(port)]
-    return subprocess.run(argv, capture_output=True).returncode == 0
 
 
 def count_files(d: Path, pattern: str = "*") -> int:

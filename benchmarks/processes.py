@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import closing, suppress
 from pathlib import Path
 
@@ -124,3 +125,24 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
+
+
+def wait_until(what: str, ready: Callable[[], bool], proc: Proc, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+# The environment of peers and DCMTK tools: no DCMDB_ settings of the caller, no 40 ms
+# Nagle stalls on loopback.
+NODELAY_ENV = {k: v for k, v in os.environ.items() if not k.startswith("DCMDB_")}
+NODELAY_ENV["TCP_NODELAY"] = "1"
+
+
+def echo_ok(ae: str, port: int) -> bool:
+    argv = [dcmtk("echoscu"), "-aec", ae, "-to", "2", HOST, str(port)]
+    return subprocess.run(argv, capture_output=True, env=NODELAY_ENV).returncode == 0

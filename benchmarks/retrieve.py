@@ -49,15 +49,26 @@ from typing import Any
 
 import numpy as np
 import pynetdicom
-from processes import HOST, Children, Proc, Vhost, cpu_model, dcmtk, free_port, quiet, run
+from processes import (
+    HOST,
+    NODELAY_ENV,
+    Children,
+    Proc,
+    Vhost,
+    cpu_model,
+    dcmtk,
+    echo_ok,
+    free_port,
+    quiet,
+    run,
+    wait_until,
+)
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
 DCMDB = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "dcmdb"
 DAY, SLICES, SIZE = "20240601", 30, 256
-NODELAY_ENV = {k: v for k, v in os.environ.items() if not k.startswith("DCMDB_")}
-NODELAY_ENV["TCP_NODELAY"] = "1"
 # The start line of each of dcmdb's services that works on a retrieval.
 READY_LINES = (b"announcing arrivals", b"sorting into", b"converting with", b"retrieving to AE")
 FINISHED = ("completed", "partial", "failed", "cancelled")
@@ -122,21 +133,6 @@ def query_files(out: Path, uids: list[str]) -> list[Path]:
         files.append(out / f"move{n:03d}.dcm")
         ds.save_as(files[-1], enforce_file_format=True)
     return files
-
-
-def wait_until(what: str, ready: Callable[[], bool], proc: Proc, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not ready after {timeout:.0f} s")
-        time.sleep(0.1)
-
-
-def echo_ok(ae: str, port: int) -> bool:
-    argv = [dcmtk("echoscu"), "-aec", ae, "-to", "2", HOST, str(port)]
-    return subprocess.run(argv, capture_output=True, env=NODELAY_ENV).returncode == 0
 
 
 def http(method: str, url: str, body: dict[str, str] | None = None) -> Any:

@@ -29,6 +29,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.status import QR_GET_SERVICE_CLASS_STATUS, QR_MOVE_SERVICE_CLASS_STATUS
 
+from shared.headers import STORED_TRANSFER_SYNTAXES
 from shared.peers import Peer
 
 log = logging.getLogger("dcmdb.retriever")
@@ -45,23 +46,6 @@ FIND_MODEL = "1.2.840.10008.5.1.4.1.2.2.1"
 MOVE_MODEL = "1.2.840.10008.5.1.4.1.2.2.2"
 GET_MODEL = "1.2.840.10008.5.1.4.1.2.2.3"
 CONNECT_TIMEOUT = 30.0
-
-# Offered for C-GET: the instances are stored as received, so any syntax will do.
-GET_TRANSFER_SYNTAXES = [
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-]
 
 StoreInstance = Callable[[bytes, str, str, str], None]
 """``store(data_set_bytes, transfer_syntax_uid, sop_class_uid, sop_instance_uid)``."""
@@ -471,7 +455,7 @@ def _associate(
     roles: list[Any] = []
     if store is not None:  # C-GET: the PACS sends the instances back on this association
         for context in StoragePresentationContexts:
-            ae.add_requested_context(cast(str, context.abstract_syntax), GET_TRANSFER_SYNTAXES)
+            ae.add_requested_context(cast(str, context.abstract_syntax), STORED_TRANSFER_SYNTAXES)
             roles.append(build_role(cast(str, context.abstract_syntax), scp_role=True))
         handlers.append((evt.EVT_C_STORE, _handle_store, [store]))
     started = time.monotonic()

@@ -9,10 +9,12 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from DCMDB_API_KEYS")
 _GRANTS = {"read": {"read", "admin"}, "admin": {"admin"}}
@@ -75,7 +77,8 @@ def known_parameters_only(request: Request) -> None:
     if dependant is None:
         return
     known = {param.alias for param in _query_params(dependant)}
-    for name in request.query_params:
+    # Parsed again: Starlette drops a parameter with an empty name, which is unknown too.
+    for name, value in parse_qsl(request.url.query, keep_blank_values=True):
         if name not in known:
             accepted = ", ".join(sorted(known)) or "none"
             raise RequestValidationError(
@@ -84,7 +87,7 @@ def known_parameters_only(request: Request) -> None:
                         "type": "extra_forbidden",
                         "loc": ("query", name),
                         "msg": f"unknown parameter; this route accepts: {accepted}",
-                        "input": request.query_params[name],
+                        "input": value,
                     }
                 ]
             )
@@ -94,3 +97,18 @@ def _query_params(dependant: Any) -> Iterator[Any]:
     yield from dependant.query_params
     for sub in dependant.dependencies:
         yield from _query_params(sub)
+
+
+# Route dependencies: a key with this scope, or none (parameters still checked).
+READ = [Depends(require("read"))]
+ADMIN = [Depends(require("admin"))]
+OPEN = [Depends(known_parameters_only)]
+
+
+def _session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(_session)]
+"""A catalog session for the request, closed when it is answered."""

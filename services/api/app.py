@@ -16,17 +16,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import aiormq
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi import FastAPI, HTTPException, Query, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import AfterValidator
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api import metrics, retrievals
-from services.api.access import Keys, known_parameters_only, require
+from services.api.access import OPEN, READ, Keys, SessionDep
 from services.api.archives import Entry, zip_stream
 from services.api.parameters import (
     ISO_TIME_PATTERN,
@@ -62,8 +61,6 @@ from shared.naming import resolve_under
 
 log = logging.getLogger("dcmdb.api")
 
-READ = [Depends(require("read"))]
-OPEN = [Depends(known_parameters_only)]
 _ERRORS = {
     401: {"model": Problem, "description": "No API key, or an unknown one"},
     403: {"model": Problem, "description": "The API key lacks the scope"},
@@ -112,14 +109,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(
         {"detail": exc.detail}, exc.status_code, headers={"Allow": ", ".join(allowed)}
     )
-
-
-def _session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(_session)]
 
 
 def _archive_file(request: Request, relative: str) -> Path:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from services.api.access import require
+from services.api.access import ADMIN, READ, SessionDep
 from services.api.parameters import date_range, invalid
 from services.api.schemas import (
     PacsCheck,
@@ -31,29 +31,17 @@ from shared.catalog.models import RetrievalJob, Study
 from shared.pacs import PacsError, StudyQuery
 from shared.pacs_check import StudyCheck, check_study
 
-READ = [Depends(require("read"))]
-ADMIN = [Depends(require("admin"))]
 _NOT_FOUND = {404: {"model": Problem, "description": "No such job or study"}}
 _PACS_AWAY = {502: {"model": Problem, "description": "The PACS could not be asked"}}
 
 router = APIRouter(tags=["retrievals"])
 
 
-def _session(request: Request) -> Any:
-    with request.app.state.sessions() as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(_session)]
 JobId = Annotated[int, Path(ge=1, le=2**31 - 1, description="A job id")]
 
 
 def _settings(request: Request) -> ApiSettings:
     return request.app.state.settings  # type: ignore[no-any-return]
-
-
-def _problem(code: int, detail: str) -> HTTPException:
-    return HTTPException(code, detail)
 
 
 @router.post(
@@ -116,7 +104,7 @@ def cancel_retrieval(job_id: JobId, session: SessionDep) -> Retrieval:
     """Cancel: a queued job at once; a running one sends C-CANCEL at the PACS's next answer."""
     with session.begin():
         if retrievals.request_cancel(session, job_id) is None:
-            raise _problem(404, f"no retrieval job {job_id}")
+            raise HTTPException(404, f"no retrieval job {job_id}")
     return _job_view(session, job_id)
 
 
@@ -153,7 +141,7 @@ async def repair(
     """Queue a move of only the series the check finds incomplete."""
     check = await _check(request, study_uid, pacs)
     if check.complete:
-        raise _problem(409, "the study is complete: nothing to repair")
+        raise HTTPException(409, "the study is complete: nothing to repair")
     with request.app.state.sessions() as session:
         with session.begin():
             job = retrievals.new_job(
@@ -176,12 +164,14 @@ async def _check(request: Request, study_uid: str, pacs: str | None) -> StudyChe
     try:
         check = await asyncio.to_thread(check_study, peer, sessions, study_uid)
     except PacsError as exc:
-        raise _problem(502, f"the PACS could not be asked: {exc}") from None
+        raise HTTPException(502, f"the PACS could not be asked: {exc}") from None
     if not check.series:
         with sessions() as session:
             known = session.scalar(select(Study.id).where(Study.study_instance_uid == study_uid))
         if known is None:
-            raise _problem(404, f"study {study_uid!r} is neither on {peer.name} nor in the catalog")
+            raise HTTPException(
+                404, f"study {study_uid!r} is neither on {peer.name} nor in the catalog"
+            )
     return check
 
 
@@ -199,7 +189,7 @@ def _job_view(session: Session, job_id: int) -> Retrieval:
         .execution_options(populate_existing=True)
     )
     if job is None:
-        raise _problem(404, f"no retrieval job {job_id}")
+        raise HTTPException(404, f"no retrieval job {job_id}")
     filed = retrievals.filed_instances(session, [s.study_uid for s in job.studies])
     return Retrieval(
         id=job.id,

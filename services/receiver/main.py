@@ -16,6 +16,7 @@ from services.receiver.handlers import Receiver
 from services.receiver.settings import ReceiverSettings
 from services.receiver.storage import IncomingStore
 from services.receiver.transport import start_storage_server
+from shared.headers import STORED_TRANSFER_SYNTAXES
 from shared.logs import configure_logging
 from shared.settings import load_settings
 
@@ -24,27 +25,6 @@ log = logging.getLogger("dcmdb.receiver")
 # Each association runs two threads that hand every PDU to each other; the
 # default 5 ms before a waiting thread gets the interpreter adds latency.
 SWITCH_INTERVAL = 0.0005
-
-# Uncompressed, deflated and the common compressed transfer syntaxes; the bytes
-# are stored as received, so accepting a syntax costs nothing.
-TRANSFER_SYNTAXES = [
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
-    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
-    "1.2.840.10008.1.2.4.203",  # HTJ2K
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-]
 
 
 def build_ae(settings: ReceiverSettings) -> AE:
@@ -55,7 +35,7 @@ def build_ae(settings: ReceiverSettings) -> AE:
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
-        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+        ae.add_supported_context(context.abstract_syntax, STORED_TRANSFER_SYNTAXES)
     ae.network_timeout = settings.network_timeout
     ae.acse_timeout = 30
     ae.dimse_timeout = settings.network_timeout

@@ -27,12 +27,6 @@ class Forwarder:
         self._associations: dict[tuple[str, str], Association] = {}
         self._scratch = Path(tempfile.mkdtemp(prefix="dcmdb-get-"))
 
-    def __enter__(self) -> Forwarder:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
     def store(self, dataset: bytes, syntax: str, sop_class: str, sop_instance: str) -> None:
         """Raises when the receiver did not store it (the PACS then hears a failure)."""
         association = self._association(sop_class, syntax)

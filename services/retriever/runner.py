@@ -133,23 +133,30 @@ class JobRunner:
         retrievals.update_study(self._sessions, row_id, state=RUNNING, **expected)
         watch = _Watch(self._sessions, job_id, row_id)
         settings = self._settings
+        to_us = (
+            Forwarder(settings.ae_title, settings.receiver_host, settings.dicom_port)
+            if peer.retrieve == "get"
+            else None
+        )
         try:
-            with Forwarder(settings.ae_title, settings.receiver_host, settings.dicom_port) as to_us:
-                result = self._with_retries(
-                    lambda: retrieve(
-                        peer,
-                        settings.ae_title,
-                        study_uid,
-                        wanted,
-                        store=to_us.store if peer.retrieve == "get" else None,
-                        progress=watch.progress,
-                        cancelled=watch.cancelled,
-                    ),
-                    f"C-{peer.retrieve.upper()} from {peer}",
-                )
+            result = self._with_retries(
+                lambda: retrieve(
+                    peer,
+                    settings.ae_title,
+                    study_uid,
+                    wanted,
+                    store=to_us.store if to_us is not None else None,
+                    progress=watch.progress,
+                    cancelled=watch.cancelled,
+                ),
+                f"C-{peer.retrieve.upper()} from {peer}",
+            )
         except PacsError as exc:
             retrievals.update_study(self._sessions, row_id, state=JOB_FAILED, reason=str(exc))
             return
+        finally:
+            if to_us is not None:
+                to_us.close()
         if result.status == CANCEL_STATUS or watch.cancel:
             state = CANCELLED
         elif result.succeeded:

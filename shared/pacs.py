@@ -460,8 +460,14 @@ def _associate(
         handlers.append((evt.EVT_C_STORE, _handle_store, [store]))
     started = time.monotonic()
     try:
+        tls_args = None if peer.tls_context is None else (peer.tls_context, peer.host)
         assoc = ae.associate(
-            peer.host, peer.port, ae_title=peer.ae_title, ext_neg=roles, evt_handlers=handlers
+            peer.host,
+            peer.port,
+            ae_title=peer.ae_title,
+            ext_neg=roles,
+            evt_handlers=handlers,
+            tls_args=tls_args,
         )
     except OSError as error:  # the host name does not resolve
         raise PacsError(f"PACS {peer} unreachable: {_os_error(error)}") from None

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Self, cast
 
@@ -11,6 +12,7 @@ import yaml
 from pydantic import model_validator
 
 from shared.settings import CommonSettings
+from shared.tls import check_pair, client_context
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,9 @@ class Peer:
     port: int
     calling_ae: str = "DCMDB"
     retrieve: Literal["move", "get"] = "move"
+    tls: bool = False
+    # Set by PacsSettings for a peer with tls: the context its associations use.
+    tls_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for title in (self.ae_title, self.calling_ae):
@@ -57,7 +62,7 @@ def parse_peers(text: str, calling_ae: str) -> list[Peer]:
 
 
 def load_peers_file(path: Path, calling_ae: str) -> list[Peer]:
-    """A YAML list of ``{name, ae_title, host, port, calling_ae?, retrieve?: move|get}``."""
+    """A YAML list of ``{name, ae_title, host, port, calling_ae?, retrieve?: move|get, tls?}``."""
     entries = yaml.safe_load(path.read_text())
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a list of PACS")
@@ -70,13 +75,26 @@ def load_peers_file(path: Path, calling_ae: str) -> list[Peer]:
     return _unique(peers, str(path))
 
 
+_PEER_KEYS = {"name", "ae_title", "host", "port", "calling_ae", "retrieve", "tls"}
+
+
 def _peer_entry(entry: object, calling_ae: str) -> Peer:
     if not isinstance(entry, dict) or not {"name", "ae_title", "host", "port"} <= set(entry):
         raise ValueError("needs name, ae_title, host and port")
-    if unknown := set(entry) - {"name", "ae_title", "host", "port", "calling_ae", "retrieve"}:
+    if unknown := set(entry) - {
+        "name",
+        "ae_title",
+        "host",
+        "port",
+        "calling_ae",
+        "retrieve",
+        "tls",
+    }:
         raise ValueError(f"unknown keys {sorted(unknown)}")
     if not isinstance(entry["port"], int):
         raise ValueError("port must be a number")
+    if not isinstance(entry.get("tls", False), bool):
+        raise ValueError("tls must be true or false")
     text = {key: str(value) for key, value in entry.items()}
     return Peer(
         name=text["name"],
@@ -85,6 +103,7 @@ def _peer_entry(entry: object, calling_ae: str) -> Peer:
         port=entry["port"],
         calling_ae=text.get("calling_ae", calling_ae),
         retrieve=cast(Literal["move", "get"], text.get("retrieve", "move")),
+        tls=entry.get("tls", False),
     )
 
 
@@ -98,13 +117,28 @@ def _unique(peers: list[Peer], source: str) -> list[Peer]:
 class PacsSettings(CommonSettings):
     # Comma-separated AETITLE@host:port entries, the first being the default.
     pacs: str = ""
-    # Or a YAML list of {name, ae_title, host, port, calling_ae, retrieve: move|get}.
+    # Or a YAML list of {name, ae_title, host, port, calling_ae, retrieve: move|get, tls}.
     pacs_file: Path | None = None
+    # For PACS reached over TLS: the CAs their certificates are checked against (default:
+    # the system's), and dcmdb's own certificate for a PACS that asks for one.
+    pacs_tls_ca: Path | None = None
+    pacs_tls_cert: Path | None = None
+    pacs_tls_key: Path | None = None
 
     @model_validator(mode="after")
     def _valid_peers(self) -> Self:
+        check_pair(self.pacs_tls_cert, self.pacs_tls_key, "PACS_TLS")
         self.peers  # noqa: B018 - parses, so that a bad entry stops the start
         return self
+
+    def own_receiver_tls(self) -> ssl.SSLContext | None:
+        """For associations to dcmdb's own receiver, when it speaks TLS: its own
+        certificate is trusted as it is, whatever host name it was made for."""
+        if self.tls_cert is None:
+            return None
+        return client_context(
+            self.tls_cert, self.pacs_tls_cert, self.pacs_tls_key, check_hostname=False
+        )
 
     @property
     def peers(self) -> list[Peer]:
@@ -115,6 +149,12 @@ class PacsSettings(CommonSettings):
                 peers += load_peers_file(self.pacs_file, self.ae_title)
             except OSError as exc:
                 raise ValueError(f"DCMDB_PACS_FILE cannot be read: {exc.strerror}") from None
+        if any(peer.tls for peer in peers):
+            try:
+                context = client_context(self.pacs_tls_ca, self.pacs_tls_cert, self.pacs_tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"DCMDB_PACS_TLS_CA cannot be loaded: {exc}") from None
+            peers = [replace(p, tls_context=context) if p.tls else p for p in peers]
         return peers
 
     def peer(self, name: str | None) -> Peer:

@@ -13,6 +13,8 @@ from typing import Literal, Self, TypeVar
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.tls import check_pair
+
 ENV_PREFIX = "DCMDB_"
 
 
@@ -41,6 +43,11 @@ class CommonSettings(BaseSettings):
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # DICOM TLS on the receiver's port (see shared/tls.py); client certificates
+    # signed by tls_client_ca are required when it is set.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Self:
@@ -50,6 +57,13 @@ class CommonSettings(BaseSettings):
         object.__setattr__(self, "archive_dir", archive)
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'catalog.sqlite'}")
+        return self
+
+    @model_validator(mode="after")
+    def _valid_tls(self) -> Self:
+        check_pair(self.tls_cert, self.tls_key, "TLS")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("DCMDB_TLS_CLIENT_CA needs DCMDB_TLS_CERT and DCMDB_TLS_KEY")
         return self
 
     @field_validator("ae_title")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import sys
 import threading
 
@@ -11,6 +12,7 @@ import pydicom.config
 from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from services.receiver.admission import Admission
 from services.receiver.announcer import Announcer
 from services.receiver.handlers import Receiver
 from services.receiver.settings import ReceiverSettings
@@ -19,6 +21,7 @@ from services.receiver.transport import start_storage_server
 from shared.headers import STORED_TRANSFER_SYNTAXES
 from shared.logs import configure_logging
 from shared.settings import load_settings
+from shared.tls import server_context
 
 log = logging.getLogger("dcmdb.receiver")
 
@@ -37,10 +40,16 @@ def build_ae(settings: ReceiverSettings) -> AE:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, STORED_TRANSFER_SYNTAXES)
     ae.network_timeout = settings.network_timeout
-    ae.acse_timeout = 30
+    ae.acse_timeout = settings.acse_timeout
     ae.dimse_timeout = settings.network_timeout
-    ae.maximum_associations = 32
+    ae.maximum_associations = settings.max_associations
     return ae
+
+
+def _tls(settings: ReceiverSettings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    return server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
 
 
 def run(settings: ReceiverSettings) -> None:
@@ -56,12 +65,15 @@ def run(settings: ReceiverSettings) -> None:
         (settings.dicom_host, settings.dicom_port),
         receiver.handlers(),
         maximum_pdu_size=settings.maximum_pdu_size,
+        admission=Admission(settings.max_associations, settings.max_associations_per_host),
+        ssl_context=_tls(settings),
     )
     log.info(
-        "receiver %s listening on %s:%d",
+        "receiver %s listening on %s:%d%s",
         settings.ae_title,
         settings.dicom_host,
         settings.dicom_port,
+        " (TLS)" if settings.tls_cert else "",
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -22,6 +22,11 @@ class ReceiverSettings(CommonSettings):
     maximum_pdu_size: int = Field(default=1_048_576, ge=4096, le=64 * 1_048_576)
     sweep_interval: float = Field(default=60.0, gt=0)
     network_timeout: float = Field(default=60.0, gt=0)
+    # From connecting to a complete association request (and a TLS handshake).
+    acse_timeout: float = Field(default=30.0, gt=0)
+    # Open connections at once, in all and from any one host; more are refused.
+    max_associations: int = Field(default=32, ge=1, le=1000)
+    max_associations_per_host: int = Field(default=16, ge=1, le=1000)
 
     @field_validator("allowed_calling_aes", "allowed_hosts", mode="before")
     @classmethod

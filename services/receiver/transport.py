@@ -27,6 +27,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,8 +43,10 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler
 from pynetdicom.utils import make_target
+
+from services.receiver.admission import Admission, Slot, StorageServer
 
 if TYPE_CHECKING:  # pragma: no cover
     import ssl
@@ -264,14 +267,20 @@ class PDUSocket(AssociationSocket):
         super().__init__(assoc, client_socket=client_socket)
         self.capacity = capacity  # largest PDU body that fits
         self._view = memoryview(bytearray(_PDU_HEADER.size + capacity))
-        # recv only runs once select() saw data, so this bounds a stall inside
-        # a PDU; the network (idle) timeout bounds the time between PDUs.
-        client_socket.settimeout(assoc.network_timeout)
+        # When the PDU being read must be whole; the network (idle) timeout
+        # bounds the time between PDUs. A peer trickling a byte at a time
+        # would keep each recv short but never finish.
+        self.deadline = time.monotonic() + (assoc.network_timeout or _MAX_WAIT)
 
     def fill(self, start: int, size: int) -> bool:
-        """Read exactly `size` bytes into the buffer at `start`; False on EOF."""
+        """Read exactly `size` bytes into the buffer at `start`; False on EOF,
+        TimeoutError once the deadline has passed."""
         sock, end = cast(socket.socket, self.socket), start + size
         while start < end:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the peer did not send the whole PDU in time")
+            sock.settimeout(remaining)
             nread = sock.recv_into(self._view[start:end])
             if not nread:
                 return False
@@ -414,6 +423,7 @@ class EventDrivenDUL(DULServiceProvider):
     def _read_pdu_data(self) -> None:
         """Read one PDU and queue its event, as pynetdicom's version does."""
         sock = cast(PDUSocket, self.socket)
+        sock.deadline = time.monotonic() + self._read_allowance()
         try:
             if not sock.fill(0, _PDU_HEADER.size):
                 self.event_queue.put("Evt17")  # closed by the peer
@@ -469,6 +479,15 @@ class EventDrivenDUL(DULServiceProvider):
         dimse.receive_pdvs(pdvs)
         return True
 
+    def _read_allowance(self) -> float:
+        """How long the PDU whose first bytes are here may take to arrive whole:
+        before the association, what is left of ARTIM (the ACSE timeout from
+        the connection); after, the network timeout."""
+        artim = self.artim_timer
+        if self.state_machine.current_state in _PRE_ASSOCIATION_STATES and artim.timeout:
+            return max(0.0, artim.remaining)
+        return self.assoc.network_timeout or _MAX_WAIT
+
     def _pdu_limit(self) -> int:
         """The longest PDU we accept now: once negotiated, what we told the peer."""
         limit = MAX_PRE_ASSOCIATION_PDU
@@ -483,7 +502,8 @@ class EventDrivenAssociation(Association):
     def __init__(self, ae: AE, mode: str) -> None:
         self._wakeup = threading.Event()
         super().__init__(ae, mode)
-        self.dul = EventDrivenDUL(self, on_stop=self._wakeup.set)
+        self.slot: Slot | None = None  # its place among the open connections
+        self.dul = EventDrivenDUL(self, on_stop=self._dul_stopped)
         self.dul.to_user_queue = _SignallingQueue(self._wakeup.set)
         self.dimse = FastStoreDIMSE(self)
         self.dimse.msg_queue = _SignallingQueue(self._wakeup.set)
@@ -495,6 +515,11 @@ class EventDrivenAssociation(Association):
         self._kill = True
         self._wakeup.set()
         super().kill()
+
+    def _dul_stopped(self) -> None:
+        if self.slot is not None:
+            self.slot.release()
+        self._wakeup.set()
 
     def serve_store(self, request: C_STORE) -> bool:
         """Run the C-STORE handler here, in the DUL thread, and send its response.
@@ -614,6 +639,8 @@ class StorageRequestHandler(RequestHandler):
         max_pdu = cast(int, getattr(server, "maximum_pdu_size", DEFAULT_MAXIMUM_PDU_SIZE))
         assoc = EventDrivenAssociation(self.ae, MODE_ACCEPTOR)
         assoc._server = server
+        if isinstance(server, StorageServer):
+            assoc.slot = server.take_slot(client)
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"  # AE finds it by name
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small, urgent replies
         assoc.set_socket(PDUSocket(assoc, client, max(max_pdu, MAX_PRE_ASSOCIATION_PDU)))
@@ -645,18 +672,20 @@ def start_storage_server(
     evt_handlers: list[Any],
     *,
     maximum_pdu_size: int = DEFAULT_MAXIMUM_PDU_SIZE,
+    admission: Admission | None = None,
     ssl_context: ssl.SSLContext | None = None,
     ae_title: str | None = None,
     contexts: list[Any] | None = None,
     standard_logging: bool = False,
-) -> ThreadedAssociationServer:
+) -> StorageServer:
     """Start an event-driven server in a background thread, as
     ``ae.start_server(address, block=False, ...)`` does (``ae.shutdown()`` or
     ``server.shutdown()`` stop it; port 0 picks a free one, see
     ``server.server_address``). `maximum_pdu_size` replaces
     ``ae.maximum_pdu_size``: we announce it and abort on longer PDUs.
     pynetdicom's per-message logging handlers are unbound unless
-    `standard_logging`."""
+    `standard_logging`. `admission` limits the open connections (default: the
+    AE's maximum associations, from any one host too)."""
     if not 4096 <= maximum_pdu_size <= 64 * 1024 * 1024:
         raise ValueError("maximum_pdu_size must be between 4096 and 64 MiB")
     server = ae.make_server(
@@ -665,9 +694,13 @@ def start_storage_server(
         contexts=contexts,
         ssl_context=ssl_context,
         evt_handlers=evt_handlers,
-        server_class=ThreadedAssociationServer,
+        server_class=StorageServer,
         request_handler=StorageRequestHandler,
     )
+    server = cast(StorageServer, server)
+    server.admission = admission or Admission(ae.maximum_associations, ae.maximum_associations)
+    server.handshake_timeout = ae.acse_timeout or 30.0
+    server.slots = {}
     server.maximum_pdu_size = maximum_pdu_size  # type: ignore[attr-defined]
     server.standard_logging = standard_logging  # type: ignore[attr-defined]
     if not standard_logging:
@@ -680,4 +713,4 @@ def start_storage_server(
     )
     thread.start()
     ae._servers.append(server)
-    return cast(ThreadedAssociationServer, server)
+    return server

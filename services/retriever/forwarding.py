@@ -10,6 +10,7 @@ transfer syntax, opened when first needed.
 from __future__ import annotations
 
 import os
+import ssl
 import tempfile
 from pathlib import Path
 
@@ -22,8 +23,11 @@ from shared.pacs import PacsError
 
 
 class Forwarder:
-    def __init__(self, ae_title: str, host: str, port: int) -> None:
+    def __init__(
+        self, ae_title: str, host: str, port: int, tls: ssl.SSLContext | None = None
+    ) -> None:
         self._ae_title, self._host, self._port = ae_title, host, port
+        self._tls_args = None if tls is None else (tls, host)
         self._associations: dict[tuple[str, str], Association] = {}
         self._scratch = Path(tempfile.mkdtemp(prefix="dcmdb-get-"))
 
@@ -55,7 +59,9 @@ class Forwarder:
             return association
         ae = AE(ae_title=self._ae_title)
         ae.add_requested_context(sop_class, syntax)
-        association = ae.associate(self._host, self._port, ae_title=self._ae_title)
+        association = ae.associate(
+            self._host, self._port, ae_title=self._ae_title, tls_args=self._tls_args
+        )
         if not association.is_established:
             raise PacsError(
                 f"dcmdb's receiver at {self._host}:{self._port} refused the association"

@@ -134,7 +134,12 @@ class JobRunner:
         watch = _Watch(self._sessions, job_id, row_id)
         settings = self._settings
         to_us = (
-            Forwarder(settings.ae_title, settings.receiver_host, settings.dicom_port)
+            Forwarder(
+                settings.ae_title,
+                settings.receiver_host,
+                settings.dicom_port,
+                settings.own_receiver_tls(),
+            )
             if peer.retrieve == "get"
             else None
         )

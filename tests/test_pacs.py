@@ -164,17 +164,18 @@ def test_loads_a_peers_file(tmp_path: Path) -> None:
     path.write_text(
         "- {name: main, ae_title: PACS1, host: 10.0.0.5, port: 104}\n"
         "- {name: research, ae_title: RPACS, host: r.example.org, port: 4242,\n"
-        "   calling_ae: DCMDB_R, retrieve: get}\n"
+        "   calling_ae: DCMDB_R, retrieve: get, tls: true}\n"
     )
     assert load_peers_file(path, "DCMDB") == [
         Peer("main", "PACS1", "10.0.0.5", 104, "DCMDB", "move"),
-        Peer("research", "RPACS", "r.example.org", 4242, "DCMDB_R", "get"),
+        Peer("research", "RPACS", "r.example.org", 4242, "DCMDB_R", "get", tls=True),
     ]
     for text, complaint in [
         ("- {name: a, ae_title: A, host: h}\n", "needs name, ae_title, host and port"),
         ("- {name: a, ae_title: A, host: h, port: 1, retrieve: push}\n", "move or get"),
         ("- {name: a, ae_title: A, host: h, port: '1'}\n", "port must be a number"),
         ("- {name: a, ae_title: A, host: h, port: 1, colour: red}\n", "unknown keys"),
+        ("- {name: a, ae_title: A, host: h, port: 1, tls: 'yes please'}\n", "true or false"),
         ("name: a\n", "a list"),
     ]:
         path.write_text(text)

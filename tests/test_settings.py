@@ -36,6 +36,10 @@ def run_service(command: str, env: dict[str, str], tmp_path: Path, seconds: floa
         ("receiver", "DCMDB_LOG_LEVEL", "LOUD"),
         ("sorter", "DCMDB_BROKER_URL", "http://127.0.0.1:5672/"),
         ("sorter", "DCMDB_PHYSICIAN_ALIASES", "/nonexistent/aliases.yaml"),
+        ("receiver", "DCMDB_TLS_CERT", "/nonexistent/cert.pem"),  # and no key
+        ("receiver", "DCMDB_TLS_CLIENT_CA", "/nonexistent/ca.pem"),  # and no certificate
+        ("receiver", "DCMDB_MAX_ASSOCIATIONS_PER_HOST", "0"),
+        ("retriever", "DCMDB_PACS_TLS_KEY", "/nonexistent/key.pem"),  # and no certificate
     ],
 )
 def test_a_bad_value_stops_the_service_with_one_line(

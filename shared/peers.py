@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Literal, Self, cast
 
 import yaml
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from shared.settings import CommonSettings
-from shared.tls import check_pair, client_context
+from shared.tls import check_pair, client_context, unset_if_empty
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,10 @@ class PacsSettings(CommonSettings):
     pacs_tls_ca: Path | None = None
     pacs_tls_cert: Path | None = None
     pacs_tls_key: Path | None = None
+
+    empty_tls_is_unset = field_validator("pacs_tls_ca", "pacs_tls_cert", "pacs_tls_key", mode="before")(
+        unset_if_empty
+    )
 
     @model_validator(mode="after")
     def _valid_peers(self) -> Self:

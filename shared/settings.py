@@ -13,7 +13,7 @@ from typing import Literal, Self, TypeVar
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.tls import check_pair
+from shared.tls import check_pair, unset_if_empty
 
 ENV_PREFIX = "DCMDB_"
 
@@ -65,6 +65,10 @@ class CommonSettings(BaseSettings):
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("DCMDB_TLS_CLIENT_CA needs DCMDB_TLS_CERT and DCMDB_TLS_KEY")
         return self
+
+    empty_tls_is_unset = field_validator("tls_cert", "tls_key", "tls_client_ca", mode="before")(
+        unset_if_empty
+    )
 
     @field_validator("ae_title")
     @classmethod

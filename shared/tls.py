@@ -49,6 +49,11 @@ def client_context(
     return context
 
 
+def unset_if_empty(value: object) -> object:
+    """An empty variable (as a copied .env.example leaves it) means no file."""
+    return None if value == "" else value
+
+
 def check_pair(cert: Path | None, key: Path | None, name: str) -> None:
     """Both or neither, and both readable as a certificate and its key."""
     if (cert is None) != (key is None):

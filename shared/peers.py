@@ -125,9 +125,9 @@ class PacsSettings(CommonSettings):
     pacs_tls_cert: Path | None = None
     pacs_tls_key: Path | None = None
 
-    empty_tls_is_unset = field_validator("pacs_tls_ca", "pacs_tls_cert", "pacs_tls_key", mode="before")(
-        unset_if_empty
-    )
+    empty_pacs_tls_is_unset = field_validator(
+        "pacs_tls_ca", "pacs_tls_cert", "pacs_tls_key", mode="before"
+    )(unset_if_empty)
 
     @model_validator(mode="after")
     def _valid_peers(self) -> Self:

@@ -114,3 +114,14 @@ def test_an_unreachable_database_gives_clear_lines_and_retries(tmp_path: Path) -
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/catalog"
     warnings = _retry_lines("sorter", {"DCMDB_DATABASE_URL": url}, tmp_path, "catalog database")
     assert "not reachable" in warnings[0]
+
+
+def test_empty_tls_variables_mean_plain_dicom(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a .env copied from .env.example leaves them."""
+    from services.retriever.settings import RetrieverSettings
+
+    for name in ("TLS_CERT", "TLS_KEY", "TLS_CLIENT_CA", "PACS_TLS_CA", "PACS_TLS_CERT"):
+        monkeypatch.setenv(f"DCMDB_{name}", "")
+    settings = RetrieverSettings()
+    assert settings.tls_cert is None and settings.pacs_tls_ca is None
+    assert settings.own_receiver_tls() is None

@@ -1,0 +1,460 @@
+"""A fault run: the whole pipeline (``dcmdb up``) receives a generated workload from a
+sender that behaves as a PACS does (what failed is sent again), while its parts are
+killed and its disk filled under it; then every instance is accounted for.
+
+Faults, each at a point of the sending: the receiver killed (-9) mid-association, the
+sorter killed twice, RabbitMQ restarted, the data disk filled and freed again, and the
+converter killed while a conversion runs. After each the time until the pipeline
+made progress again is measured.
+
+The report counts: sent, C-STOREs attempted, acknowledged (0x0000), stored (the
+archived data set equal to the one sent), filed (catalog rows), series converted,
+dead-lettered, lost (acknowledged but not stored and filed: must be 0) and duplicated
+(more than one catalog row, file or NIfTI for one thing: must be 0).
+
+Run by tests/reliability/test_fault_run.py (2,000 instances) and, longer and with more
+rounds of faults, by ``scripts/soak``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import struct
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pynetdicom import AE
+from sqlalchemy import create_engine, text
+
+from shared.broker import connect, dead_letter_counts
+from tests.conftest import require_tool
+from tests.system import AE_TITLE, Dcmdb
+
+SIZE = 64
+DAY = "20260101"
+
+
+@dataclass(frozen=True)
+class Workload:
+    files: dict[str, Path]  # SOP Instance UID -> file
+    digests: dict[str, str]  # SOP Instance UID -> sha256 of the data set as sent
+    series: dict[str, int]  # Series Instance UID -> instances
+
+
+def generate(out: Path, studies: int, series_per_study: int, slices: int) -> Workload:
+    """MR series with geometry, so that each converts; small slices, so that it is quick."""
+    rng = np.random.default_rng(7)
+    files, digests, series_sizes = {}, {}, {}
+    out.mkdir(parents=True, exist_ok=True)
+    for s in range(studies):
+        study, frame = generate_uid(), generate_uid()
+        for n in range(series_per_study):
+            series = generate_uid()
+            series_sizes[series] = slices
+            for i in range(slices):
+                ds = _slice(study, series, frame, s, n, i, rng)
+                path = out / f"{s:03d}-{n:02d}-{i:04d}.dcm"
+                ds.save_as(path, enforce_file_format=True)
+                files[ds.SOPInstanceUID] = path
+                digests[ds.SOPInstanceUID] = data_set_digest(path)
+    return Workload(files, digests, series_sizes)
+
+
+def _slice(
+    study: str, series: str, frame: str, s: int, n: int, i: int, rng: np.random.Generator
+) -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
+    ds.StudyDate = ds.SeriesDate = DAY
+    ds.StudyTime, ds.SeriesTime = f"{8 + s % 10:02d}0000", f"{8 + s % 10:02d}{n:02d}00"
+    ds.Modality, ds.Manufacturer = "MR", "dcmdb-fault-run"
+    ds.ReferringPhysicianName = f"LAB{s % 3}^FAULTS"
+    ds.PatientName, ds.PatientID = f"FAULT^RUN{s}", f"FAULT{s:04d}"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+    ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", n + 1, i + 1
+    ds.SeriesDescription = f"series_{n + 1}"
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [-32.0, -32.0, 2.0 * i]
+    ds.PixelSpacing, ds.SliceThickness = [1, 1], "2"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows = ds.Columns = SIZE
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 1
+    ds.PixelData = rng.integers(0, 1000, (SIZE, SIZE), dtype=np.int16).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def data_set_digest(path: Path) -> str:
+    """sha256 of what follows the file meta information: the bytes a C-STORE carries."""
+    raw = path.read_bytes()
+    (meta_length,) = struct.unpack_from("<L", raw, 140)  # (0002,0000) UL, explicit VR
+    return hashlib.sha256(raw[144 + meta_length :]).hexdigest()
+
+
+class Sender:
+    """Sends every file until each is acknowledged, as a PACS does: a refusal or a
+    broken association is followed by a pause and another try."""
+
+    def __init__(self, port: int, files: dict[str, Path]) -> None:
+        self.port = port
+        self.pending = dict(files)
+        self.acknowledged: set[str] = set()
+        self.attempts = 0
+        self.refusals: Counter[int] = Counter()
+        self.broken_associations = 0
+        self.last_success = 0.0
+        self._thread = threading.Thread(target=self._run, name="sender", daemon=True)
+
+    @property
+    def progress(self) -> float:
+        done = len(self.acknowledged)
+        return done / (done + len(self.pending))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"{len(self.pending)} instance(s) never acknowledged")
+
+    def _run(self) -> None:
+        ae = AE(ae_title="FAULTPACS")
+        ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 10
+        ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+        while self.pending:
+            assoc = ae.associate("127.0.0.1", self.port, ae_title=AE_TITLE)
+            if not assoc.is_established:
+                time.sleep(0.5)
+                continue
+            try:
+                self._send_all(assoc)
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+
+    def _send_all(self, assoc: object) -> None:
+        for sop, path in list(self.pending.items()):
+            self.attempts += 1
+            try:
+                status = assoc.send_c_store(path)  # type: ignore[attr-defined]
+            except (OSError, RuntimeError):
+                status = None
+            code = getattr(status, "Status", None)
+            if code == 0x0000:
+                self.acknowledged.add(sop)
+                del self.pending[sop]
+                self.last_success = time.monotonic()
+            elif code is None:  # the association broke: a new one, after a pause
+                self.broken_associations += 1
+                time.sleep(0.5)
+                return
+            else:
+                self.refusals[code] += 1
+                time.sleep(0.5)
+                return
+
+
+@dataclass
+class Fault:
+    name: str
+    at: float  # when it was done (monotonic)
+    recovered_after: float | None = None  # seconds until progress again
+
+
+@dataclass
+class Report:
+    sent: int
+    attempts: int
+    acknowledged: int
+    refusals: dict[int, int]
+    broken_associations: int
+    stored: int
+    filed: int
+    series: int
+    converted: int
+    dead_lettered: int
+    lost: int
+    duplicated: int
+    faults: list[Fault] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        refused = ", ".join(f"0x{c:04X} x{n}" for c, n in sorted(self.refusals.items()))
+        lines = [
+            f"sent {self.sent} instances in {self.seconds:.0f} s; C-STOREs attempted "
+            f"{self.attempts}; refused {refused or 'none'}; associations broken "
+            f"{self.broken_associations}",
+            f"acknowledged 0x0000 {self.acknowledged}; stored (data set equal to the sent) "
+            f"{self.stored}; filed {self.filed}; series converted {self.converted} of "
+            f"{self.series}; dead-lettered {self.dead_lettered}",
+            f"LOST {self.lost}; DUPLICATED {self.duplicated}",
+        ]
+        for fault in self.faults:
+            took = (
+                "no recovery seen"
+                if fault.recovered_after is None
+                else (f"recovered in {fault.recovered_after:.1f} s")
+            )
+            lines.append(f"  {fault.name}: {took}")
+        return lines
+
+
+class Pipeline:
+    """``dcmdb up`` and the ways of breaking it."""
+
+    def __init__(self, dcmdb: Dcmdb, up: subprocess.Popen[bytes]) -> None:
+        self.dcmdb = dcmdb
+        self.up = up
+        self._engine = create_engine(
+            dcmdb.database_url.replace("postgresql://", "postgresql+psycopg://")
+        )
+
+    def service_pid(self, name: str) -> int | None:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == self.up.pid and cmdline[-2:-1] == [name.encode()]:
+                return int(entry.name)
+        return None
+
+    def kill(self, name: str) -> None:
+        pid = self.service_pid(name)
+        assert pid is not None, f"no {name} process to kill"
+        os.kill(pid, signal.SIGKILL)
+
+    def converting(self) -> bool:
+        """A conversion runs now: the converter's fork server has a child."""
+        converter = self.service_pid("converter")
+        if converter is None:
+            return False
+        children = _children_of({converter})
+        return bool(_children_of(children))
+
+    def filed(self) -> int:
+        return self._scalar("SELECT count(*) FROM instances")
+
+    def converted(self) -> int:
+        return self._scalar("SELECT count(*) FROM series WHERE conversion = 'converted'")
+
+    def rows_per_instance(self) -> Counter[str]:
+        with self._engine.connect() as connection:
+            rows = connection.execute(text("SELECT sop_instance_uid, path FROM instances"))
+            return Counter(row[0] for row in rows)
+
+    def outputs_per_series(self) -> Counter[str]:
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT s.series_instance_uid FROM nifti_outputs n "
+                    "JOIN series s ON n.series_pk = s.id"
+                )
+            )
+            return Counter(row[0] for row in rows)
+
+    def dead_lettered(self) -> int:
+        async def count() -> int:
+            connection = await connect(self.dcmdb.broker_url, name="fault-run")
+            try:
+                return sum((await dead_letter_counts(connection)).values())
+            finally:
+                await connection.close()
+
+        return asyncio.run(count())
+
+    def _scalar(self, sql: str) -> int:
+        try:
+            with self._engine.connect() as connection:
+                return int(connection.execute(text(sql)).scalar() or 0)
+        except Exception:  # not migrated yet
+            return 0
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _children_of(parents: set[int]) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) in parents:
+                found.add(int(entry.name))
+    return found
+
+
+def wait(condition: Callable[[], bool], timeout: float) -> float | None:
+    """Seconds until ``condition`` held, or None if it did not within ``timeout``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    return None
+
+
+def restart_rabbitmq() -> None:
+    rabbitmqctl = require_tool("rabbitmqctl")
+    subprocess.run([rabbitmqctl, "-q", "stop_app"], check=True, capture_output=True)
+    time.sleep(1.0)
+    subprocess.run([rabbitmqctl, "-q", "start_app"], check=True, capture_output=True)
+
+
+def fill_disk(folder: Path) -> Path:
+    """All but a few KiB of the file system under ``folder`` taken by one file."""
+    ballast = folder / "ballast"
+    stats = os.statvfs(folder)
+    free = stats.f_bavail * stats.f_frsize
+    with open(ballast, "wb") as handle:
+        os.posix_fallocate(handle.fileno(), 0, max(0, free - 16 * 1024))
+    return ballast
+
+
+def run(
+    pipeline: Pipeline,
+    workload: Workload,
+    *,
+    rounds: int = 1,
+    settle_timeout: float = 240,
+) -> Report:
+    """Send the workload while breaking the pipeline ``rounds`` times over; account for it."""
+    started = time.monotonic()
+    sender = Sender(pipeline.dcmdb.port, workload.files)
+    faults: list[Fault] = []
+    sender.start()
+    for round_number in range(rounds):
+        share = 1 / rounds
+        base = round_number * share
+
+        def at(fraction: float, base: float = base, share: float = share) -> None:
+            wait(lambda: sender.progress >= base + fraction * share or not sender.pending, 600)
+
+        at(0.10)
+        faults.append(_receiver_killed(pipeline, sender))
+        at(0.30)
+        faults.append(_sorter_killed(pipeline))
+        at(0.45)
+        faults.append(_rabbitmq_restarted(pipeline))
+        at(0.60)
+        faults.append(_disk_filled(pipeline, sender))
+        at(0.80)
+        faults.append(_sorter_killed(pipeline))
+    sender.join(600)
+    faults.append(_converter_killed(pipeline))
+    everything = len(workload.files)
+    wait(lambda: pipeline.filed() >= everything, settle_timeout)
+    wait(lambda: pipeline.converted() >= len(workload.series), settle_timeout)
+    report = account(pipeline, workload, sender)
+    report.faults, report.seconds = faults, time.monotonic() - started
+    return report
+
+
+def _receiver_killed(pipeline: Pipeline, sender: Sender) -> Fault:
+    fault = Fault("receiver killed (-9) mid-association", time.monotonic())
+    pipeline.kill("receiver")
+    fault.recovered_after = wait(lambda: sender.last_success > fault.at, 120)
+    return fault
+
+
+def _sorter_killed(pipeline: Pipeline) -> Fault:
+    before = pipeline.filed()
+    fault = Fault("sorter killed (-9)", time.monotonic())
+    pipeline.kill("sorter")
+    fault.recovered_after = wait(lambda: pipeline.filed() > before, 120)
+    return fault
+
+
+def _rabbitmq_restarted(pipeline: Pipeline) -> Fault:
+    fault = Fault("RabbitMQ restarted", time.monotonic())
+    restart_rabbitmq()
+    before = pipeline.filed()
+    fault.recovered_after = wait(lambda: pipeline.filed() > before, 120)
+    return fault
+
+
+def _disk_filled(pipeline: Pipeline, sender: Sender) -> Fault:
+    ballast = fill_disk(pipeline.dcmdb.data_dir)
+    refusals = sum(sender.refusals.values())
+    wait(lambda: sum(sender.refusals.values()) > refusals, 30)  # the sender hears 0xA700
+    ballast.unlink()
+    fault = Fault("data disk full, then freed", time.monotonic())
+    fault.recovered_after = wait(lambda: sender.last_success > fault.at, 120)
+    return fault
+
+
+def _converter_killed(pipeline: Pipeline) -> Fault:
+    seen = wait(pipeline.converting, 120)
+    before = pipeline.converted()
+    fault = Fault(
+        "converter killed (-9) mid-conversion" if seen is not None else "converter killed (-9)",
+        time.monotonic(),
+    )
+    pipeline.kill("converter")
+    fault.recovered_after = wait(lambda: pipeline.converted() > before, 180)
+    return fault
+
+
+def account(pipeline: Pipeline, workload: Workload, sender: Sender) -> Report:
+    archive = pipeline.dcmdb.data_dir / "archive"
+    stored_digests: dict[str, list[str]] = {}
+    for path in archive.rglob("*.dcm"):
+        sop = _sop_of(path)
+        stored_digests.setdefault(sop, []).append(data_set_digest(path))
+    stored = {s for s, d in stored_digests.items() if d == [workload.digests.get(s)]}
+    rows = pipeline.rows_per_instance()
+    filed = {sop for sop in rows if sop in workload.files}
+    outputs = pipeline.outputs_per_series()
+    duplicated = (
+        sum(n - 1 for n in rows.values() if n > 1)
+        + sum(len(d) - 1 for d in stored_digests.values() if len(d) > 1)
+        + sum(n - 1 for n in outputs.values() if n > 1)
+    )
+    return Report(
+        sent=len(workload.files),
+        attempts=sender.attempts,
+        acknowledged=len(sender.acknowledged),
+        refusals=dict(sender.refusals),
+        broken_associations=sender.broken_associations,
+        stored=len(stored),
+        filed=len(filed),
+        series=len(workload.series),
+        converted=pipeline.converted(),
+        dead_lettered=pipeline.dead_lettered(),
+        lost=len(sender.acknowledged - (stored & filed)),
+        duplicated=duplicated,
+    )
+
+
+def _sop_of(path: Path) -> str:
+    from pydicom import dcmread
+
+    return str(
+        dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID
+    )

@@ -453,8 +453,5 @@ def account(pipeline: Pipeline, workload: Workload, sender: Sender) -> Report:
 
 
 def _sop_of(path: Path) -> str:
-    from pydicom import dcmread
-
-    return str(
-        dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID
-    )
+    header = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+    return str(header.SOPInstanceUID)

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, metrics_port
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ class ReceiverSettings(CommonSettings):
     maximum_pdu_size: int = Field(default=1_048_576, ge=4096, le=64 * 1_048_576)
     sweep_interval: float = Field(default=60.0, gt=0)
     network_timeout: float = Field(default=60.0, gt=0)
+    metrics_port: int = metrics_port("receiver")
 
     @field_validator("allowed_calling_aes", "allowed_hosts", mode="before")
     @classmethod

@@ -176,7 +176,7 @@ class Dcmdb:
         self.processes.append(process)
         return process
 
-    def wait_until_listening(self, timeout: float = 30) -> None:
+    def wait_until_listening(self, timeout: float = 60) -> None:
         wait_for(lambda: echo(self.port), timeout, "the receiver to answer C-ECHO")
 
     def side_url(self, service: str, path: str) -> str:

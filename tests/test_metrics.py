@@ -55,7 +55,7 @@ def system(tmp_path: Path, broker_url: str) -> Iterator[Dcmdb]:
     )
     dcmdb.start("up")
     try:
-        dcmdb.wait_until_listening(60)  # one C-ECHO association
+        dcmdb.wait_until_listening()  # one C-ECHO association
         for service in SERVICES:  # the broker's topology is declared, the API answers
             wait_for(
                 lambda service=service: status(dcmdb.side_url(service, "/readyz")) == 200,

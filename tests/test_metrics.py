@@ -1,8 +1,9 @@
 """Metrics after an end-to-end run: every counter says what was sent, and the dashboard
 asks only for metrics the services export.
 
-One ``dcmdb up`` gets a series from storescu, a data set that does not parse, a message
-that cannot be decoded (a dead letter) and a retrieval from a PACS that is down; then each
+One ``dcmdb up`` gets a series from storescu, a data set that does not parse, an
+association from a stranger, a message that cannot be decoded (a dead letter) and a
+retrieval from a PACS that is down; then each
 service's /metrics is scraped and compared with what was done.
 """
 
@@ -30,7 +31,7 @@ from shared.catalog.models import JOB_STATES
 from shared.messages import EVENTS_EXCHANGE, SORTER_QUEUE, InstanceReceived
 from shared.settings import METRICS_PORTS
 from tests.conftest import REPO
-from tests.system import Dcmdb, dicom_files, free_port, send_dicom, send_raw, wait_for
+from tests.system import Dcmdb, dicom_files, echo, free_port, send_dicom, send_raw, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -51,6 +52,7 @@ def system(tmp_path: Path, broker_url: str) -> Iterator[Dcmdb]:
             "DCMDB_PACS_ATTEMPTS": "1",
             "DCMDB_NIGHTLY_RETRIEVE": "",
             "DCMDB_POLL_INTERVAL": "0.5",
+            "DCMDB_ALLOWED_CALLING_AES": "ECHOSCU,SCANNER1,RAWSCU",
         },
     )
     dcmdb.start("up")
@@ -129,6 +131,7 @@ def test_each_service_counts_what_was_sent(system: Dcmdb, testdata: Path, tmp_pa
     assert len(syntaxes) == 1, "one storescu association"
     send_dicom(system.port, files, calling_ae="SCANNER1")
     assert send_raw(system.port, garbage_from(files[0], tmp_path)) == 0xC210  # quarantined
+    assert not echo(system.port, calling_ae="STRANGER")  # rejected
     asyncio.run(publish_undecodable(system.broker_url))
     post_retrieval(system)
 
@@ -164,6 +167,7 @@ def test_each_service_counts_what_was_sent(system: Dcmdb, testdata: Path, tmp_pa
     # The C-ECHO that found the receiver listening, storescu's, and the one of the bad data set.
     assert value(receiver, "dcmdb_receiver_associations_total", outcome="released") == 3
     assert value(receiver, "dcmdb_receiver_associations_total", outcome="aborted") == 0
+    assert value(receiver, "dcmdb_receiver_associations_total", outcome="rejected") == 1
     assert value(receiver, "dcmdb_receiver_associations_open") == 0
     assert value(receiver, "dcmdb_events_published_total", event="instance.received") == sent
     assert total(receiver, "dcmdb_events_publish_failures_total") == 0

@@ -4,26 +4,70 @@ Output lines are prefixed with the service's name. A service that exits on
 its own is restarted after a growing pause (a configuration error, exit code
 2, stops everything instead: restarting cannot fix it). SIGTERM or Ctrl-C
 stops every service with SIGTERM and waits for them to finish.
+
+Each service with a side port (``shared.monitoring``) gets its own: its default
+(``METRICS_PORTS``), or the one ``DCMDB_METRICS_PORTS`` names for it
+(``receiver:19101,sorter:19102``); ``DCMDB_METRICS_PORT=0`` turns them all off.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import IO
+from dataclasses import dataclass, field
+from typing import IO, Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from shared.settings import ENV_PREFIX, METRICS_PORTS, CommonSettings, load_settings
 
 CONFIGURATION_ERROR = 2
 STOP_TIMEOUT = 30.0
 _print_lock = threading.Lock()
 
 
+class UpSettings(CommonSettings):
+    """What ``dcmdb up`` itself reads: the side ports it hands its services."""
+
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # only 0 (none) counts here
+    metrics_ports: Annotated[dict[str, int], NoDecode] = {}
+
+    @field_validator("metrics_ports", mode="before")
+    @classmethod
+    def _service_ports(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        ports = {}
+        for entry in (part.strip() for part in value.split(",")):
+            if not entry:
+                continue
+            service, _, port = entry.partition(":")
+            if service not in METRICS_PORTS or not port.isdigit() or int(port) > 65535:
+                raise ValueError(
+                    f"entry {entry!r} is not SERVICE:PORT with a service of "
+                    f"{', '.join(METRICS_PORTS)}"
+                )
+            ports[service] = int(port)
+        return ports
+
+    def side_port(self, service: str) -> int | None:
+        """The side port ``service`` gets; None for a service without one (the API)."""
+        if service not in METRICS_PORTS:
+            return None
+        if self.metrics_port == 0:
+            return 0
+        return self.metrics_ports.get(service, METRICS_PORTS[service])
+
+
 @dataclass
 class Child:
     name: str
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -32,6 +76,7 @@ class Child:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "services.cli", self.name],
+            env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
@@ -67,11 +112,30 @@ def _relay(name: str, stream: IO[bytes]) -> None:
             print(f"{name:<{width}}| {line}", flush=True)
 
 
+def child_environments(names: list[str]) -> dict[str, dict[str, str]]:
+    """Each service's environment: this one, with the service's own side port."""
+    settings = load_settings(UpSettings)
+    if settings.metrics_port:
+        _say(
+            f"DCMDB_METRICS_PORT={settings.metrics_port} is ignored: each service has a side "
+            "port of its own (set them with DCMDB_METRICS_PORTS; 0 turns them off)"
+        )
+    environments = {}
+    for name in names:
+        env = dict(os.environ)
+        port = settings.side_port(name)
+        if port is not None:
+            env[f"{ENV_PREFIX}METRICS_PORT"] = str(port)
+        environments[name] = env
+    return environments
+
+
 def run_all(names: list[str]) -> int:
+    environments = child_environments(names)  # a bad setting stops here, before any start
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    children = [Child(name) for name in names]
+    children = [Child(name, environments[name]) for name in names]
     for child in children:
         child.start()
     exit_code = 0

@@ -33,6 +33,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
 from pamqp.commands import Basic
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from shared.errors import PermanentError, TransientError
@@ -51,6 +52,23 @@ PERSISTENT = 2  # AMQP delivery mode: written to disk by the broker
 EventT = TypeVar("EventT", bound=Event)
 
 TRANSIENT_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30, 30, 30)
+
+EVENTS_PUBLISHED = Counter(
+    "dcmdb_events_published_total", "Events the broker confirmed, by routing key", ["event"]
+)
+EVENTS_FAILED = Counter(
+    "dcmdb_events_publish_failures_total",
+    "Publishing attempts the broker did not confirm (the publisher retries them)",
+    ["event"],
+)
+
+
+def count_from_zero(*kinds: type[Event]) -> None:
+    """Export the publishing counters of these events at 0 before the first is published,
+    so that a failure shows up as an increase from 0 and dashboards find the series."""
+    for kind in kinds:
+        EVENTS_PUBLISHED.labels(kind.routing_key)
+        EVENTS_FAILED.labels(kind.routing_key)
 
 
 async def connect(url: str, *, name: str) -> AbstractRobustConnection:
@@ -137,14 +155,19 @@ class Publisher:
             message_type=event.routing_key,
             timestamp=event.occurred_at,
         )
-        confirmation = await channel.basic_publish(
-            event.to_bytes(),
-            exchange=EVENTS_EXCHANGE,
-            routing_key=event.routing_key,
-            properties=properties,
-        )
-        if not isinstance(confirmation, Basic.Ack):
-            raise DeliveryError(None, confirmation)  # type: ignore[arg-type]
+        try:
+            confirmation = await channel.basic_publish(
+                event.to_bytes(),
+                exchange=EVENTS_EXCHANGE,
+                routing_key=event.routing_key,
+                properties=properties,
+            )
+            if not isinstance(confirmation, Basic.Ack):
+                raise DeliveryError(None, confirmation)  # type: ignore[arg-type]
+        except Exception:
+            EVENTS_FAILED.labels(event.routing_key).inc()
+            raise
+        EVENTS_PUBLISHED.labels(event.routing_key).inc()
 
 
 Handler = Callable[[EventT], Awaitable[None]]
@@ -299,11 +322,25 @@ async def _reject_or_requeue(
 
 async def dead_letter_counts(connection: AbstractRobustConnection) -> dict[str, int]:
     """How many messages wait in each dead-letter queue."""
+    depths = await queue_depths(connection)
+    return {queue.dead_letter_name: depths[queue.dead_letter_name] for queue in ALL_QUEUES}
+
+
+async def queue_depths(connection: AbstractRobustConnection) -> dict[str, int]:
+    """How many messages wait in each queue and dead-letter queue, by queue name.
+
+    A passive declare answers with the ready messages: those not yet delivered to a
+    consumer (a consumer's prefetched, unacknowledged ones are not counted).
+    """
     channel = await connection.channel()
-    await declare_topology(channel)
-    counts = {}
-    for queue in ALL_QUEUES:
-        declared = await channel.declare_queue(queue.dead_letter_name, durable=True, passive=True)
-        counts[queue.dead_letter_name] = declared.declaration_result.message_count or 0
-    await channel.close()
-    return counts
+    try:
+        await declare_topology(channel)
+        depths = {}
+        for queue in ALL_QUEUES:
+            for name in (queue.name, queue.dead_letter_name):
+                declared = await channel.declare_queue(name, durable=True, passive=True)
+                depths[name] = declared.declaration_result.message_count or 0
+        return depths
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.catalog.models import (
     CANCELLED,
     FINISHED_STATES,
+    JOB_STATES,
     QUEUED,
     RUNNING,
     RetrievalJob,
@@ -175,6 +176,15 @@ def finish(
             .values(**values)
             .execution_options(synchronize_session=False)
         )
+
+
+def jobs_by_state(session: Session) -> dict[str, int]:
+    """How many jobs the catalog holds in each state (every state, 0 included)."""
+    counts = dict.fromkeys(JOB_STATES, 0)
+    query = select(RetrievalJob.state, func.count()).group_by(RetrievalJob.state)
+    for state, count in session.execute(query):
+        counts[state] = count
+    return counts
 
 
 def request_cancel(session: Session, job_id: int) -> RetrievalJob | None:

@@ -8,7 +8,7 @@ environment variables or a ``.env`` file in the working directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +16,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.tls import check_pair, unset_if_empty
 
 ENV_PREFIX = "DCMDB_"
+# Each service's side port (shared.monitoring) by default, so that the services of one host
+# never share one; `dcmdb up` hands each child its own (services.supervisor).
+METRICS_PORTS = {
+    "receiver": 9101,
+    "sorter": 9102,
+    "converter": 9103,
+    "retriever": 9104,
+    "retention": 9105,
+}
 
 
 class ConfigurationError(Exception):
@@ -48,6 +57,9 @@ class CommonSettings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # Where the side port of a service without HTTP of its own listens (its port is the
+    # service's `metrics_port`); 0.0.0.0 in a container, for Prometheus.
+    metrics_host: str = "127.0.0.1"
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Self:
@@ -102,6 +114,11 @@ class CommonSettings(BaseSettings):
     def catalog_url(self) -> str:
         assert self.database_url is not None
         return self.database_url
+
+
+def metrics_port(service: str) -> Any:
+    """The ``metrics_port`` field of a service's settings: its side port, 0 for none."""
+    return Field(default=METRICS_PORTS[service], ge=0, le=65535)
 
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)

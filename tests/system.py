@@ -15,6 +15,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 
+from shared.settings import METRICS_PORTS
 from tests.conftest import REPO, require_tool
 
 AE_TITLE = "DCMDB"
@@ -125,8 +126,14 @@ class Dcmdb:
     database_url: str
     port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
+    # Each service's side port (/metrics, /healthz, /readyz), so that dcmdb instances started
+    # at once never share one.
+    metrics_ports: dict[str, int] = field(
+        default_factory=lambda: {service: free_port() for service in METRICS_PORTS}
+    )
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _started: set[str] = field(default_factory=set)
 
     @property
     def env(self) -> dict[str, str]:
@@ -139,6 +146,7 @@ class Dcmdb:
             "DCMDB_API_PORT": str(self.api_port),
             "DCMDB_AE_TITLE": AE_TITLE,
             "DCMDB_SWEEP_INTERVAL": "2",
+            "DCMDB_METRICS_PORTS": ",".join(f"{s}:{p}" for s, p in self.metrics_ports.items()),
             **self.extra_env,
         }
 
@@ -147,20 +155,34 @@ class Dcmdb:
         return self.data_dir.parent / "dcmdb.log"
 
     def start(self, command: str = "up") -> subprocess.Popen[bytes]:
+        """Start ``dcmdb <command>``; a service started a second time (beside ``up``'s, say)
+        gets a side port of its own."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        services = set(METRICS_PORTS) if command == "up" else {command} & set(METRICS_PORTS)
+        for service in services & self._started:
+            self.metrics_ports[service] = free_port()
+        self._started |= services
+        env = self.env
+        if command in METRICS_PORTS:
+            env["DCMDB_METRICS_PORT"] = str(self.metrics_ports[command])
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
             [sys.executable, "-m", "services.cli", command],
             cwd=REPO,
-            env=self.env,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         self.processes.append(process)
         return process
 
-    def wait_until_listening(self, timeout: float = 30) -> None:
+    def wait_until_listening(self, timeout: float = 60) -> None:
         wait_for(lambda: echo(self.port), timeout, "the receiver to answer C-ECHO")
+
+    def side_url(self, service: str, path: str) -> str:
+        """A URL on a service's side port (the API's own port for the API)."""
+        port = self.api_port if service == "api" else self.metrics_ports[service]
+        return f"http://127.0.0.1:{port}{path}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

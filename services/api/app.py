@@ -21,7 +21,6 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import AfterValidator
-from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api import metrics, retrievals
@@ -57,6 +56,7 @@ from services.api.studies import (
 )
 from shared.catalog.database import open_catalog
 from shared.catalog.models import Series, Study
+from shared.monitoring import catalog_status
 from shared.naming import resolve_under
 
 log = logging.getLogger("dcmdb.api")
@@ -369,15 +369,12 @@ def _json(content: dict[str, str], code: int) -> Response:
 
 
 async def _catalog_check(request: Request) -> str:
-    def ping() -> None:
-        with request.app.state.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-
     try:
-        await asyncio.wait_for(asyncio.to_thread(ping), _READY_TIMEOUT)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", said why
-        return f"unreachable: {type(exc).__name__}"
-    return "ok"
+        return await asyncio.wait_for(
+            asyncio.to_thread(catalog_status, request.app.state.engine), _READY_TIMEOUT
+        )
+    except TimeoutError:
+        return "unreachable: TimeoutError"
 
 
 async def _broker_check(request: Request) -> str:

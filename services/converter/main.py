@@ -5,33 +5,47 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
-from services.converter import records
+from services.converter import metrics, records
 from services.converter.isolation import run_isolated, warm_up
 from services.converter.settings import ConverterSettings
-from shared.broker import Publisher, connect, consume
+from shared.broker import Publisher, connect, consume, count_from_zero
 from shared.catalog.database import open_catalog
 from shared.logs import configure_logging
-from shared.messages import CONVERTER_QUEUE, SeriesCompleted
+from shared.messages import (
+    CONVERTER_QUEUE,
+    SeriesCompleted,
+    SeriesConverted,
+    SeriesFailed,
+    SeriesSkipped,
+)
+from shared.monitoring import SidePort, broker_status, catalog_status
 from shared.settings import load_settings
 
 log = logging.getLogger("dcmdb.converter")
 
 
-async def run(settings: ConverterSettings) -> None:
+async def run(settings: ConverterSettings, side: SidePort) -> None:
+    catalog, broker = side.dependency("catalog"), side.dependency("broker")
     engine, sessions = await asyncio.to_thread(open_catalog, settings.catalog_url, writer=True)
+    catalog.watch(lambda: catalog_status(engine))
     await asyncio.to_thread(warm_up)
     archive = settings.archive_root
     connection = await connect(settings.broker_url, name="dcmdb-converter")
     publisher = Publisher(connection)
     await publisher.start()
+    count_from_zero(SeriesConverted, SeriesSkipped, SeriesFailed)
+    broker.watch(lambda: broker_status(connection))
 
     async def on_series_completed(event: SeriesCompleted) -> None:
         job = await asyncio.to_thread(records.job_for, sessions, archive, event)
         if job is None:
             log.info("nothing to convert: the completion is stale or converted already")
             return
+        started = time.perf_counter()
         result = await asyncio.to_thread(run_isolated, job, settings.conversion_timeout)
+        metrics.count(result, time.perf_counter() - started)
         log.info(
             "series %s generation %d: %s %s",
             event.series_instance_uid,
@@ -67,4 +81,6 @@ async def run(settings: ConverterSettings) -> None:
 def main() -> None:
     settings = load_settings(ConverterSettings)
     configure_logging("converter", settings.log_level, settings.log_format)
-    asyncio.run(run(settings))
+    side = SidePort("converter", settings.metrics_host, settings.metrics_port)
+    side.start()
+    asyncio.run(run(settings, side))

@@ -6,7 +6,7 @@ import os
 
 from pydantic import Field
 
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, metrics_port
 
 
 def _default_workers() -> int:
@@ -16,3 +16,4 @@ def _default_workers() -> int:
 class ConverterSettings(CommonSettings):
     workers: int = Field(default_factory=_default_workers, ge=1, le=64)  # series at once
     conversion_timeout: float = Field(default=600.0, gt=0)  # seconds for one series
+    metrics_port: int = metrics_port("converter")

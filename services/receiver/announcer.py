@@ -12,6 +12,10 @@ confirmed or pending event, so a file on disk is never stranded: not by a
 broker outage, a full memory queue, a crashed child (the receiver starts a new
 one) or a restart. The sorter is idempotent, so a file announced twice is
 filed once.
+
+What the child did (events confirmed and failed, events waiting, whether it is
+connected) it keeps in memory shared with the receiver (``PublishingCounts``),
+which serves it on its side port.
 """
 
 from __future__ import annotations
@@ -23,14 +27,17 @@ import multiprocessing
 import pickle
 import threading
 from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnContext
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter
 from pydantic import ValidationError
 
+from services.receiver import metrics
 from services.receiver.settings import ReceiverSettings
 from services.receiver.storage import INCOMING, IncomingStore, received_time
-from shared.broker import Publisher, connect
+from shared.broker import EVENTS_FAILED, EVENTS_PUBLISHED, Publisher, connect, count_from_zero
 from shared.errors import UnreadableObject
 from shared.headers import Header
 from shared.logs import configure_logging
@@ -45,6 +52,46 @@ _MODELS: dict[str, type[Event]] = {
 }
 _STOP = b""
 TRANSFER_SYNTAX, SOURCE_AE_TITLE = 0x00020010, 0x00020016
+_REPORT_EVERY = 1.0  # seconds between the child's reports of its queue and connection
+
+
+class PublishingCounts:
+    """The publishing child's counts, in shared memory: it writes, the receiver reads.
+
+    They outlive a child that dies, so the receiver's counters never go back.
+    """
+
+    ROUTING_KEYS = tuple(_MODELS)
+
+    def __init__(self, context: SpawnContext) -> None:
+        # published per routing key, failed per routing key, waiting, connected
+        self._values = context.RawArray("q", 2 * len(self.ROUTING_KEYS) + 2)
+
+    def published(self, routing_key: str) -> None:
+        self._values[self.ROUTING_KEYS.index(routing_key)] += 1
+
+    def failed(self, routing_key: str) -> None:
+        self._values[len(self.ROUTING_KEYS) + self.ROUTING_KEYS.index(routing_key)] += 1
+
+    def report(self, waiting: int, connected: bool) -> None:
+        self._values[-2], self._values[-1] = waiting, int(connected)
+
+    def totals(self) -> list[tuple[Counter, str, int]]:
+        """(counter, routing key, count so far) for each count the child keeps."""
+        size = len(self.ROUTING_KEYS)
+        return [
+            (EVENTS_PUBLISHED if index < size else EVENTS_FAILED, self.ROUTING_KEYS[index % size],
+             self._values[index])
+            for index in range(2 * size)
+        ]  # fmt: skip
+
+    @property
+    def waiting(self) -> int:
+        return int(self._values[-2])
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._values[-1])
 
 
 class Announcer:
@@ -58,6 +105,10 @@ class Announcer:
         self._pipe: Connection | None = None
         self._stopping = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name="announcer-watch", daemon=True)
+        self.counts = PublishingCounts(self._context)
+        count_from_zero(*_MODELS.values())
+        self._exported: dict[tuple[Counter, str], int] = {}
+        self._export_lock = threading.Lock()
 
     def start(self) -> None:
         self._spawn()
@@ -77,6 +128,22 @@ class Announcer:
             except OSError:
                 self._pipe = None
 
+    def connected(self) -> bool:
+        """The publishing child is alive and connected to the broker."""
+        process = self._process
+        return process is not None and process.is_alive() and self.counts.connected
+
+    def export_counts(self) -> None:
+        """Bring the child's counts into this process's metrics (before each scrape)."""
+        with self._export_lock:
+            for counter, routing_key, total in self.counts.totals():
+                child = counter.labels(routing_key)
+                delta = total - self._exported.get((counter, routing_key), 0)
+                if delta:
+                    child.inc(delta)
+                    self._exported[(counter, routing_key)] = total
+            metrics.EVENTS_WAITING.set(self.counts.waiting)
+
     def stop(self, timeout: float = 15.0) -> None:
         """Let the child publish what waits (up to ``timeout``), then end it."""
         self._stopping.set()
@@ -93,7 +160,10 @@ class Announcer:
     def _spawn(self) -> None:
         receiving, sending = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=run_announcer, args=(receiving, self._settings), name="announcer", daemon=True
+            target=run_announcer,
+            args=(receiving, self._settings, self.counts),
+            name="announcer",
+            daemon=True,
         )
         process.start()
         receiving.close()
@@ -112,23 +182,33 @@ class Announcer:
                 self._spawn()
 
 
-def run_announcer(pipe: Connection, settings: ReceiverSettings) -> None:
+def run_announcer(pipe: Connection, settings: ReceiverSettings, counts: PublishingCounts) -> None:
     """The child process: publish what the receiver hands over, and sweep."""
     configure_logging("receiver", settings.log_level, settings.log_format)
     publishing = _Publishing(
-        settings.broker_url, settings.data_dir, settings.quarantine_dir, settings.sweep_interval
+        settings.broker_url,
+        settings.data_dir,
+        settings.quarantine_dir,
+        settings.sweep_interval,
+        counts,
     )
     asyncio.run(publishing.run(pipe))
 
 
 class _Publishing:
     def __init__(
-        self, broker_url: str, data_dir: Path, quarantine_dir: Path, sweep_interval: float
+        self,
+        broker_url: str,
+        data_dir: Path,
+        quarantine_dir: Path,
+        sweep_interval: float,
+        counts: PublishingCounts,
     ) -> None:
         self._broker_url = broker_url
         self._data_dir = data_dir
         self._quarantine = quarantine_dir
         self._sweep_interval = sweep_interval
+        self._counts = counts
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         # incoming_path of each event: announced and not yet confirmed, or confirmed
         self._in_flight: set[str] = set()
@@ -147,8 +227,10 @@ class _Publishing:
         log.info("connected to RabbitMQ; announcing arrivals")
         workers = [asyncio.create_task(self._publish_loop(publisher)) for _ in range(PUBLISHERS)]
         sweeping = asyncio.create_task(self._sweep_loop())
+        reporting = asyncio.create_task(self._report_loop(connection))
         await stopped
         sweeping.cancel()
+        reporting.cancel()
         await self._drain(timeout=10.0)
         for worker in workers:
             worker.cancel()
@@ -194,10 +276,15 @@ class _Publishing:
                 self._enqueue(event)
             await asyncio.sleep(self._sweep_interval)
 
+    async def _report_loop(self, connection: Any) -> None:
+        while True:
+            self._counts.report(self._queue.qsize(), connection.connected.is_set())
+            await asyncio.sleep(_REPORT_EVERY)
+
     async def _publish_loop(self, publisher: Publisher) -> None:
         while True:
             event = await self._queue.get()
-            await _publish_until_confirmed(publisher, event)
+            await _publish_until_confirmed(publisher, event, self._counts)
             if isinstance(event, InstanceReceived):
                 self._in_flight.discard(event.incoming_path)
                 self._confirmed.add(event.incoming_path)
@@ -218,15 +305,19 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def _publish_until_confirmed(publisher: Publisher, event: Event) -> None:
+async def _publish_until_confirmed(
+    publisher: Publisher, event: Event, counts: PublishingCounts
+) -> None:
     delay = 0.5
     while True:
         try:
             await publisher.publish(event)
+            counts.published(event.routing_key)
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            counts.failed(event.routing_key)
             log.warning("publishing %s failed (%s); retrying", event.routing_key, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)

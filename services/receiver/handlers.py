@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
+from services.receiver import metrics
 from services.receiver.announcer import Announcer
 from services.receiver.settings import ReceiverSettings
 from services.receiver.storage import INCOMING, FileMeta, IncomingStore, StorageFailed
@@ -62,6 +64,10 @@ class AssociationRecord:
     bytes_stored: int = 0
     released: bool = False
     studies: set[str] = field(default_factory=set)
+    counters: metrics.PeerCounters = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.counters = metrics.PeerCounters.of(self.calling_ae)
 
 
 class Receiver:
@@ -97,15 +103,23 @@ class Receiver:
             allowed_hosts and host not in allowed_hosts
         ):
             log.warning("rejecting association from %s at %s: not allowed", calling_ae, host)
+            metrics.ASSOCIATIONS.labels("rejected").inc()
             assoc.acse.send_reject(_REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNISED)
 
     def on_accepted(self, event: evt.Event) -> None:
         record = AssociationRecord(_calling_ae(event.assoc), event.assoc.requestor.address)
         with self._lock:
             self._records[id(event.assoc)] = record
+        metrics.ASSOCIATIONS_OPEN.inc()
 
     def on_store(self, event: evt.Event) -> int:
+        started = time.perf_counter()
         record = self._records[id(event.assoc)]
+        status = self._store(record, event)
+        metrics.STORE_SECONDS.observe(time.perf_counter() - started)
+        return status
+
+    def _store(self, record: AssociationRecord, event: evt.Event) -> int:
         request = cast(C_STORE, event.request)
         dataset = cast(BytesIO, request.DataSet).getvalue()
         transfer_syntax = str(event.context.transfer_syntax)
@@ -127,6 +141,8 @@ class Receiver:
                 kept.name if kept else "(not kept)",
                 exc,
             )
+            reason = "missing_uid" if status == MISSING_UID else "cannot_parse"
+            metrics.REFUSED.labels(record.calling_ae, reason).inc()
             return status
         meta = FileMeta(
             uids.sop_class_uid, uids.sop_instance_uid, transfer_syntax, record.calling_ae
@@ -136,9 +152,12 @@ class Receiver:
         except StorageFailed as exc:
             record.failed += 1
             log.error("answering 0xA700 to %s: %s", record.calling_ae, exc)
+            metrics.REFUSED.labels(record.calling_ae, "out_of_resources").inc()
             return OUT_OF_RESOURCES
         record.stored += 1
         record.bytes_stored += stored.size
+        record.counters.instances.inc()
+        record.counters.bytes.inc(stored.size)
         record.studies.add(uids.study_instance_uid)
         self.announcer.announce(
             InstanceReceived,
@@ -166,6 +185,8 @@ class Receiver:
             record = self._records.pop(id(event.assoc), None)
         if record is None:  # rejected or never established
             return
+        metrics.ASSOCIATIONS_OPEN.dec()
+        metrics.ASSOCIATIONS.labels("released" if record.released else "aborted").inc()
         log.info(
             "association from %s %s: %d stored, %d failed",
             record.calling_ae,

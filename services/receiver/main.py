@@ -12,6 +12,7 @@ import pydicom.config
 from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from services.receiver import metrics
 from services.receiver.admission import Admission
 from services.receiver.announcer import Announcer
 from services.receiver.handlers import Receiver
@@ -20,6 +21,7 @@ from services.receiver.storage import IncomingStore
 from services.receiver.transport import start_storage_server
 from shared.headers import STORED_TRANSFER_SYNTAXES
 from shared.logs import configure_logging
+from shared.monitoring import OK, SidePort
 from shared.settings import load_settings
 from shared.tls import server_context
 
@@ -52,12 +54,19 @@ def _tls(settings: ReceiverSettings) -> ssl.SSLContext | None:
     return server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
 
 
-def run(settings: ReceiverSettings) -> None:
+def run(settings: ReceiverSettings, side: SidePort) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
     settings.warn_if_open()
+    listener = side.dependency("dicom")
+    broker = side.dependency("broker")
     store = IncomingStore(settings.incoming_dir, settings.quarantine_dir)
+    metrics.watch_disks({"data": settings.data_dir, "archive": settings.archive_root})
     announcer = Announcer(settings)
     announcer.start()
+    # Instances are accepted while RabbitMQ is away (the sweep announces them later), but
+    # nothing moves on from incoming/ until it is back: not ready.
+    broker.watch(lambda: OK if announcer.connected() else "unreachable: events wait in incoming/")
+    side.before_scrape(announcer.export_counts)
     receiver = Receiver(settings, store, announcer)
     ae = build_ae(settings)
     start_storage_server(
@@ -68,6 +77,7 @@ def run(settings: ReceiverSettings) -> None:
         admission=Admission(settings.max_associations, settings.max_associations_per_host),
         ssl_context=_tls(settings),
     )
+    listener.watch(lambda: OK)
     log.info(
         "receiver %s listening on %s:%d%s",
         settings.ae_title,
@@ -88,4 +98,6 @@ def run(settings: ReceiverSettings) -> None:
 def main() -> None:
     settings = load_settings(ReceiverSettings)
     configure_logging("receiver", settings.log_level, settings.log_format)
-    run(settings)
+    side = SidePort("receiver", settings.metrics_host, settings.metrics_port)
+    side.start()
+    run(settings, side)

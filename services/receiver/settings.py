@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, metrics_port
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class ReceiverSettings(CommonSettings):
     # Open connections at once, in all and from any one host; more are refused.
     max_associations: int = Field(default=32, ge=1, le=1000)
     max_associations_per_host: int = Field(default=16, ge=1, le=1000)
+    metrics_port: int = metrics_port("receiver")
 
     @field_validator("allowed_calling_aes", "allowed_hosts", mode="before")
     @classmethod

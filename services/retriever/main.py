@@ -11,19 +11,25 @@ import logging
 import signal
 import threading
 
-from services.retriever import nightly
+from services.retriever import metrics, nightly
 from services.retriever.runner import JobRunner
 from services.retriever.settings import RetrieverSettings
 from shared import retrievals
 from shared.catalog.database import open_catalog
 from shared.logs import configure_logging
+from shared.monitoring import SidePort, catalog_status
 from shared.settings import load_settings
 
 log = logging.getLogger("dcmdb.retriever")
 
 
-def serve(settings: RetrieverSettings, stop: threading.Event) -> None:
+def serve(settings: RetrieverSettings, stop: threading.Event, side: SidePort) -> None:
+    catalog = side.dependency("catalog")
     engine, sessions = open_catalog(settings.catalog_url, writer=True)
+    catalog.watch(lambda: catalog_status(engine))
+    threading.Thread(
+        target=metrics.sample_jobs, args=(settings.catalog_url, stop), daemon=True
+    ).start()
     runner = JobRunner(settings, sessions)
     peers = ", ".join(str(p) for p in settings.peers) or "none configured"
     log.info("retrieving to AE %s; PACS: %s", settings.ae_title, peers)
@@ -60,4 +66,6 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stopping)
     signal.signal(signal.SIGINT, stopping)
-    serve(settings, stop)
+    side = SidePort("retriever", settings.metrics_host, settings.metrics_port)
+    side.start()
+    serve(settings, stop, side)

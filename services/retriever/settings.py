@@ -8,6 +8,7 @@ from croniter import croniter
 from pydantic import Field, model_validator
 
 from shared.peers import PacsSettings
+from shared.settings import metrics_port
 
 
 class RetrieverSettings(PacsSettings):
@@ -27,6 +28,7 @@ class RetrieverSettings(PacsSettings):
     pacs_retry_delay: float = Field(default=2.0, ge=0)
     # How long the end-of-night check waits for moved instances to be filed.
     check_wait: float = Field(default=300.0, ge=0)
+    metrics_port: int = metrics_port("retriever")
 
     @model_validator(mode="after")
     def _valid_cron(self) -> Self:

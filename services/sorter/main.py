@@ -6,38 +6,47 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.sorter import completion
+from services.sorter import completion, metrics
 from services.sorter.filing import Filer
 from services.sorter.settings import SorterSettings
-from shared.broker import Publisher, connect, consume_batches
+from shared.broker import Publisher, connect, consume_batches, count_from_zero
 from shared.catalog.database import open_catalog
 from shared.logs import configure_logging
-from shared.messages import SORTER_QUEUE, InstanceReceived
+from shared.messages import SORTER_QUEUE, InstanceFiled, InstanceReceived, SeriesCompleted
+from shared.monitoring import SidePort, broker_status, catalog_status
 from shared.naming import PhysicianAliases
 from shared.settings import load_settings
 
 log = logging.getLogger("dcmdb.sorter")
 
 
-async def run(settings: SorterSettings) -> None:
+async def run(settings: SorterSettings, side: SidePort) -> None:
     aliases = (
         PhysicianAliases.load(settings.physician_aliases) if settings.physician_aliases else None
     )
+    catalog, broker = side.dependency("catalog"), side.dependency("broker")
     engine, sessions = await asyncio.to_thread(open_catalog, settings.catalog_url, writer=True)
+    catalog.watch(lambda: catalog_status(engine))
     filer = Filer(
         sessions, settings.data_dir, settings.archive_root, settings.quarantine_dir, aliases
     )
     connection = await connect(settings.broker_url, name="dcmdb-sorter")
     publisher = Publisher(connection)
     await publisher.start()
+    count_from_zero(InstanceFiled, SeriesCompleted)
+    broker.watch(lambda: broker_status(connection))
 
     filed = asyncio.Event()  # a retrieved series may now hold all its expected instances
 
     async def on_instances_received(events: list[InstanceReceived]) -> None:
+        started = time.perf_counter()
         outcomes = await asyncio.to_thread(filer.file_batch, events)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.count(outcomes)
         await asyncio.gather(*(publisher.publish(o.filed) for o in outcomes if o.filed is not None))
         filed.set()
 
@@ -45,6 +54,7 @@ async def run(settings: SorterSettings) -> None:
     completing = asyncio.create_task(
         announce_completions(sessions, publisher, settings.stable_age, filed)
     )
+    sampling = asyncio.create_task(metrics.sample_queues(connection))
     consumer = asyncio.create_task(
         consume_batches(
             connection,
@@ -57,6 +67,7 @@ async def run(settings: SorterSettings) -> None:
     )
     await _until_stopped(consumer)
     completing.cancel()
+    sampling.cancel()
     await connection.close()
     engine.dispose()
     log.info("sorter stopped")
@@ -78,6 +89,7 @@ async def announce_completions(
             for event in await asyncio.to_thread(completion.unannounced, sessions):
                 await publisher.publish(event)
                 await asyncio.to_thread(completion.mark_announced, sessions, event)
+                metrics.SERIES_COMPLETED.labels(event.reason).inc()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the catalog or broker is away: the next round retries
@@ -98,4 +110,6 @@ async def _until_stopped(task: asyncio.Task[None]) -> None:
 def main() -> None:
     settings = load_settings(SorterSettings)
     configure_logging("sorter", settings.log_level, settings.log_format)
-    asyncio.run(run(settings))
+    side = SidePort("sorter", settings.metrics_host, settings.metrics_port)
+    side.start()
+    asyncio.run(run(settings, side))

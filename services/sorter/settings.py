@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, metrics_port
 
 
 class SorterSettings(CommonSettings):
@@ -14,6 +14,7 @@ class SorterSettings(CommonSettings):
     prefetch: int = Field(default=128, ge=1, le=10_000)
     batch_size: int = Field(default=64, ge=1, le=1000)
     stable_age: float = Field(default=60.0, gt=0)  # seconds without arrivals: complete
+    metrics_port: int = metrics_port("sorter")
 
     @field_validator("physician_aliases")
     @classmethod

@@ -90,6 +90,21 @@ def wait_until_reachable(engine: Engine) -> None:
             delay = min(delay * 2, 30.0)
 
 
+def ping(engine: Engine) -> None:
+    """Ask the database for nothing; raise when it does not answer.
+
+    On a DBAPI connection, below SQLAlchemy's transactions: a writer engine's BEGIN
+    IMMEDIATE would wait behind the sorter's write lock on SQLite.
+    """
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT 1")
+        cursor.close()
+    finally:
+        connection.close()
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision; safe when several services start at once."""
     # Migrating writes: on SQLite it takes the write lock at BEGIN, or a reader

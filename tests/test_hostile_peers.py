@@ -155,6 +155,7 @@ def test_a_refused_peer_hears_a_transient_rejection(
     try:
         second = attacker_socket(receiver.port)
         second.settimeout(5)
+        second.sendall(struct.pack(">BBL", 0x01, 0, 68))  # the start of a request
         assert second.recv(64) == LIMIT_EXCEEDED_RJ
         second.close()
         # pynetdicom reads it as a rejection, as a PACS would, and may try again later.

@@ -4,9 +4,10 @@ Every connection costs two threads and a PDU buffer, from the moment it is
 accepted until the peer releases or a timeout ends it; peers that connect and
 then say nothing, or trickle a byte at a time, would otherwise pile them up.
 So connections are counted, in total and per peer host, when they are
-accepted: one over either limit is answered at once with an A-ASSOCIATE-RJ
-(rejected-transient, local limit exceeded: a PACS tries again later) and
-closed, before any thread is started for it.
+accepted. One over either limit gets no thread of its own: a single lingerer
+thread answers its request, as soon as the first bytes arrive, with an
+A-ASSOCIATE-RJ (rejected-transient, local limit exceeded: a PACS tries again
+later) and closes it within seconds.
 
 pynetdicom's server runs the TLS handshake in its accept loop, so one client
 that opens a connection and stays silent stops every other handshake. Here the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -94,9 +96,14 @@ class StorageServer(ThreadedAssociationServer):
     admission: Admission
     handshake_timeout: float = 30.0
     slots: dict[Any, Slot]
+    refused: set[Any]
     # socketserver's 5 lets a burst of connections overflow the accept queue,
     # where they are dropped unanswered instead of being admitted or refused.
     request_queue_size = 128
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        _LINGERER.start()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = cast(socket.socket, self.socket).accept()
@@ -109,6 +116,8 @@ class StorageServer(ThreadedAssociationServer):
     def verify_request(self, request: Any, client_address: Any) -> bool:
         slot = self.admission.admit(str(client_address[0]))
         if slot is None:
+            if not isinstance(request, ssl.SSLSocket):
+                self.refused.add(request)
             _refuse(request)
             return False
         self.slots[request] = slot
@@ -127,6 +136,13 @@ class StorageServer(ThreadedAssociationServer):
             self.handle_error(request, client_address)
             self._end(request)
 
+    def shutdown_request(self, request: Any) -> None:
+        if request in self.refused:  # the lingerer answers and ends it
+            self.refused.discard(request)
+            self.close_request(request)
+            return
+        super().shutdown_request(request)
+
     def take_slot(self, request: Any) -> Slot | None:
         """The slot of an accepted connection, for its association to release."""
         return self.slots.pop(request, None)
@@ -138,9 +154,73 @@ class StorageServer(ThreadedAssociationServer):
 
 
 def _refuse(request: socket.socket) -> None:
-    """Answer A-ASSOCIATE-RJ without reading the request; the server closes it."""
+    """Hand the connection to the lingerer, which answers A-ASSOCIATE-RJ once the
+    request arrives (an answer before it confuses a requestor still opening)."""
     if isinstance(request, ssl.SSLSocket):
         return  # no handshake yet: nothing can be said, only closed
     with contextlib.suppress(OSError):
-        request.setblocking(False)
-        request.send(LIMIT_EXCEEDED_RJ)
+        _LINGERER.keep(request.dup())
+
+
+class _Lingerer:
+    """Refused connections: each is answered A-ASSOCIATE-RJ when its first bytes
+    arrive, then read and discarded until the peer closes, and closed after a few
+    seconds at most. One thread for all of them, and a bound on how many it holds."""
+
+    def __init__(self, seconds: float = 3.0, most: int = 256) -> None:
+        self._seconds, self._most = seconds, most
+        self._lock = threading.Lock()
+        self._held: dict[socket.socket, float] = {}
+        self._answered: set[socket.socket] = set()
+        self._thread: threading.Thread | None = None
+
+    def keep(self, sock: socket.socket) -> None:
+        with self._lock:
+            if len(self._held) >= self._most:
+                sock.close()
+                return
+            sock.setblocking(False)
+            self._held[sock] = time.monotonic() + self._seconds
+        self.start()
+
+    def start(self) -> None:
+        """Started with the server, so that a flood does not change the thread count."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lingerer", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                held = list(self._held)
+            if not held:
+                time.sleep(0.1)
+                continue
+            readable, _, _ = select.select(held, [], [], 0.1)
+            now = time.monotonic()
+            for sock in held:
+                done = now >= self._held[sock]
+                if sock in readable and not done:
+                    done = self._read(sock)
+                if done:
+                    with self._lock:
+                        del self._held[sock]
+                        self._answered.discard(sock)
+                    sock.close()
+
+    def _read(self, sock: socket.socket) -> bool:
+        """Discard what arrived, answering the first of it; True once the peer is gone."""
+        try:
+            if not sock.recv(65536):
+                return True
+            if sock not in self._answered:
+                self._answered.add(sock)
+                sock.send(LIMIT_EXCEEDED_RJ)
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return True
+        return False
+
+
+_LINGERER = _Lingerer()

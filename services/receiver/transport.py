@@ -700,7 +700,7 @@ def start_storage_server(
     server = cast(StorageServer, server)
     server.admission = admission or Admission(ae.maximum_associations, ae.maximum_associations)
     server.handshake_timeout = ae.acse_timeout or 30.0
-    server.slots = {}
+    server.slots, server.refused = {}, set()
     server.maximum_pdu_size = maximum_pdu_size  # type: ignore[attr-defined]
     server.standard_logging = standard_logging  # type: ignore[attr-defined]
     if not standard_logging:

@@ -7,6 +7,7 @@ environment variables or a ``.env`` file in the working directory.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
@@ -41,6 +42,9 @@ class CommonSettings(BaseSettings):
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # The receiver's folder for arrivals, in the data directory. Events name files relative to
+    # the data directory, so several receivers sharing one data directory each take their own.
+    incoming_folder: str = "incoming"
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Self:
@@ -60,6 +64,19 @@ class CommonSettings(BaseSettings):
             raise ValueError("must be 1 to 16 ASCII characters without a backslash")
         return value
 
+    @field_validator("incoming_folder")
+    @classmethod
+    def _one_folder_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", value) or value in {
+            "archive",
+            "quarantine",
+        }:
+            raise ValueError(
+                "must be one folder name of letters, digits, '.', '-' and '_' (not archive or"
+                " quarantine), not starting with '.'"
+            )
+        return value
+
     @field_validator("broker_url")
     @classmethod
     def _amqp_url(cls, value: str) -> str:
@@ -69,7 +86,7 @@ class CommonSettings(BaseSettings):
 
     @property
     def incoming_dir(self) -> Path:
-        return self.data_dir / "incoming"
+        return self.data_dir / self.incoming_folder
 
     @property
     def quarantine_dir(self) -> Path:

@@ -144,15 +144,21 @@ class Dcmdb:
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir.parent / "dcmdb.log"
+        return self.log_path_of("dcmdb")
 
-    def start(self, command: str = "up") -> subprocess.Popen[bytes]:
+    def log_path_of(self, name: str) -> Path:
+        return self.data_dir.parent / f"{name}.log"
+
+    def start(
+        self, command: str = "up", *, name: str = "dcmdb", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Run ``dcmdb <command>``, its output in the log called ``name``, with ``env`` added."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        log = open(self.log_path_of(name), "ab")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
             [sys.executable, "-m", "services.cli", command],
             cwd=REPO,
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -162,8 +168,9 @@ class Dcmdb:
     def wait_until_listening(self, timeout: float = 30) -> None:
         wait_for(lambda: echo(self.port), timeout, "the receiver to answer C-ECHO")
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def log(self, name: str = "dcmdb") -> str:
+        path = self.log_path_of(name)
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
         for process in self.processes:

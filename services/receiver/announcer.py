@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.receiver.settings import ReceiverSettings
-from services.receiver.storage import INCOMING, IncomingStore, received_time
+from services.receiver.storage import IncomingStore, received_time
 from shared.broker import Publisher, connect
 from shared.errors import UnreadableObject
 from shared.headers import Header
@@ -116,17 +116,27 @@ def run_announcer(pipe: Connection, settings: ReceiverSettings) -> None:
     """The child process: publish what the receiver hands over, and sweep."""
     configure_logging("receiver", settings.log_level, settings.log_format)
     publishing = _Publishing(
-        settings.broker_url, settings.data_dir, settings.quarantine_dir, settings.sweep_interval
+        settings.broker_url,
+        settings.data_dir,
+        settings.incoming_folder,
+        settings.quarantine_dir,
+        settings.sweep_interval,
     )
     asyncio.run(publishing.run(pipe))
 
 
 class _Publishing:
     def __init__(
-        self, broker_url: str, data_dir: Path, quarantine_dir: Path, sweep_interval: float
+        self,
+        broker_url: str,
+        data_dir: Path,
+        incoming_folder: str,
+        quarantine_dir: Path,
+        sweep_interval: float,
     ) -> None:
         self._broker_url = broker_url
         self._data_dir = data_dir
+        self._incoming_folder = incoming_folder
         self._quarantine = quarantine_dir
         self._sweep_interval = sweep_interval
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -184,7 +194,7 @@ class _Publishing:
         while True:
             known = self._in_flight | self._confirmed
             events = await asyncio.to_thread(
-                sweep_incoming, self._data_dir, self._quarantine, known
+                sweep_incoming, self._data_dir, self._incoming_folder, self._quarantine, known
             )
             # Forget confirmations of files the sorter has taken away.
             self._confirmed = {p for p in self._confirmed if (self._data_dir / p).exists()}
@@ -232,11 +242,13 @@ async def _publish_until_confirmed(publisher: Publisher, event: Event) -> None:
             delay = min(delay * 2, 10.0)
 
 
-def sweep_incoming(data_dir: Path, quarantine: Path, known: set[str]) -> list[InstanceReceived]:
+def sweep_incoming(
+    data_dir: Path, incoming_folder: str, quarantine: Path, known: set[str]
+) -> list[InstanceReceived]:
     """Events for the files in ``incoming/`` that no confirmed or pending event covers."""
     events = []
-    for path in IncomingStore.waiting_in(data_dir / INCOMING):
-        incoming_path = f"{INCOMING}/{path.name}"
+    for path in IncomingStore.waiting_in(data_dir / incoming_folder):
+        incoming_path = f"{incoming_folder}/{path.name}"
         if incoming_path in known:
             continue
         try:

@@ -32,7 +32,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from services.receiver.announcer import Announcer
 from services.receiver.settings import ReceiverSettings
-from services.receiver.storage import INCOMING, FileMeta, IncomingStore, StorageFailed
+from services.receiver.storage import FileMeta, IncomingStore, StorageFailed
 from shared.errors import MissingIdentifier, UnreadableObject
 from shared.headers import read_identifiers
 from shared.messages import AssociationClosed, InstanceReceived
@@ -147,7 +147,7 @@ class Receiver:
             study_instance_uid=uids.study_instance_uid,
             series_instance_uid=uids.series_instance_uid,
             transfer_syntax_uid=transfer_syntax,
-            incoming_path=f"{INCOMING}/{stored.name}",
+            incoming_path=f"{self.settings.incoming_folder}/{stored.name}",
             size=stored.size,
             received_at=stored.received_at,
             calling_ae=record.calling_ae,

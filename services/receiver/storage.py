@@ -40,7 +40,6 @@ from shared.headers import Header
 log = logging.getLogger(__name__)
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
-INCOMING = "incoming"  # the folder in the data directory
 SUFFIX = ".dcm"
 
 

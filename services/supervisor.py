@@ -1,6 +1,9 @@
 """``dcmdb up``: every service on one host, each in its own process.
 
-Output lines are prefixed with the service's name. A service that exits on
+Output lines are prefixed with the service's name. With ``DCMDB_LOG_FORMAT=json``
+every line is a JSON object instead: the services' lines pass as they are (they name
+their service), and anything else a service prints (a crash's traceback) and the
+supervisor's own lines are wrapped in one. A service that exits on
 its own is restarted after a growing pause (a configuration error, exit code
 2, stops everything instead: restarting cannot fix it). SIGTERM or Ctrl-C
 stops every service with SIGTERM and waits for them to finish.
@@ -8,22 +11,64 @@ stops every service with SIGTERM and waits for them to finish.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import IO
+from dataclasses import dataclass, field
+from typing import IO, Literal
+
+from shared.logs import json_entry
 
 CONFIGURATION_ERROR = 2
 STOP_TIMEOUT = 30.0
-_print_lock = threading.Lock()
+SUPERVISOR = "up"  # the name the supervisor's own lines go by
+_NAME_WIDTH = 9
+
+
+@dataclass
+class Output:
+    """The supervisor's standard output, shared by every child's relay thread."""
+
+    fmt: Literal["text", "json"] = "text"
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def relay(self, name: str, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if self.fmt == "text":
+                self._print(f"{name:<{_NAME_WIDTH}}| {line}")
+            elif _is_json_object(line):
+                self._print(line)
+            else:  # not through the service's logging: a traceback, a line before it started
+                self._print(json.dumps(json_entry(name, line, "ERROR")))
+
+    def say(self, message: str, level: str = "INFO") -> None:
+        if self.fmt == "text":
+            self._print(f"{SUPERVISOR:<{_NAME_WIDTH}}| {message}")
+        else:
+            self._print(json.dumps(json_entry(SUPERVISOR, message, level)))
+
+    def _print(self, line: str) -> None:
+        with self._lock:
+            print(line, flush=True)
+
+
+def _is_json_object(line: str) -> bool:
+    if not line.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 @dataclass
 class Child:
     name: str
+    output: Output
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -37,7 +82,10 @@ class Child:
         )
         self.started_at = time.monotonic()
         assert self.process.stdout is not None
-        threading.Thread(target=_relay, args=(self.name, self.process.stdout), daemon=True).start()
+        relay = threading.Thread(
+            target=self.output.relay, args=(self.name, self.process.stdout), daemon=True
+        )
+        relay.start()
 
     def exited(self) -> int | None:
         return self.process.poll() if self.process else None
@@ -52,42 +100,40 @@ class Child:
             stable = now - self.started_at > 60
             self.restarts = 0 if stable else self.restarts + 1
             pause = min(2**self.restarts, 30)
-            _say(f"{self.name} exited with code {code}; restarting in {pause} s")
+            self.output.say(
+                f"{self.name} exited with code {code}; restarting in {pause} s", "WARNING"
+            )
             self.restart_at = now + pause
         elif now >= self.restart_at:
             self.restart_at = None
             self.start()
 
 
-def _relay(name: str, stream: IO[bytes]) -> None:
-    width = 9
-    for raw in iter(stream.readline, b""):
-        line = raw.decode("utf-8", "replace").rstrip("\n")
-        with _print_lock:
-            print(f"{name:<{width}}| {line}", flush=True)
-
-
-def run_all(names: list[str]) -> int:
+def run_all(names: list[str], log_format: Literal["text", "json"] = "text") -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    children = [Child(name) for name in names]
+    output = Output(log_format)
+    children = [Child(name, output) for name in names]
     for child in children:
         child.start()
     exit_code = 0
     while not stop.wait(0.2):
         for child in children:
             if child.exited() == CONFIGURATION_ERROR:
-                _say(f"{child.name} cannot start (configuration error); stopping everything")
+                output.say(
+                    f"{child.name} cannot start (configuration error); stopping everything",
+                    "ERROR",
+                )
                 stop.set()
                 exit_code = CONFIGURATION_ERROR
                 break
             child.restart_when_due()
-    _stop_children(children)
+    _stop_children(children, output)
     return exit_code
 
 
-def _stop_children(children: list[Child]) -> None:
+def _stop_children(children: list[Child], output: Output) -> None:
     running = [c for c in children if c.process and c.process.poll() is None]
     for child in running:
         assert child.process is not None
@@ -98,12 +144,7 @@ def _stop_children(children: list[Child]) -> None:
         try:
             child.process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _say(f"{child.name} did not stop in {STOP_TIMEOUT:.0f} s; killing it")
+            output.say(f"{child.name} did not stop in {STOP_TIMEOUT:.0f} s; killing it", "WARNING")
             child.process.kill()
             child.process.wait()
-    _say("all services stopped")
-
-
-def _say(message: str) -> None:
-    with _print_lock:
-        print(f"{'up':<9}| {message}", flush=True)
+    output.say("all services stopped")

@@ -14,7 +14,10 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session, selectinload
 
+from shared.catalog.models import COMPLETE, PENDING, Instance, Series
 from tests.conftest import REPO, require_tool
 
 AE_TITLE = "DCMDB"
@@ -206,3 +209,31 @@ def send_raw(port: int, path: Path, *, calling_ae: str = "RAWSCU") -> int:
         return int(status.Status)
     finally:
         assoc.release()
+
+
+def catalog(url: str) -> tuple[list[Series], list[Instance]]:
+    """The series (with their NIfTI outputs) and the instances the catalog at ``url`` holds."""
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with Session(engine) as session:
+            series = list(session.scalars(select(Series).options(selectinload(Series.outputs))))
+            return series, list(session.scalars(select(Instance)))
+    except Exception:
+        return [], []  # not migrated yet
+    finally:
+        engine.dispose()
+
+
+def settled(url: str, sop_uids: set[str]) -> bool:
+    """Every instance filed, every series complete and its newest generation converted."""
+    series, instances = catalog(url)
+    return (
+        {i.sop_instance_uid for i in instances} == sop_uids
+        and all(
+            s.completion == COMPLETE
+            and s.conversion != PENDING
+            and s.converted_generation == s.generation
+            for s in series
+        )
+        and bool(series)
+    )

@@ -15,13 +15,10 @@ from pathlib import Path
 import aio_pika
 import pydicom
 import pytest
-from sqlalchemy import create_engine, select
-from sqlalchemy.orm import Session, selectinload
 
 from shared.broker import dead_letter_counts, declare_topology
-from shared.catalog.models import COMPLETE, PENDING, Instance, Series
 from shared.messages import EVENTS_EXCHANGE, SeriesCompleted
-from tests.system import Dcmdb, dicom_files, free_port, send_dicom, wait_for
+from tests.system import Dcmdb, catalog, dicom_files, free_port, send_dicom, settled, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -82,33 +79,6 @@ async def waiting_and_dead(url: str) -> tuple[int, dict[str, int]]:
             queue = await channel.declare_queue(name, passive=True)
             waiting += queue.declaration_result.message_count or 0
         return waiting, await dead_letter_counts(connection)
-
-
-def catalog(url: str) -> tuple[list[Series], list[Instance]]:
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
-    try:
-        with Session(engine) as session:
-            series = list(session.scalars(select(Series).options(selectinload(Series.outputs))))
-            return series, list(session.scalars(select(Instance)))
-    except Exception:
-        return [], []  # not migrated yet
-    finally:
-        engine.dispose()
-
-
-def settled(url: str, sop_uids: set[str]) -> bool:
-    """Every instance filed, every series complete and its newest generation converted."""
-    series, instances = catalog(url)
-    return (
-        {i.sop_instance_uid for i in instances} == sop_uids
-        and all(
-            s.completion == COMPLETE
-            and s.conversion != PENDING
-            and s.converted_generation == s.generation
-            for s in series
-        )
-        and bool(series)
-    )
 
 
 def split_by_folder(files: list[Path]) -> tuple[list[Path], list[Path]]:

@@ -36,6 +36,9 @@ def run_service(command: str, env: dict[str, str], tmp_path: Path, seconds: floa
         ("receiver", "DCMDB_LOG_LEVEL", "LOUD"),
         ("sorter", "DCMDB_BROKER_URL", "http://127.0.0.1:5672/"),
         ("sorter", "DCMDB_PHYSICIAN_ALIASES", "/nonexistent/aliases.yaml"),
+        ("receiver", "DCMDB_INCOMING_FOLDER", "../elsewhere"),
+        ("receiver", "DCMDB_INCOMING_FOLDER", "archive"),
+        ("up", "DCMDB_LOG_FORMAT", "xml"),
     ],
 )
 def test_a_bad_value_stops_the_service_with_one_line(

@@ -17,9 +17,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from pynetdicom import _config as pynetdicom_config
 
 CONTEXT_FIELDS = ("message_id", "study_uid")
 # (field, value) pairs: an immutable default, shared by every context that set nothing.
@@ -45,6 +44,25 @@ def log_context(**fields: str) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
+
+
+@dataclass(frozen=True)
+class ChildLogging:
+    """How a process a service starts logs: as the service does, about what it handles now."""
+
+    service: str
+    level: str
+    fmt: str
+    context: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def now(cls, service: str, level: str, fmt: str) -> ChildLogging:
+        return cls(service, level, fmt, _context.get())
+
+    def apply(self) -> None:
+        """In the child: log as the service does, in the context it was handed."""
+        _install(self.service, self.level, self.fmt)
+        _context.set(self.context)
 
 
 class _WithContext(logging.Filter):
@@ -83,6 +101,17 @@ def json_entry(
 
 
 def configure_logging(service: str, level: str = "INFO", fmt: str = "text") -> None:
+    _install(service, level, fmt)
+    # pynetdicom logs dataset identifiers at DEBUG unless told not to. Imported here, not at
+    # the top: a conversion process logs through this module and has no use for pynetdicom.
+    from pynetdicom import _config as pynetdicom_config
+
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+
+
+def _install(service: str, level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonLines(service))
@@ -94,12 +123,10 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "text") -> N
     root.setLevel(level)
     # Library warnings (pydicom's about odd data sets) go through the same format.
     logging.captureWarnings(True)
-    # pynetdicom logs every association step at INFO and dataset identifiers
-    # at DEBUG; neither belongs in dcmdb's logs.
-    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
-    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
-    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    # pynetdicom logs every association step at INFO; dcmdb says what matters itself.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     # Both report every failed connection attempt on their own; dcmdb says it once.
     logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+    # dicom2nifti names the files it writes at INFO: study folders carry patient IDs.
+    logging.getLogger("dicom2nifti").setLevel(logging.WARNING)

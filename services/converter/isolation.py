@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from services.converter.conversion import Conversion, convert_series
+from shared.logs import ChildLogging
 
 _GC_THRESHOLD = 100_000  # allocations between collections of the youngest generation
 _CONTEXT = multiprocessing.get_context("forkserver")
@@ -44,11 +45,14 @@ def warm_up() -> None:
     multiprocessing.forkserver.ensure_running()
 
 
-def run_isolated(job: Job, timeout: float) -> Conversion:
-    """Convert in a child process; a crash or running out of time fails the series."""
+def run_isolated(job: Job, timeout: float, logs: ChildLogging | None = None) -> Conversion:
+    """Convert in a child process; a crash or running out of time fails the series.
+
+    ``logs``: how the child logs (the fork server configured nothing: without it, only
+    warnings reach standard error, as plain text)."""
     receiving, sending = _CONTEXT.Pipe(duplex=False)
     work_dir = Path(tempfile.mkdtemp(prefix="dcmdb-convert-"))
-    child = _CONTEXT.Process(target=_convert, args=(job, work_dir, sending), daemon=True)
+    child = _CONTEXT.Process(target=_convert, args=(job, work_dir, sending, logs), daemon=True)
     try:
         child.start()
         sending.close()
@@ -83,8 +87,10 @@ def _remove_partial_outputs(out_dir: Path, pid: int) -> None:
         partial.unlink(missing_ok=True)
 
 
-def _convert(job: Job, work_dir: Path, result: Connection) -> None:
+def _convert(job: Job, work_dir: Path, result: Connection, logs: ChildLogging | None) -> None:
     os.setpgrp()
+    if logs is not None:
+        logs.apply()
     # The headers of a series are tens of thousands of small objects that live until the
     # conversion ends; the default thresholds would scan them again and again for cycles.
     gc.set_threshold(_GC_THRESHOLD)

@@ -11,7 +11,7 @@ from services.converter.isolation import run_isolated, warm_up
 from services.converter.settings import ConverterSettings
 from shared.broker import Publisher, connect, consume
 from shared.catalog.database import open_catalog
-from shared.logs import configure_logging
+from shared.logs import ChildLogging, configure_logging
 from shared.messages import CONVERTER_QUEUE, SeriesCompleted
 from shared.settings import load_settings
 
@@ -31,7 +31,8 @@ async def run(settings: ConverterSettings) -> None:
         if job is None:
             log.info("nothing to convert: the completion is stale or converted already")
             return
-        result = await asyncio.to_thread(run_isolated, job, settings.conversion_timeout)
+        logs = ChildLogging.now("converter", settings.log_level, settings.log_format)
+        result = await asyncio.to_thread(run_isolated, job, settings.conversion_timeout, logs)
         log.info(
             "series %s generation %d: %s %s",
             event.series_instance_uid,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from services.converter.conversion import Conversion, convert_series
+from services.converter.conversion import Conversion, convert_series, temporary_owner
 from shared.logs import ChildLogging
 
 _GC_THRESHOLD = 100_000  # allocations between collections of the youngest generation
@@ -82,8 +82,8 @@ def _how(child: multiprocessing.process.BaseProcess) -> str:
 
 
 def _remove_partial_outputs(out_dir: Path, pid: int) -> None:
-    """Temporary files a killed conversion left (named ``.<name>.<pid>.<hex>.tmp``)."""
-    for partial in out_dir.glob(f".*.{pid}.*.tmp"):
+    """Temporary files a killed conversion left (named ``.<name>.<host>-<pid>.<hex>.tmp``)."""
+    for partial in out_dir.glob(f".*.{temporary_owner(pid)}.*.tmp"):
         partial.unlink(missing_ok=True)
 
 

@@ -33,7 +33,7 @@ from services.receiver.storage import IncomingStore, received_time
 from shared.broker import Publisher, connect
 from shared.errors import UnreadableObject
 from shared.headers import Header
-from shared.logs import configure_logging
+from shared.logs import about, configure_logging
 from shared.messages import AssociationClosed, Event, InstanceReceived
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,8 @@ async def _publish_until_confirmed(publisher: Publisher, event: Event) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("publishing %s failed (%s); retrying", event.routing_key, exc)
+            with about(event):
+                log.warning("publishing %s failed (%s); retrying", event.routing_key, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 

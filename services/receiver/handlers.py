@@ -135,7 +135,12 @@ class Receiver:
             stored = self.store.store(meta, dataset)
         except StorageFailed as exc:
             record.failed += 1
-            log.error("answering 0xA700 to %s: %s", record.calling_ae, exc)
+            log.error(
+                "answering 0xA700 to %s: %s",
+                record.calling_ae,
+                exc,
+                extra={"study_uid": uids.study_instance_uid},
+            )
             return OUT_OF_RESOURCES
         record.stored += 1
         record.bytes_stored += stored.size

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -90,6 +92,20 @@ def test_a_late_instance_reopens_a_complete_series_as_a_new_generation(
     assert unannounced(sorter.sessions) == []
 
 
+def at_once(target: Callable[..., None], url: str, sorters: int) -> Any:
+    """Run ``target(url, barrier, results)`` in that many processes, released together;
+    the queue of their results."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(sorters), context.Queue()
+    workers = [context.Process(target=target, args=(url, barrier, results)) for _ in range(sorters)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    return results
+
+
 def _complete_in_process(url: str, barrier: object, results: object) -> None:
     engine, sessions = open_catalog(url, writer=True)
     barrier.wait()  # type: ignore[attr-defined]
@@ -102,17 +118,8 @@ def test_sorters_completing_at_once_complete_each_series_exactly_once(
 ) -> None:
     for folder in ("ge_fmri_epi_4d", "siemens_xa30_t1w_3d_classic", "d2n_hitachi_mr"):
         file_folder(sorter, testdata, folder)
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(3), context.Queue()
-    workers = [
-        context.Process(target=_complete_in_process, args=(catalog_url, barrier, results))
-        for _ in range(3)
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-    counts = [results.get(timeout=5) for _ in workers]
+    results = at_once(_complete_in_process, catalog_url, sorters=3)
+    counts = [results.get(timeout=5) for _ in range(3)]
     assert sum(counts) == 3, counts  # each series completed by exactly one of them
     rows = series_rows(sorter)
     assert len(rows) == 3 and all(s.completion == COMPLETE for s in rows.values())
@@ -144,17 +151,7 @@ def test_sorters_announcing_at_once_publish_each_completion_exactly_once(
     for folder in folders:
         file_folder(sorter, testdata, folder)
     assert complete_stable_series(sorter.sessions, stable_age=60, now=LATER) == len(folders)
-    context = multiprocessing.get_context("spawn")
-    barrier, published = context.Barrier(3), context.Queue()
-    workers = [
-        context.Process(target=_announce_in_process, args=(catalog_url, barrier, published))
-        for _ in range(3)
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-        assert worker.exitcode == 0
+    published = at_once(_announce_in_process, catalog_url, sorters=3)
     announced = [published.get(timeout=5) for _ in folders]
     assert published.empty()
     assert sorted(announced) == sorted(

@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "up":
             from services.supervisor import run_all
+            from shared.settings import CommonSettings, load_settings
 
-            sys.exit(run_all(list(SERVICES)))
+            sys.exit(run_all(list(SERVICES), load_settings(CommonSettings).log_format))
         if args.command in TOOLS:
             module_name, _, function = TOOLS[args.command][0].partition(":")
             getattr(importlib.import_module(module_name), function)(rest)

@@ -1,6 +1,9 @@
 """``dcmdb up``: every service on one host, each in its own process.
 
-Output lines are prefixed with the service's name. A service that exits on
+Output lines are prefixed with the service's name. With ``DCMDB_LOG_FORMAT=json``
+every line is a JSON object instead: the services' lines pass as they are (they name
+their service), and anything else a service prints (a crash's traceback) and the
+supervisor's own lines are wrapped in one. A service that exits on
 its own is restarted after a growing pause (a configuration error, exit code
 2, stops everything instead: restarting cannot fix it). SIGTERM or Ctrl-C
 stops every service with SIGTERM and waits for them to finish.
@@ -12,6 +15,7 @@ Each service with a side port (``shared.monitoring``) gets its own: its default
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,16 +23,18 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Annotated
+from typing import IO, Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
+from shared.logs import json_entry
 from shared.settings import ENV_PREFIX, METRICS_PORTS, CommonSettings, load_settings
 
 CONFIGURATION_ERROR = 2
 STOP_TIMEOUT = 30.0
-_print_lock = threading.Lock()
+SUPERVISOR = "up"  # the name the supervisor's own lines go by
+_NAME_WIDTH = 9
 
 
 class UpSettings(CommonSettings):
@@ -65,8 +71,46 @@ class UpSettings(CommonSettings):
 
 
 @dataclass
+class Output:
+    """The supervisor's standard output, shared by every child's relay thread."""
+
+    fmt: Literal["text", "json"] = "text"
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def relay(self, name: str, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if self.fmt == "text":
+                self._print(f"{name:<{_NAME_WIDTH}}| {line}")
+            elif _is_json_object(line):
+                self._print(line)
+            else:  # not through the service's logging: a traceback, a line before it started
+                self._print(json.dumps(json_entry(name, line, "ERROR")))
+
+    def say(self, message: str, level: str = "INFO") -> None:
+        if self.fmt == "text":
+            self._print(f"{SUPERVISOR:<{_NAME_WIDTH}}| {message}")
+        else:
+            self._print(json.dumps(json_entry(SUPERVISOR, message, level)))
+
+    def _print(self, line: str) -> None:
+        with self._lock:
+            print(line, flush=True)
+
+
+def _is_json_object(line: str) -> bool:
+    if not line.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+@dataclass
 class Child:
     name: str
+    output: Output
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
@@ -76,13 +120,16 @@ class Child:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "services.cli", self.name],
-            env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            env=self.env,
         )
         self.started_at = time.monotonic()
         assert self.process.stdout is not None
-        threading.Thread(target=_relay, args=(self.name, self.process.stdout), daemon=True).start()
+        relay = threading.Thread(
+            target=self.output.relay, args=(self.name, self.process.stdout), daemon=True
+        )
+        relay.start()
 
     def exited(self) -> int | None:
         return self.process.poll() if self.process else None
@@ -97,28 +144,23 @@ class Child:
             stable = now - self.started_at > 60
             self.restarts = 0 if stable else self.restarts + 1
             pause = min(2**self.restarts, 30)
-            _say(f"{self.name} exited with code {code}; restarting in {pause} s")
+            self.output.say(
+                f"{self.name} exited with code {code}; restarting in {pause} s", "WARNING"
+            )
             self.restart_at = now + pause
         elif now >= self.restart_at:
             self.restart_at = None
             self.start()
 
 
-def _relay(name: str, stream: IO[bytes]) -> None:
-    width = 9
-    for raw in iter(stream.readline, b""):
-        line = raw.decode("utf-8", "replace").rstrip("\n")
-        with _print_lock:
-            print(f"{name:<{width}}| {line}", flush=True)
-
-
-def child_environments(names: list[str]) -> dict[str, dict[str, str]]:
+def child_environments(names: list[str], output: Output) -> dict[str, dict[str, str]]:
     """Each service's environment: this one, with the service's own side port."""
     settings = load_settings(UpSettings)
     if settings.metrics_port:
-        _say(
+        output.say(
             f"DCMDB_METRICS_PORT={settings.metrics_port} is ignored: each service has a side "
-            "port of its own (set them with DCMDB_METRICS_PORTS; 0 turns them off)"
+            "port of its own (set them with DCMDB_METRICS_PORTS; 0 turns them off)",
+            "WARNING",
         )
     environments = {}
     for name in names:
@@ -130,28 +172,32 @@ def child_environments(names: list[str]) -> dict[str, dict[str, str]]:
     return environments
 
 
-def run_all(names: list[str]) -> int:
-    environments = child_environments(names)  # a bad setting stops here, before any start
+def run_all(names: list[str], log_format: Literal["text", "json"] = "text") -> int:
+    output = Output(log_format)
+    environments = child_environments(names, output)  # a bad setting stops here
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    children = [Child(name, environments[name]) for name in names]
+    children = [Child(name, output, environments[name]) for name in names]
     for child in children:
         child.start()
     exit_code = 0
     while not stop.wait(0.2):
         for child in children:
             if child.exited() == CONFIGURATION_ERROR:
-                _say(f"{child.name} cannot start (configuration error); stopping everything")
+                output.say(
+                    f"{child.name} cannot start (configuration error); stopping everything",
+                    "ERROR",
+                )
                 stop.set()
                 exit_code = CONFIGURATION_ERROR
                 break
             child.restart_when_due()
-    _stop_children(children)
+    _stop_children(children, output)
     return exit_code
 
 
-def _stop_children(children: list[Child]) -> None:
+def _stop_children(children: list[Child], output: Output) -> None:
     running = [c for c in children if c.process and c.process.poll() is None]
     for child in running:
         assert child.process is not None
@@ -162,12 +208,7 @@ def _stop_children(children: list[Child]) -> None:
         try:
             child.process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _say(f"{child.name} did not stop in {STOP_TIMEOUT:.0f} s; killing it")
+            output.say(f"{child.name} did not stop in {STOP_TIMEOUT:.0f} s; killing it", "WARNING")
             child.process.kill()
             child.process.wait()
-    _say("all services stopped")
-
-
-def _say(message: str) -> None:
-    with _print_lock:
-        print(f"{'up':<9}| {message}", flush=True)
+    output.say("all services stopped")

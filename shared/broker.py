@@ -37,6 +37,7 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from shared.errors import PermanentError, TransientError
+from shared.logs import about
 from shared.messages import (
     ALL_QUEUES,
     DEAD_LETTER_EXCHANGE,
@@ -259,7 +260,12 @@ async def _decode(message: AbstractIncomingMessage, model: type[EventT]) -> Even
     try:
         return model.model_validate_json(message.body)
     except ValidationError as exc:
-        log.error("dead-lettering undecodable message %s: %s", message.message_id, exc)
+        log.error(
+            "dead-lettering undecodable message %s: %s",
+            message.message_id,
+            exc,
+            extra={"message_id": message.message_id},
+        )
         await message.reject(requeue=False)
         return None
 
@@ -277,6 +283,17 @@ async def _settle_batch(
 
 
 async def _handle_batch(
+    events: list[tuple[AbstractIncomingMessage, EventT]],
+    handler: BatchHandler[EventT],
+    stopping: asyncio.Event,
+) -> None:
+    # One message in hand: whatever is logged while handling it concerns it.
+    context = about(events[0][1]) if len(events) == 1 else contextlib.nullcontext()
+    with context:
+        await _retry_transient(events, handler, stopping)
+
+
+async def _retry_transient(
     events: list[tuple[AbstractIncomingMessage, EventT]],
     handler: BatchHandler[EventT],
     stopping: asyncio.Event,

@@ -7,6 +7,7 @@ environment variables or a ``.env`` file in the working directory.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
 
@@ -60,6 +61,9 @@ class CommonSettings(BaseSettings):
     # Where the side port of a service without HTTP of its own listens (its port is the
     # service's `metrics_port`); 0.0.0.0 in a container, for Prometheus.
     metrics_host: str = "127.0.0.1"
+    # The receiver's folder for arrivals, in the data directory. Events name files relative to
+    # the data directory, so several receivers sharing one data directory each take their own.
+    incoming_folder: str = "incoming"
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Self:
@@ -90,6 +94,19 @@ class CommonSettings(BaseSettings):
             raise ValueError("must be 1 to 16 ASCII characters without a backslash")
         return value
 
+    @field_validator("incoming_folder")
+    @classmethod
+    def _one_folder_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", value) or value in {
+            "archive",
+            "quarantine",
+        }:
+            raise ValueError(
+                "must be one folder name of letters, digits, '.', '-' and '_' (not archive or"
+                " quarantine), not starting with '.'"
+            )
+        return value
+
     @field_validator("broker_url")
     @classmethod
     def _amqp_url(cls, value: str) -> str:
@@ -99,7 +116,7 @@ class CommonSettings(BaseSettings):
 
     @property
     def incoming_dir(self) -> Path:
-        return self.data_dir / "incoming"
+        return self.data_dir / self.incoming_folder
 
     @property
     def quarantine_dir(self) -> Path:

@@ -8,19 +8,25 @@ test data folder fails the test: nothing here skips.
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import psycopg
 import pytest
 
 from services.sorter.filing import Filer
 from shared.catalog.database import open_catalog
+from shared.logs import configure_logging
 from tests.arrivals import Sorter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,3 +105,27 @@ def sorter(catalog_url: str, tmp_path: Path) -> Iterator[Sorter]:
     paths = data / "archive", data / "quarantine"
     yield Sorter(data, *paths, sessions, Filer(sessions, data, *paths))
     engine.dispose()
+
+
+@dataclass
+class JsonLog:
+    logger: logging.Logger
+    stream: io.StringIO
+
+    def lines(self) -> list[dict[str, str]]:
+        return [json.loads(line) for line in self.stream.getvalue().splitlines()]
+
+
+@pytest.fixture
+def json_log() -> Iterator[JsonLog]:
+    """Logging configured as the sorter's, in JSON, into a buffer; pytest's restored after."""
+    loggers = [logging.getLogger(name) for name in ("", "pynetdicom", "aio_pika", "aiormq")]
+    before = [(logger.handlers[:], logger.level) for logger in loggers]
+    configure_logging("sorter", "DEBUG", "json")
+    stream = io.StringIO()
+    cast(logging.StreamHandler[io.StringIO], loggers[0].handlers[0]).setStream(stream)
+    yield JsonLog(logging.getLogger("dcmdb.test"), stream)
+    for logger, (handlers, level) in zip(loggers, before, strict=True):
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+    logging.captureWarnings(False)

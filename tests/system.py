@@ -14,7 +14,10 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session, selectinload
 
+from shared.catalog.models import COMPLETE, PENDING, Instance, Series
 from shared.settings import METRICS_PORTS
 from tests.conftest import REPO, require_tool
 
@@ -126,12 +129,12 @@ class Dcmdb:
     database_url: str
     port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
+    extra_env: dict[str, str] = field(default_factory=dict)
     # Each service's side port (/metrics, /healthz, /readyz), so that dcmdb instances started
     # at once never share one.
     metrics_ports: dict[str, int] = field(
         default_factory=lambda: {service: free_port() for service in METRICS_PORTS}
     )
-    extra_env: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _started: set[str] = field(default_factory=set)
 
@@ -152,24 +155,29 @@ class Dcmdb:
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir.parent / "dcmdb.log"
+        return self.log_path_of("dcmdb")
 
-    def start(self, command: str = "up") -> subprocess.Popen[bytes]:
-        """Start ``dcmdb <command>``; a service started a second time (beside ``up``'s, say)
-        gets a side port of its own."""
+    def log_path_of(self, name: str) -> Path:
+        return self.data_dir.parent / f"{name}.log"
+
+    def start(
+        self, command: str = "up", *, name: str = "dcmdb", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Run ``dcmdb <command>``, its output in the log called ``name``, with ``env`` added.
+        A service started a second time (beside ``up``'s, say) gets a side port of its own."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         services = set(METRICS_PORTS) if command == "up" else {command} & set(METRICS_PORTS)
         for service in services & self._started:
             self.metrics_ports[service] = free_port()
         self._started |= services
-        env = self.env
+        side = {}
         if command in METRICS_PORTS:
-            env["DCMDB_METRICS_PORT"] = str(self.metrics_ports[command])
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+            side["DCMDB_METRICS_PORT"] = str(self.metrics_ports[command])
+        log = open(self.log_path_of(name), "ab")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
             [sys.executable, "-m", "services.cli", command],
             cwd=REPO,
-            env=env,
+            env={**self.env, **side, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -184,8 +192,9 @@ class Dcmdb:
         port = self.api_port if service == "api" else self.metrics_ports[service]
         return f"http://127.0.0.1:{port}{path}"
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def log(self, name: str = "dcmdb") -> str:
+        path = self.log_path_of(name)
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
         for process in self.processes:
@@ -221,3 +230,31 @@ def send_raw(port: int, path: Path, *, calling_ae: str = "RAWSCU") -> int:
         return int(status.Status)
     finally:
         assoc.release()
+
+
+def catalog(url: str) -> tuple[list[Series], list[Instance]]:
+    """The series (with their NIfTI outputs) and the instances the catalog at ``url`` holds."""
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with Session(engine) as session:
+            series = list(session.scalars(select(Series).options(selectinload(Series.outputs))))
+            return series, list(session.scalars(select(Instance)))
+    except Exception:
+        return [], []  # not migrated yet
+    finally:
+        engine.dispose()
+
+
+def settled(url: str, sop_uids: set[str]) -> bool:
+    """Every instance filed, every series complete and its newest generation converted."""
+    series, instances = catalog(url)
+    return (
+        {i.sop_instance_uid for i in instances} == sop_uids
+        and all(
+            s.completion == COMPLETE
+            and s.conversion != PENDING
+            and s.converted_generation == s.generation
+            for s in series
+        )
+        and bool(series)
+    )

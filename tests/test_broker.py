@@ -48,6 +48,7 @@ from shared.messages import (
     AssociationClosed,
     InstanceReceived,
 )
+from tests.conftest import JsonLog
 
 pytestmark = pytest.mark.integration
 
@@ -392,6 +393,28 @@ def test_a_permanent_error_dead_letters_at_once(broker_url: str) -> None:
     assert dead[0].message_id == str(event.message_id)
     assert dead[0].headers["x-first-death-reason"] == "rejected"
     assert dead[0].headers["x-first-death-queue"] == SORTER
+
+
+def test_lines_logged_about_a_message_name_it_and_its_study(
+    broker_url: str, json_log: JsonLog
+) -> None:
+    event = received(1)
+
+    async def handler(e: InstanceReceived) -> None:
+        await asyncio.to_thread(json_log.logger.info, "filing")
+        raise PermanentError("this instance cannot be filed")
+
+    async def scenario() -> None:
+        async with broker(broker_url) as (connection, publisher):
+            await publisher.publish(event)
+            async with running(broker_url, consumer_of(handler)):
+                await eventually(lambda: dead_letter_counts_are(connection, {SORTER_DEAD: 1}))
+
+    run(scenario())
+    lines = {line["message"].split(" ")[0]: line for line in json_log.lines()}
+    for line in lines["filing"], lines["dead-lettering"]:
+        assert line["message_id"] == str(event.message_id), line
+        assert line["study_uid"] == event.study_instance_uid, line
 
 
 def test_an_event_that_always_fails_ends_dead_lettered_after_the_delivery_limit(

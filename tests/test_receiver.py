@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.filewriter import write_file_meta_info
 
-from tests.system import Dcmdb, dicom_files, echo, send_dicom, send_raw, wait_for
+from tests.system import Dcmdb, dicom_files, echo, free_port, send_dicom, send_raw, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -186,3 +186,19 @@ def test_a_full_disk_gets_out_of_resources_and_leaves_no_partial_file(
         assert send_raw(system.port, sources[-1]) == 0x0000
     finally:
         system.stop()
+
+
+def test_a_second_receiver_on_the_same_incoming_folder_refuses_to_start(receiver: Dcmdb) -> None:
+    """Receivers sharing a data directory (several hosts behind a load balancer) each
+    need a folder of their own: the second on the same one stops at start and says why."""
+    free_port_env = {"DCMDB_DICOM_PORT": str(free_port())}
+    second = receiver.start("receiver", name="second", env=free_port_env)
+    assert second.wait(60) == 2
+    assert "DCMDB_INCOMING_FOLDER" in receiver.log("second")
+    assert echo(receiver.port)  # the first one is unharmed
+    third = receiver.start(
+        "receiver", name="third", env={**free_port_env, "DCMDB_INCOMING_FOLDER": "incoming-b"}
+    )
+    wait_for(lambda: "listening" in receiver.log("third"), 60, "the third receiver")
+    assert third.poll() is None
+    assert (receiver.data_dir / "incoming-b" / ".partial").is_dir()

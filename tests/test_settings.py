@@ -40,6 +40,9 @@ def run_service(command: str, env: dict[str, str], tmp_path: Path, seconds: floa
         ("receiver", "DCMDB_TLS_CLIENT_CA", "/nonexistent/ca.pem"),  # and no certificate
         ("receiver", "DCMDB_MAX_ASSOCIATIONS_PER_HOST", "0"),
         ("retriever", "DCMDB_PACS_TLS_KEY", "/nonexistent/key.pem"),  # and no certificate
+        ("receiver", "DCMDB_INCOMING_FOLDER", "../elsewhere"),
+        ("receiver", "DCMDB_INCOMING_FOLDER", "archive"),
+        ("up", "DCMDB_LOG_FORMAT", "xml"),
     ],
 )
 def test_a_bad_value_stops_the_service_with_one_line(

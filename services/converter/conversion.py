@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -207,7 +208,16 @@ def _file_outputs(staged: Sequence[_Staged], out_dir: Path) -> tuple[Output, ...
 
 
 def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    return path.with_name(
+        f".{path.name}.{temporary_owner(os.getpid())}.{uuid.uuid4().hex[:12]}.tmp"
+    )
+
+
+def temporary_owner(pid: int) -> str:
+    """The part of a temporary output's name that says which process writes it: the host too,
+    as converters on several hosts (or in containers, where process ids repeat) may write
+    into one study folder, and each removes what its own killed conversions left."""
+    return f"{socket.gethostname()}-{pid}"
 
 
 def _replace_with_gzip(path: Path, source: Path) -> None:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from services.converter.conversion import Conversion, convert_series
+from services.converter.conversion import Conversion, convert_series, temporary_owner
+from shared.logs import ChildLogging
 
 _GC_THRESHOLD = 100_000  # allocations between collections of the youngest generation
 _CONTEXT = multiprocessing.get_context("forkserver")
@@ -44,11 +45,14 @@ def warm_up() -> None:
     multiprocessing.forkserver.ensure_running()
 
 
-def run_isolated(job: Job, timeout: float) -> Conversion:
-    """Convert in a child process; a crash or running out of time fails the series."""
+def run_isolated(job: Job, timeout: float, logs: ChildLogging | None = None) -> Conversion:
+    """Convert in a child process; a crash or running out of time fails the series.
+
+    ``logs``: how the child logs (the fork server configured nothing: without it, only
+    warnings reach standard error, as plain text)."""
     receiving, sending = _CONTEXT.Pipe(duplex=False)
     work_dir = Path(tempfile.mkdtemp(prefix="dcmdb-convert-"))
-    child = _CONTEXT.Process(target=_convert, args=(job, work_dir, sending), daemon=True)
+    child = _CONTEXT.Process(target=_convert, args=(job, work_dir, sending, logs), daemon=True)
     try:
         child.start()
         sending.close()
@@ -78,13 +82,15 @@ def _how(child: multiprocessing.process.BaseProcess) -> str:
 
 
 def _remove_partial_outputs(out_dir: Path, pid: int) -> None:
-    """Temporary files a killed conversion left (named ``.<name>.<pid>.<hex>.tmp``)."""
-    for partial in out_dir.glob(f".*.{pid}.*.tmp"):
+    """Temporary files a killed conversion left (named ``.<name>.<host>-<pid>.<hex>.tmp``)."""
+    for partial in out_dir.glob(f".*.{temporary_owner(pid)}.*.tmp"):
         partial.unlink(missing_ok=True)
 
 
-def _convert(job: Job, work_dir: Path, result: Connection) -> None:
+def _convert(job: Job, work_dir: Path, result: Connection, logs: ChildLogging | None) -> None:
     os.setpgrp()
+    if logs is not None:
+        logs.apply()
     # The headers of a series are tens of thousands of small objects that live until the
     # conversion ends; the default thresholds would scan them again and again for cycles.
     gc.set_threshold(_GC_THRESHOLD)

@@ -12,7 +12,7 @@ from services.converter.isolation import run_isolated, warm_up
 from services.converter.settings import ConverterSettings
 from shared.broker import Publisher, connect, consume, count_from_zero
 from shared.catalog.database import open_catalog
-from shared.logs import configure_logging
+from shared.logs import ChildLogging, configure_logging
 from shared.messages import (
     CONVERTER_QUEUE,
     SeriesCompleted,
@@ -43,8 +43,9 @@ async def run(settings: ConverterSettings, side: SidePort) -> None:
         if job is None:
             log.info("nothing to convert: the completion is stale or converted already")
             return
+        logs = ChildLogging.now("converter", settings.log_level, settings.log_format)
         started = time.perf_counter()
-        result = await asyncio.to_thread(run_isolated, job, settings.conversion_timeout)
+        result = await asyncio.to_thread(run_isolated, job, settings.conversion_timeout, logs)
         metrics.count(result, time.perf_counter() - started)
         log.info(
             "series %s generation %d: %s %s",

@@ -36,11 +36,11 @@ from pydantic import ValidationError
 
 from services.receiver import metrics
 from services.receiver.settings import ReceiverSettings
-from services.receiver.storage import INCOMING, IncomingStore, received_time
+from services.receiver.storage import IncomingStore, received_time
 from shared.broker import EVENTS_FAILED, EVENTS_PUBLISHED, Publisher, connect, count_from_zero
 from shared.errors import UnreadableObject
 from shared.headers import Header
-from shared.logs import configure_logging
+from shared.logs import about, configure_logging
 from shared.messages import AssociationClosed, Event, InstanceReceived
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,7 @@ def run_announcer(pipe: Connection, settings: ReceiverSettings, counts: Publishi
     publishing = _Publishing(
         settings.broker_url,
         settings.data_dir,
+        settings.incoming_folder,
         settings.quarantine_dir,
         settings.sweep_interval,
         counts,
@@ -200,12 +201,14 @@ class _Publishing:
         self,
         broker_url: str,
         data_dir: Path,
+        incoming_folder: str,
         quarantine_dir: Path,
         sweep_interval: float,
         counts: PublishingCounts,
     ) -> None:
         self._broker_url = broker_url
         self._data_dir = data_dir
+        self._incoming_folder = incoming_folder
         self._quarantine = quarantine_dir
         self._sweep_interval = sweep_interval
         self._counts = counts
@@ -266,7 +269,7 @@ class _Publishing:
         while True:
             known = self._in_flight | self._confirmed
             events = await asyncio.to_thread(
-                sweep_incoming, self._data_dir, self._quarantine, known
+                sweep_incoming, self._data_dir, self._incoming_folder, self._quarantine, known
             )
             # Forget confirmations of files the sorter has taken away.
             self._confirmed = {p for p in self._confirmed if (self._data_dir / p).exists()}
@@ -318,16 +321,19 @@ async def _publish_until_confirmed(
             raise
         except Exception as exc:
             counts.failed(event.routing_key)
-            log.warning("publishing %s failed (%s); retrying", event.routing_key, exc)
+            with about(event):
+                log.warning("publishing %s failed (%s); retrying", event.routing_key, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
 
-def sweep_incoming(data_dir: Path, quarantine: Path, known: set[str]) -> list[InstanceReceived]:
+def sweep_incoming(
+    data_dir: Path, incoming_folder: str, quarantine: Path, known: set[str]
+) -> list[InstanceReceived]:
     """Events for the files in ``incoming/`` that no confirmed or pending event covers."""
     events = []
-    for path in IncomingStore.waiting_in(data_dir / INCOMING):
-        incoming_path = f"{INCOMING}/{path.name}"
+    for path in IncomingStore.waiting_in(data_dir / incoming_folder):
+        incoming_path = f"{incoming_folder}/{path.name}"
         if incoming_path in known:
             continue
         try:

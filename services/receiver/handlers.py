@@ -34,7 +34,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from services.receiver import metrics
 from services.receiver.announcer import Announcer
 from services.receiver.settings import ReceiverSettings
-from services.receiver.storage import INCOMING, FileMeta, IncomingStore, StorageFailed
+from services.receiver.storage import FileMeta, IncomingStore, StorageFailed
 from shared.errors import MissingIdentifier, UnreadableObject
 from shared.headers import read_identifiers
 from shared.messages import AssociationClosed, InstanceReceived
@@ -151,7 +151,12 @@ class Receiver:
             stored = self.store.store(meta, dataset)
         except StorageFailed as exc:
             record.failed += 1
-            log.error("answering 0xA700 to %s: %s", record.calling_ae, exc)
+            log.error(
+                "answering 0xA700 to %s: %s",
+                record.calling_ae,
+                exc,
+                extra={"study_uid": uids.study_instance_uid},
+            )
             metrics.REFUSED.labels(record.calling_ae, "out_of_resources").inc()
             return OUT_OF_RESOURCES
         record.stored += 1
@@ -166,7 +171,7 @@ class Receiver:
             study_instance_uid=uids.study_instance_uid,
             series_instance_uid=uids.series_instance_uid,
             transfer_syntax_uid=transfer_syntax,
-            incoming_path=f"{INCOMING}/{stored.name}",
+            incoming_path=f"{self.settings.incoming_folder}/{stored.name}",
             size=stored.size,
             received_at=stored.received_at,
             calling_ae=record.calling_ae,

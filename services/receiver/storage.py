@@ -20,6 +20,8 @@ File names carry no tag values: a nanosecond stamp, a random part and the size.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -36,11 +38,11 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 
 from shared.errors import UnreadableObject
 from shared.headers import Header
+from shared.settings import ConfigurationError
 
 log = logging.getLogger(__name__)
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
-INCOMING = "incoming"  # the folder in the data directory
 SUFFIX = ".dcm"
 
 
@@ -92,6 +94,7 @@ class IncomingStore:
         self._partial_prefix = f"{self._partial}{os.sep}"
         for folder in (incoming, quarantine, self._partial):
             folder.mkdir(parents=True, exist_ok=True)
+        self._lock = _only_receiver_of(incoming)
         self._recover_partial_files()
         self._spares = _SpareFiles(self._partial_prefix)
 
@@ -148,6 +151,28 @@ class IncomingStore:
                 name = f"{stamp:020d}-{uuid.uuid4().hex[:12]}-{len(content)}{SUFFIX}"
             log.warning("recovering %s, complete but not yet in incoming/", partial.name)
             os.rename(partial, self.incoming / name)
+
+
+def _only_receiver_of(incoming: Path) -> int:
+    """Hold a lock on ``incoming`` for the life of the process, or refuse to start.
+
+    A second receiver on the same folder (on a host sharing the data directory) would take
+    the first one's half-written files in ``.partial/`` for leftovers of a crash and remove
+    them. POSIX locks hold across NFS and CephFS; the kernel drops this one with the process.
+    """
+    path = incoming / ".receiver.lock"
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(descriptor)
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        raise ConfigurationError(
+            f"another receiver uses {incoming}: give each receiver that shares the data "
+            "directory its own DCMDB_INCOMING_FOLDER"
+        ) from None
+    return descriptor
 
 
 def time_stamp() -> str:

@@ -6,16 +6,18 @@ instances as the PACS said it has when dcmdb retrieved it (`ExpectedSeries`): on
 moves it from ``receiving`` to ``complete``, so of several sorters running this
 at once exactly one completes it. The ``series.completed`` event is published
 afterwards and marked as announced only once the broker confirmed it (an
-outbox): a sorter that dies in between announces it again when it comes back,
-and the converter knows a generation it has already converted. A late
-instance reopens the series with a new generation (``rows.BatchRows``).
+outbox), by one sorter holding the series row, so several sorters publish it
+once: a sorter that dies in between announces it again when it comes back, and
+the converter knows a generation it has already converted. A late instance
+reopens the series with a new generation (``rows.BatchRows``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog.models import COMPLETE, RECEIVING, Series, Study
@@ -46,7 +48,35 @@ def complete_stable_series(
 
 def unannounced(sessions: sessionmaker[Session], limit: int = 500) -> list[SeriesCompleted]:
     """The completions not yet confirmed as published, oldest first."""
-    query = (
+    with sessions() as session:
+        return [_completed(row[0], row[1]) for row in session.execute(_unannounced().limit(limit))]
+
+
+def announce_next(
+    sessions: sessionmaker[Session], publish: Callable[[SeriesCompleted], None]
+) -> SeriesCompleted | None:
+    """Publish the oldest unannounced completion and mark it announced; None when none waits.
+
+    The series row stays locked from the moment it is read until it is marked, with
+    ``publish`` (which returns once the broker confirmed) in between: another sorter skips
+    it (PostgreSQL) or waits for the mark (SQLite's write lock), so each completion is
+    published once. ``publish`` failing leaves it unannounced for the next round.
+    """
+    with sessions.begin() as session:
+        row = session.execute(
+            _unannounced().limit(1).with_for_update(of=Series, skip_locked=True)
+        ).first()
+        if row is None:
+            return None
+        series = row[0]
+        event = _completed(series, row[1])
+        publish(event)
+        series.completion_announced = True
+    return event
+
+
+def _unannounced() -> Select[Series, str]:
+    return (
         select(Series, Study.study_instance_uid)
         .join(Study, Series.study_pk == Study.id)
         .where(
@@ -54,35 +84,20 @@ def unannounced(sessions: sessionmaker[Session], limit: int = 500) -> list[Serie
             Series.completion_announced.is_(False),
             Series.instance_count > 0,
         )
-        .order_by(Series.completed_at)
-        .limit(limit)
+        .order_by(Series.completed_at, Series.id)
     )
-    with sessions() as session:
-        return [
-            SeriesCompleted(
-                study_instance_uid=study_uid,
-                series_instance_uid=series.series_instance_uid,
-                generation=series.generation,
-                instances=series.instance_count,
-                reason=(
-                    "expected count reached"
-                    if series.expected_instances is not None
-                    and series.instance_count >= series.expected_instances
-                    else "stable"
-                ),
-            )
-            for series, study_uid in session.execute(query)
-        ]
 
 
-def mark_announced(sessions: sessionmaker[Session], event: SeriesCompleted) -> None:
-    with sessions.begin() as session:
-        session.execute(
-            update(Series)
-            .where(
-                Series.series_instance_uid == event.series_instance_uid,
-                Series.generation == event.generation,
-            )
-            .values(completion_announced=True)
-            .execution_options(synchronize_session=False)
-        )
+def _completed(series: Series, study_uid: str) -> SeriesCompleted:
+    expected = series.expected_instances
+    return SeriesCompleted(
+        study_instance_uid=study_uid,
+        series_instance_uid=series.series_instance_uid,
+        generation=series.generation,
+        instances=series.instance_count,
+        reason=(
+            "expected count reached"
+            if expected is not None and series.instance_count >= expected
+            else "stable"
+        ),
+    )

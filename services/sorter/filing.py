@@ -38,6 +38,7 @@ from shared.catalog.counts import recount_series
 from shared.catalog.models import Instance, Series, Study
 from shared.errors import TransientError
 from shared.headers import Header, Identifiers
+from shared.logs import about
 from shared.messages import InstanceFiled, InstanceReceived
 from shared.naming import (
     PhysicianAliases,
@@ -96,7 +97,8 @@ class Filer:
         outcomes: list[Outcome | None] = []
         arrivals: list[_Arrival] = []
         for event in events:
-            arrival_or_outcome = self._read(event)
+            with about(event):
+                arrival_or_outcome = self._read(event)
             if isinstance(arrival_or_outcome, _Arrival):
                 arrivals.append(arrival_or_outcome)
                 outcomes.append(None)
@@ -105,7 +107,12 @@ class Filer:
         recorded = iter(self._record_all(arrivals) if arrivals else [])
         for arrival in arrivals:
             arrival.source.unlink(missing_ok=True)
-        return [outcome if outcome is not None else next(recorded) for outcome in outcomes]
+        results = [outcome if outcome is not None else next(recorded) for outcome in outcomes]
+        for event, result in zip(events, results, strict=True):
+            if result.filed is not None:
+                with about(event):
+                    log.debug("filed instance %s", event.sop_instance_uid)
+        return results
 
     def _read(self, event: InstanceReceived) -> _Arrival | Outcome:
         source = self._data_dir / event.incoming_path
@@ -138,7 +145,10 @@ class Filer:
                         {a.uids.series_instance_uid for a in arrivals},
                     )
                     previous_series = {row.series_pk for row in rows.instances.values()}
-                    outcomes = [self._record(rows, a, superseded, placements) for a in arrivals]
+                    outcomes = []
+                    for arrival in arrivals:
+                        with about(arrival.event):
+                            outcomes.append(self._record(rows, arrival, superseded, placements))
                     # Every conflict with a concurrent sorter surfaces in this flush, before any
                     # file is touched; from here to the commit the rows stay locked.
                     session.flush()

@@ -15,13 +15,15 @@ from services.sorter.filing import Filer
 from services.sorter.settings import SorterSettings
 from shared.broker import Publisher, connect, consume_batches, count_from_zero
 from shared.catalog.database import open_catalog
-from shared.logs import configure_logging
+from shared.logs import about, configure_logging
 from shared.messages import SORTER_QUEUE, InstanceFiled, InstanceReceived, SeriesCompleted
 from shared.monitoring import SidePort, broker_status, catalog_status
 from shared.naming import PhysicianAliases
 from shared.settings import load_settings
 
 log = logging.getLogger("dcmdb.sorter")
+
+PUBLISH_TIMEOUT = 30.0  # seconds a completion may wait for the broker's confirm
 
 
 async def run(settings: SorterSettings, side: SidePort) -> None:
@@ -83,12 +85,28 @@ async def announce_completions(
     completion, forever: every `stable_age`/4 seconds, and after each batch filed."""
     interval = min(max(stable_age / 4, 0.2), 5.0)
     filed = filed or asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def publish(event: SeriesCompleted) -> None:
+        """From the catalog thread, which holds the series row until the broker confirmed."""
+        confirmed = asyncio.run_coroutine_threadsafe(publisher.publish(event), loop)
+        try:
+            confirmed.result(PUBLISH_TIMEOUT)
+        finally:
+            confirmed.cancel()  # no-op once done; a publish that hangs gives up the row
+
     while True:
         try:
             await asyncio.to_thread(completion.complete_stable_series, sessions, stable_age)
-            for event in await asyncio.to_thread(completion.unannounced, sessions):
-                await publisher.publish(event)
-                await asyncio.to_thread(completion.mark_announced, sessions, event)
+            while event := await asyncio.to_thread(completion.announce_next, sessions, publish):
+                with about(event):
+                    log.info(
+                        "series %s generation %d complete: %d instance(s), %s",
+                        event.series_instance_uid,
+                        event.generation,
+                        event.instances,
+                        event.reason,
+                    )
                 metrics.SERIES_COMPLETED.labels(event.reason).inc()
         except asyncio.CancelledError:
             raise

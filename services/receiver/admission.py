@@ -97,13 +97,19 @@ class StorageServer(ThreadedAssociationServer):
     handshake_timeout: float = 30.0
     slots: dict[Any, Slot]
     refused: set[Any]
+    lingerer: _Lingerer
     # socketserver's 5 lets a burst of connections overflow the accept queue,
     # where they are dropped unanswered instead of being admitted or refused.
     request_queue_size = 128
 
     def server_activate(self) -> None:
         super().server_activate()
-        _LINGERER.start()
+        self.lingerer = _Lingerer()
+        self.lingerer.start()  # with the server, so that a flood does not change the thread count
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.lingerer.stop()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = cast(socket.socket, self.socket).accept()
@@ -116,9 +122,10 @@ class StorageServer(ThreadedAssociationServer):
     def verify_request(self, request: Any, client_address: Any) -> bool:
         slot = self.admission.admit(str(client_address[0]))
         if slot is None:
-            if not isinstance(request, ssl.SSLSocket):
+            if not isinstance(request, ssl.SSLSocket):  # no handshake yet: only closed
                 self.refused.add(request)
-            _refuse(request)
+                with contextlib.suppress(OSError):
+                    self.lingerer.keep(request.dup())
             return False
         self.slots[request] = slot
         return True
@@ -153,15 +160,6 @@ class StorageServer(ThreadedAssociationServer):
         self.shutdown_request(request)
 
 
-def _refuse(request: socket.socket) -> None:
-    """Hand the connection to the lingerer, which answers A-ASSOCIATE-RJ once the
-    request arrives (an answer before it confuses a requestor still opening)."""
-    if isinstance(request, ssl.SSLSocket):
-        return  # no handshake yet: nothing can be said, only closed
-    with contextlib.suppress(OSError):
-        _LINGERER.keep(request.dup())
-
-
 class _Lingerer:
     """Refused connections: each is answered A-ASSOCIATE-RJ when its first bytes
     arrive, then read and discarded until the peer closes, and closed after a few
@@ -173,6 +171,7 @@ class _Lingerer:
         self._held: dict[socket.socket, float] = {}
         self._answered: set[socket.socket] = set()
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def keep(self, sock: socket.socket) -> None:
         with self._lock:
@@ -181,21 +180,26 @@ class _Lingerer:
                 return
             sock.setblocking(False)
             self._held[sock] = time.monotonic() + self._seconds
-        self.start()
 
     def start(self) -> None:
-        """Started with the server, so that a flood does not change the thread count."""
+        self._thread = threading.Thread(target=self._run, name="lingerer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="lingerer", daemon=True)
-                self._thread.start()
+            for sock in self._held:
+                sock.close()
+            self._held.clear()
 
     def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             with self._lock:
                 held = list(self._held)
             if not held:
-                time.sleep(0.1)
+                self._stopping.wait(0.1)
                 continue
             readable, _, _ = select.select(held, [], [], 0.1)
             now = time.monotonic()
@@ -221,6 +225,3 @@ class _Lingerer:
         except OSError:
             return True
         return False
-
-
-_LINGERER = _Lingerer()

@@ -8,10 +8,12 @@ environment variables or a ``.env`` file in the working directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self, TypeVar
+from typing import Annotated, Literal, Self, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.disk import Threshold
 
 ENV_PREFIX = "DCMDB_"
 
@@ -41,6 +43,9 @@ class CommonSettings(BaseSettings):
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # Seconds without an arrival after which a series is complete (the sorter decides it;
+    # retention leaves a study alone that received anything this recently).
+    stable_age: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Self:
@@ -84,6 +89,49 @@ class CommonSettings(BaseSettings):
     def catalog_url(self) -> str:
         assert self.database_url is not None
         return self.database_url
+
+
+def _threshold(value: object) -> object:
+    if isinstance(value, str):
+        return Threshold.parse(value) if value.strip() else None
+    return value
+
+
+# "10%" or "50GB" in the environment; empty means unset.
+ThresholdSetting = Annotated[Threshold, NoDecode, BeforeValidator(_threshold)]
+
+
+class StorageSettings(CommonSettings):
+    """Free-space thresholds: where retention starts and stops evicting, and the floor below
+    which the receiver refuses instances. What retention, the receiver and GET /storage read."""
+
+    # Eviction of the oldest studies starts when the archive's free space falls below this
+    # and stops once it is back at the target; unset: no eviction for space.
+    retention_low_free: ThresholdSetting | None = None
+    retention_target_free: ThresholdSetting | None = None  # unset: the low mark
+    retention_max_age_days: float | None = Field(default=None, gt=0)  # older ones go anyway
+    # Below this free space on incoming/'s filesystem the receiver answers 0xA700.
+    min_free: ThresholdSetting = Threshold.parse("1GB")
+
+    @model_validator(mode="after")
+    def _target_above_low(self) -> Self:
+        low, target = self.retention_low_free, self.retention_target_free
+        if target is not None and low is None:
+            raise ValueError(
+                "DCMDB_RETENTION_TARGET_FREE is set but DCMDB_RETENTION_LOW_FREE is not: "
+                "set the free space at which eviction starts"
+            )
+        if low and target and low.comparable(target) and target.amount < low.amount:
+            raise ValueError(
+                f"DCMDB_RETENTION_TARGET_FREE ({target}) must be at least "
+                f"DCMDB_RETENTION_LOW_FREE ({low}): eviction stops at the target"
+            )
+        return self
+
+    @property
+    def retention_target(self) -> Threshold | None:
+        """Where eviction stops: the target, or the low mark when no target is set."""
+        return self.retention_target_free or self.retention_low_free
 
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)

@@ -166,7 +166,12 @@ def tiny_incoming(tmp_path: Path) -> Iterator[Path]:
 def test_a_full_disk_gets_out_of_resources_and_leaves_no_partial_file(
     tiny_incoming: Path, tmp_path: Path, broker_url: str, testdata: Path
 ) -> None:
-    system = Dcmdb(tmp_path / "data", broker_url, f"sqlite:///{tmp_path / 'c.sqlite'}")
+    system = Dcmdb(
+        tmp_path / "data",
+        broker_url,
+        f"sqlite:///{tmp_path / 'c.sqlite'}",
+        extra_env={"DCMDB_MIN_FREE": "0"},  # no floor: the disk itself fills up
+    )
     system.start("receiver")
     try:
         system.wait_until_listening()

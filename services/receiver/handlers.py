@@ -4,8 +4,9 @@ C-STORE statuses (PS3.4 B.2.3), decided here and nowhere else:
 
 ======  ==============================================================
 0x0000  stored durably in incoming/ (then announced, asynchronously)
-0xA700  out of resources: the instance could not be written (disk full,
-        I/O error); no partial file is left behind
+0xA700  out of resources: free space for incoming/ is below DCMDB_MIN_FREE,
+        or the instance could not be written (disk full, I/O error); no
+        partial file is left behind
 0xC210  cannot understand: the data set does not parse; kept in quarantine/
 0xC211  cannot understand: an identifying UID is missing or invalid;
         kept in quarantine/
@@ -32,7 +33,13 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from services.receiver.announcer import Announcer
 from services.receiver.settings import ReceiverSettings
-from services.receiver.storage import INCOMING, FileMeta, IncomingStore, StorageFailed
+from services.receiver.storage import (
+    INCOMING,
+    FileMeta,
+    IncomingStore,
+    SpaceFloor,
+    StorageFailed,
+)
 from shared.errors import MissingIdentifier, UnreadableObject
 from shared.headers import read_identifiers
 from shared.messages import AssociationClosed, InstanceReceived
@@ -73,6 +80,7 @@ class Receiver:
         self.settings = settings
         self.store = store
         self.announcer = announcer
+        self.floor = SpaceFloor(settings.incoming_dir, settings.min_free)
         self._records: dict[int, AssociationRecord] = {}
         self._lock = threading.Lock()
 
@@ -106,6 +114,9 @@ class Receiver:
 
     def on_store(self, event: evt.Event) -> int:
         record = self._records[id(event.assoc)]
+        if self.floor.reached():  # refused before the disk is full, not when it is
+            record.failed += 1
+            return OUT_OF_RESOURCES
         request = cast(C_STORE, event.request)
         dataset = cast(BytesIO, request.DataSet).getvalue()
         transfer_syntax = str(event.context.transfer_syntax)

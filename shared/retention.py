@@ -13,7 +13,7 @@ alike and tests can drive it with any figures.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -28,6 +28,7 @@ from shared.catalog.models import (
     PENDING,
     QUEUED,
     RUNNING,
+    Eviction,
     NiftiOutput,
     RetrievalJob,
     RetrievalStudy,
@@ -83,6 +84,7 @@ class Plan:
     usage: DiskUsage
     low_free_bytes: int | None
     target_free_bytes: int | None
+    freeing: int = 0  # bytes of evictions under way, counted as free already
     evictions: list[Planned] = field(default_factory=list)
 
     @property
@@ -92,34 +94,41 @@ class Plan:
     @property
     def free_after(self) -> int:
         """Free space once the plan is carried out, as far as the catalog's sizes tell."""
-        return self.usage.free + self.bytes
+        return self.usage.free + self.freeing + self.bytes
 
     @property
     def short_of_target(self) -> bool:
         """Low on space and nothing left to evict that would bring it back to the target."""
         return (
             self.low_free_bytes is not None
-            and self.usage.free < self.low_free_bytes
+            and self.usage.free + self.freeing < self.low_free_bytes
             and self.target_free_bytes is not None
             and self.free_after < self.target_free_bytes
         )
 
 
-def plan(usage: DiskUsage, policy: Policy, candidates: Iterable[Candidate], now: datetime) -> Plan:
+def plan(
+    usage: DiskUsage,
+    policy: Policy,
+    candidates: Iterable[Candidate],
+    now: datetime,
+    freeing: int = 0,
+) -> Plan:
     """What to evict, in order: the candidates (oldest received first) past the maximum
     age, and, when free space is below the low mark, the oldest others until it would be
-    back at the target. Reads only as many candidates as it needs."""
+    back at the target. ``freeing``: bytes that evictions under way are freeing. Reads
+    only as many candidates as it needs."""
     low = policy.low_free.bytes_of(usage.total) if policy.low_free else None
     target_threshold = policy.target_free or policy.low_free
     target = target_threshold.bytes_of(usage.total) if target_threshold else None
     if low is not None and target is not None:
         target = max(target, low)  # a percentage and a size can cross on a small disk
-    result = Plan(usage, low, target)
+    result = Plan(usage, low, target, freeing)
     if not policy.enabled:
         return result
     too_old = now - timedelta(days=policy.max_age_days) if policy.max_age_days is not None else None
-    short = low is not None and usage.free < low
-    free = usage.free
+    free = usage.free + freeing
+    short = low is not None and free < low
     for candidate in candidates:
         if too_old is not None and candidate.received_at < too_old:
             reason = FOR_AGE
@@ -227,10 +236,25 @@ def study_sizes(session: Session, study_pks: list[int]) -> dict[int, int]:
 
 
 def plan_evictions(
-    session: Session, usage: DiskUsage, policy: Policy, now: datetime, stable_age: float
+    session: Session,
+    measure: Callable[[], DiskUsage],
+    policy: Policy,
+    now: datetime,
+    stable_age: float,
 ) -> Plan:
-    """The plan for the catalog as it is now: what the next round would evict."""
-    return plan(usage, policy, candidates(session, now, stable_age), now)
+    """The plan for the catalog and the disk as they are now: what the next round would do.
+
+    Another retention process may be evicting meanwhile. The catalog is read in one
+    snapshot taken before the disk is measured, and studies being evicted count as freed
+    space: a study evicted meanwhile is then counted twice at worst (this round evicts too
+    little, the next one catches up), never missed (which would evict too much).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    freeing = session.scalar(
+        select(func.coalesce(func.sum(Eviction.size_bytes), 0)).where(Eviction.evicted_at.is_(None))
+    )
+    return plan(measure(), policy, candidates(session, now, stable_age), now, int(freeing or 0))
 
 
 def utc(moment: datetime) -> datetime:

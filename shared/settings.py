@@ -92,13 +92,16 @@ class CommonSettings(BaseSettings):
 
 
 def _threshold(value: object) -> object:
-    if isinstance(value, str):
-        return Threshold.parse(value) if value.strip() else None
-    return value
+    return Threshold.parse(value) if isinstance(value, str) else value
 
 
-# "10%" or "50GB" in the environment; empty means unset.
+def _optional_threshold(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else _threshold(value)
+
+
+# "10%" or "50GB" in the environment; for an optional one, empty means unset.
 ThresholdSetting = Annotated[Threshold, NoDecode, BeforeValidator(_threshold)]
+OptionalThreshold = Annotated[Threshold | None, NoDecode, BeforeValidator(_optional_threshold)]
 
 
 class StorageSettings(CommonSettings):
@@ -107,8 +110,8 @@ class StorageSettings(CommonSettings):
 
     # Eviction of the oldest studies starts when the archive's free space falls below this
     # and stops once it is back at the target; unset: no eviction for space.
-    retention_low_free: ThresholdSetting | None = None
-    retention_target_free: ThresholdSetting | None = None  # unset: the low mark
+    retention_low_free: OptionalThreshold = None
+    retention_target_free: OptionalThreshold = None  # unset: the low mark
     retention_max_age_days: float | None = Field(default=None, gt=0)  # older ones go anyway
     # Below this free space on incoming/'s filesystem the receiver answers 0xA700.
     min_free: ThresholdSetting = Threshold.parse("1GB")

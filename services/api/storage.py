@@ -45,10 +45,14 @@ def get_storage(
     """Disk usage, free space, the retention thresholds, and what the next eviction
     would remove (a dry run)."""
     settings: ApiSettings = request.app.state.settings
-    archive, incoming = disk_usage(settings.archive_root), disk_usage(settings.incoming_dir)
     plan = plan_evictions(
-        session, archive, Policy.of(settings), datetime.now(UTC), settings.stable_age
+        session,
+        lambda: disk_usage(settings.archive_root),
+        Policy.of(settings),
+        datetime.now(UTC),
+        settings.stable_age,
     )
+    archive, incoming = plan.usage, disk_usage(settings.incoming_dir)
     return Storage(
         archive=_space(archive),
         incoming=_space(incoming),

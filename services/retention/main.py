@@ -55,10 +55,16 @@ class Retention:
     def round(self, stop: threading.Event | None = None) -> list[Evicted]:
         """Finish what is unfinished, then evict what the plan says; what was evicted."""
         done = [self._finish(eid) for eid in eviction.unfinished(self.sessions)]
-        usage = self.measure(self.archive)
-        DISK_FREE.set(usage.free)
         with self.sessions() as session:
-            plan = plan_evictions(session, usage, self.policy, datetime.now(UTC), self.stable_age)
+            plan = plan_evictions(
+                session,
+                lambda: self.measure(self.archive),
+                self.policy,
+                datetime.now(UTC),
+                self.stable_age,
+            )
+        usage = plan.usage
+        DISK_FREE.set(usage.free)
         if plan.evictions:
             log.info(
                 "%d of %d bytes free (low mark %s, target %s): evicting %d studies, %d bytes",

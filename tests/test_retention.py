@@ -4,17 +4,13 @@ what goes, what stays, the dry run, crashes mid-eviction, several processes, the
 from __future__ import annotations
 
 import asyncio
-import itertools
 import multiprocessing
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from pydicom.uid import generate_uid
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, sessionmaker
 
 from services.api.studies import StudyFilters, find_series, list_studies, study_detail
 from services.retention import eviction
@@ -25,141 +21,21 @@ from shared import retrievals
 from shared.broker import Publisher, connect
 from shared.catalog.database import create_catalog_engine, open_catalog
 from shared.catalog.models import (
-    CONVERTED,
     Eviction,
-    Instance,
-    NiftiOutput,
-    Patient,
     Series,
     Study,
 )
 from shared.disk import DiskUsage
 from shared.errors import TransientError
 from shared.messages import EVENTS_EXCHANGE, StudyEvicted
-from shared.retention import Candidate, Policy, candidates, plan_evictions, study_sizes
-from tests.arrivals import Sorter, arrive, dicom_files, with_new_uids
+from shared.retention import Policy, plan_evictions
+from tests.arrivals import Sorter, arrive, dicom_files, next_stamp, with_new_uids
+from tests.filed_studies import DAY, SERIES, Archive
 
 pytestmark = pytest.mark.integration
 
-SERIES = "d2n_hitachi_mr"  # 4 small MR slices: a study made of it is about 84 KB
-DAY = 86_400 * 10**9
 TOTAL = 10**9  # the injected filesystem: 1 GB ...
 FREE = 10**6  # ... with 1 MB free
-# Reception times a day ago, a millisecond apart: older than any stable age.
-_stamps = itertools.count(time.time_ns() - DAY, 10**6)
-
-
-@dataclass
-class Archive:
-    """The sorter's archive and catalog, and how to put whole studies into them."""
-
-    sorter: Sorter
-    testdata: Path
-    url: str
-
-    @property
-    def sessions(self) -> sessionmaker[Session]:
-        return self.sorter.sessions
-
-    def study(self, *, stamp: int | None = None, convert: bool = True, **tags: object) -> str:
-        """A new study (the small series under new UIDs) filed, complete and converted."""
-        study, series = generate_uid(), generate_uid()
-        self.sorter.filer.file_batch(
-            [
-                arrive(
-                    with_new_uids(path, study=study, series=series, **tags),
-                    self.sorter.data,
-                    stamp=stamp or next(_stamps),
-                )
-                for path in dicom_files(self.testdata, SERIES)
-            ]
-        )
-        if convert:
-            complete_stable_series(self.sessions, stable_age=60)
-            self.convert(series)
-        return study
-
-    def convert(self, series_uid: str) -> None:
-        """What the converter leaves: a NIfTI volume and sidecar in the study's nifti/."""
-        with self.sessions.begin() as session:
-            series = session.scalar(select(Series).where(Series.series_instance_uid == series_uid))
-            assert series is not None
-            base = f"{series.study.relative_folder}/nifti/{series.folder}"
-            for suffix, content in ((".nii.gz", b"\x1f\x8b" + b"\0" * 5000), (".json", b"{}")):
-                path = self.sorter.archive / f"{base}{suffix}"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(content)
-            series.outputs.append(
-                NiftiOutput(
-                    path=f"{base}.nii.gz",
-                    sidecar_path=f"{base}.json",
-                    engine="test",
-                    size=5002,
-                    created_at=datetime.now(UTC),
-                )
-            )
-            series.conversion = CONVERTED
-            series.converted_generation = series.generation
-
-    def pk(self, study_uid: str) -> int:
-        with self.sessions() as session:
-            found = session.scalar(select(Study.id).where(Study.study_instance_uid == study_uid))
-            assert found is not None
-            return found
-
-    def size(self, study_uid: str) -> int:
-        pk = self.pk(study_uid)
-        with self.sessions() as session:
-            return study_sizes(session, [pk])[pk]
-
-    def folder(self, study_uid: str) -> Path:
-        with self.sessions() as session:
-            study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-            assert study is not None
-            return self.sorter.archive / study.relative_folder
-
-    def rows(self) -> dict[str, int]:
-        with self.sessions() as session:
-            return {
-                table.__tablename__: session.scalar(select(func.count()).select_from(table)) or 0
-                for table in (Study, Series, Instance, NiftiOutput, Patient)
-            }
-
-    def present(self) -> set[str]:
-        with self.sessions() as session:
-            return set(session.scalars(select(Study.study_instance_uid)))
-
-    def whole(self, study_uid: str) -> bool:
-        """Every file the catalog lists for the study is on disk."""
-        with self.sessions() as session:
-            paths = list(
-                session.scalars(
-                    select(Instance.path)
-                    .join(Series, Series.id == Instance.series_pk)
-                    .join(Study, Study.id == Series.study_pk)
-                    .where(Study.study_instance_uid == study_uid)
-                )
-            )
-            outputs = list(
-                session.scalars(
-                    select(NiftiOutput.path)
-                    .join(Series, Series.id == NiftiOutput.series_pk)
-                    .join(Study, Study.id == Series.study_pk)
-                    .where(Study.study_instance_uid == study_uid)
-                )
-            )
-        return bool(paths) and all((self.sorter.archive / p).is_file() for p in paths + outputs)
-
-    def evictions(self) -> list[Eviction]:
-        with self.sessions() as session:
-            return list(session.scalars(select(Eviction).order_by(Eviction.id)))
-
-    def settings(self, **values: object) -> RetentionSettings:
-        return RetentionSettings(
-            data_dir=self.sorter.data,
-            database_url=self.url,
-            **values,  # type: ignore[arg-type]
-        )
 
 
 @pytest.fixture
@@ -190,16 +66,8 @@ def test_the_oldest_unpinned_go_first_and_what_is_in_flight_stays(archive: Archi
     next_oldest = archive.study()
     just_filed = archive.study(stamp=time.time_ns())  # within the stable age
     spare = archive.study()
-    # Made in-flight after the fact: a late instance reopens the series of `receiving`.
-    archive.sorter.filer.file_batch(
-        [
-            arrive(
-                with_new_uids(dicom_files(archive.testdata, SERIES)[0], study=receiving),
-                archive.sorter.data,
-                stamp=next(_stamps),
-            )
-        ]
-    )
+    # The completions above completed it too: a new series of it starts arriving.
+    archive.late_instance(receiving)
     need = archive.size(oldest) + archive.size(next_oldest)  # exactly these two must go
     settings = archive.settings(
         retention_low_free=f"{FREE + 1}", retention_target_free=f"{FREE + need}"
@@ -261,7 +129,7 @@ def test_studies_past_the_maximum_age_go_whatever_the_space(archive: Archive) ->
 
 def test_a_crash_mid_eviction_is_finished_on_restart(archive: Archive) -> None:
     after_claim, after_files, mid_removal, kept = (archive.study() for _ in range(4))
-    evicting = {uid: _candidate(archive, uid) for uid in (after_claim, after_files, mid_removal)}
+    evicting = {uid: archive.candidate(uid) for uid in (after_claim, after_files, mid_removal)}
     settings = archive.settings()  # no eviction policy: a restart only finishes
     ids = {uid: eviction.claim(archive.sessions, c, "space", 60) for uid, c in evicting.items()}
     assert None not in ids.values()
@@ -290,7 +158,7 @@ def test_a_crash_mid_eviction_is_finished_on_restart(archive: Archive) -> None:
         assert series_uid is not None and find_series(session, series_uid) is None
     # ... and the sorter files nothing into a study being evicted: the instance waits.
     resent = with_new_uids(dicom_files(archive.testdata, SERIES)[0], study=after_claim)
-    waiting = arrive(resent, archive.sorter.data, stamp=next(_stamps))
+    waiting = arrive(resent, archive.sorter.data, stamp=next_stamp())
     with pytest.raises(TransientError, match="evicted"):
         archive.sorter.filer.file_batch([waiting])
 
@@ -312,18 +180,10 @@ def test_a_crash_mid_eviction_is_finished_on_restart(archive: Archive) -> None:
 
 def test_a_study_pinned_or_reopened_after_the_plan_is_not_claimed(archive: Archive) -> None:
     pinned, reopened = archive.study(), archive.study()
-    plan_of = {uid: _candidate(archive, uid) for uid in (pinned, reopened)}
+    plan_of = {uid: archive.candidate(uid) for uid in (pinned, reopened)}
     with archive.sessions.begin() as session:
         session.execute(update(Study).where(Study.study_instance_uid == pinned).values(pinned=True))
-    archive.sorter.filer.file_batch(
-        [
-            arrive(
-                with_new_uids(dicom_files(archive.testdata, SERIES)[0], study=reopened),
-                archive.sorter.data,
-                stamp=next(_stamps),
-            )
-        ]
-    )
+    archive.late_instance(reopened)  # a new series: the study is in flight again
     for uid, candidate in plan_of.items():
         assert eviction.claim(archive.sessions, candidate, "space", 60) is None, uid
     assert archive.present() == {pinned, reopened} and archive.evictions() == []
@@ -415,11 +275,3 @@ def test_evictions_are_announced_once(archive: Archive, broker_url: str) -> None
     ]
     assert all(e.instances == 4 and e.series == 1 for e in received)
     assert eviction.unannounced(archive.sessions) == [] and all(row.announced for row in audit)
-
-
-def _candidate(archive: Archive, study_uid: str) -> Candidate:
-    """The study as the plan would list it."""
-    with archive.sessions() as session:
-        return next(
-            c for c in candidates(session, datetime.now(UTC), 60) if c.study_uid == study_uid
-        )

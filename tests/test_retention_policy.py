@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 from shared.disk import DiskUsage, Threshold, disk_usage
 from shared.retention import Candidate, Policy, plan
 from shared.settings import ConfigurationError, StorageSettings, load_settings
+from tests.system import small_filesystem
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 MB = 1_000_000
@@ -210,16 +210,8 @@ def test_eviction_is_the_shortest_oldest_prefix_that_reaches_the_target(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    assert mounted.returncode == 0, f"cannot mount a small tmpfs: {mounted.stderr}"
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_filesystem(tmp_path / "disk", "4m") as mount:
+        yield mount
 
 
 def test_disk_usage_reads_the_filesystem(small_disk: Path) -> None:

@@ -116,6 +116,11 @@ class StorageSettings(CommonSettings):
     # Below this free space on incoming/'s filesystem the receiver answers 0xA700.
     min_free: ThresholdSetting = Threshold.parse("1GB")
 
+    @field_validator("retention_max_age_days", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _target_above_low(self) -> Self:
         low, target = self.retention_low_free, self.retention_target_free
@@ -130,11 +135,6 @@ class StorageSettings(CommonSettings):
                 f"DCMDB_RETENTION_LOW_FREE ({low}): eviction stops at the target"
             )
         return self
-
-    @property
-    def retention_target(self) -> Threshold | None:
-        """Where eviction stops: the target, or the low mark when no target is set."""
-        return self.retention_target_free or self.retention_low_free
 
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)

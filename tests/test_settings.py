@@ -36,6 +36,9 @@ def run_service(command: str, env: dict[str, str], tmp_path: Path, seconds: floa
         ("receiver", "DCMDB_LOG_LEVEL", "LOUD"),
         ("sorter", "DCMDB_BROKER_URL", "http://127.0.0.1:5672/"),
         ("sorter", "DCMDB_PHYSICIAN_ALIASES", "/nonexistent/aliases.yaml"),
+        ("retention", "DCMDB_RETENTION_LOW_FREE", "a lot"),
+        ("retention", "DCMDB_RETENTION_INTERVAL", "0"),
+        ("receiver", "DCMDB_MIN_FREE", "-1GB"),
     ],
 )
 def test_a_bad_value_stops_the_service_with_one_line(

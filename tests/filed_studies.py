@@ -125,23 +125,22 @@ class Archive:
     def whole(self, study_uid: str) -> bool:
         """Every file the catalog lists for the study is on disk."""
         with self.sessions() as session:
-            paths = list(
-                session.scalars(
-                    select(Instance.path)
-                    .join(Series, Series.id == Instance.series_pk)
-                    .join(Study, Study.id == Series.study_pk)
-                    .where(Study.study_instance_uid == study_uid)
+            instances, outputs = (
+                list(
+                    session.scalars(
+                        select(path)
+                        .join(Series, Series.id == series_pk)
+                        .join(Study, Study.id == Series.study_pk)
+                        .where(Study.study_instance_uid == study_uid)
+                    )
+                )
+                for path, series_pk in (
+                    (Instance.path, Instance.series_pk),
+                    (NiftiOutput.path, NiftiOutput.series_pk),
                 )
             )
-            outputs = list(
-                session.scalars(
-                    select(NiftiOutput.path)
-                    .join(Series, Series.id == NiftiOutput.series_pk)
-                    .join(Study, Study.id == Series.study_pk)
-                    .where(Study.study_instance_uid == study_uid)
-                )
-            )
-        return bool(paths) and all((self.sorter.archive / p).is_file() for p in paths + outputs)
+        files = instances + outputs
+        return bool(instances) and all((self.sorter.archive / p).is_file() for p in files)
 
     def evictions(self) -> list[Eviction]:
         with self.sessions() as session:

@@ -28,7 +28,7 @@ from shared.catalog.models import (
 from shared.disk import DiskUsage
 from shared.errors import TransientError
 from shared.messages import EVENTS_EXCHANGE, StudyEvicted
-from shared.retention import Policy, plan_evictions
+from shared.retention import Policy, candidates, plan_evictions
 from tests.arrivals import Sorter, arrive, dicom_files, next_stamp, with_new_uids
 from tests.filed_studies import DAY, SERIES, Archive
 
@@ -82,6 +82,9 @@ def test_the_oldest_unpinned_go_first_and_what_is_in_flight_stays(archive: Archi
             datetime.now(UTC),
             settings.stable_age,
         )
+        every = [c.study_uid for c in candidates(session, datetime.now(UTC), 60)]
+        paged = [c.study_uid for c in candidates(session, datetime.now(UTC), 60, page=2)]
+    assert every == paged == [oldest, next_oldest, spare], "oldest first, page after page"
     assert [(p.candidate.study_uid, p.reason) for p in dry_run.evictions] == [
         (oldest, "space"),
         (next_oldest, "space"),

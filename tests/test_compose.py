@@ -10,6 +10,7 @@ from services.api.settings import ApiSettings
 from services.cli import SERVICES
 from services.converter.settings import ConverterSettings
 from services.receiver.settings import ReceiverSettings
+from services.retention.settings import RetentionSettings
 from services.retriever.settings import RetrieverSettings
 from services.sorter.settings import SorterSettings
 from shared.settings import ENV_PREFIX
@@ -23,6 +24,7 @@ KNOWN_VARIABLES = {
         ConverterSettings,
         ApiSettings,
         RetrieverSettings,
+        RetentionSettings,
     )
     for name in settings.model_fields
 }

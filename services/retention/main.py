@@ -30,7 +30,7 @@ from shared.broker import Publisher, connect
 from shared.catalog.database import open_catalog
 from shared.disk import DiskUsage, disk_usage
 from shared.logs import configure_logging
-from shared.retention import Policy, plan_evictions
+from shared.retention import Plan, Policy, plan_evictions
 from shared.settings import load_settings
 
 log = logging.getLogger("dcmdb.retention")
@@ -55,6 +55,13 @@ class Retention:
     def round(self, stop: threading.Event | None = None) -> list[Evicted]:
         """Finish what is unfinished, then evict what the plan says; what was evicted."""
         done = [self._finish(eid) for eid in eviction.unfinished(self.sessions)]
+        if self.policy.enabled:
+            done += self._evict(self._plan(), stop)
+        else:
+            DISK_FREE.set(self.measure(self.archive).free)
+        return [d for d in done if d is not None]
+
+    def _plan(self) -> Plan:
         with self.sessions() as session:
             plan = plan_evictions(
                 session,
@@ -63,18 +70,22 @@ class Retention:
                 datetime.now(UTC),
                 self.stable_age,
             )
-        usage = plan.usage
-        DISK_FREE.set(usage.free)
+        DISK_FREE.set(plan.usage.free)
+        self._say_if_short(plan.short_of_target, plan.usage)
         if plan.evictions:
             log.info(
                 "%d of %d bytes free (low mark %s, target %s): evicting %d studies, %d bytes",
-                usage.free,
-                usage.total,
+                plan.usage.free,
+                plan.usage.total,
                 plan.low_free_bytes,
                 plan.target_free_bytes,
                 len(plan.evictions),
                 plan.bytes,
             )
+        return plan
+
+    def _evict(self, plan: Plan, stop: threading.Event | None) -> list[Evicted | None]:
+        done = []
         for planned in plan.evictions:
             if stop is not None and stop.is_set():
                 break
@@ -84,8 +95,7 @@ class Retention:
                 log.info("study %s is pinned, in flight or taken meanwhile", candidate.study_uid)
                 continue
             done.append(self._finish(claimed))
-        self._say_if_short(plan.short_of_target, usage)
-        return [d for d in done if d is not None]
+        return done
 
     def _finish(self, eviction_id: int) -> Evicted | None:
         evicted = eviction.finish(self.sessions, self.archive, eviction_id)

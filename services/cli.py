@@ -18,6 +18,7 @@ SERVICES = {
     "converter": "services.converter.main",
     "api": "services.api.main",
     "retriever": "services.retriever.main",
+    "retention": "services.retention.main",
 }
 TOOLS = {  # name: ("module:function taking the arguments", what it does)
     "dead-letters": (

@@ -128,6 +128,23 @@ class SeriesFailed(SeriesEvent):
     reason: str
 
 
+class StudyEvicted(Event):
+    """Retention removed a study: its files, NIfTI and catalog rows are gone."""
+
+    routing_key: ClassVar[str] = "study.evicted"
+
+    eviction_id: int  # its row in the catalog's audit table (``evictions``)
+    study_instance_uid: str
+    physician_folder: str
+    folder: str  # the study folder it had, relative to the archive root
+    reason: Literal["space", "age"]  # free space below the low mark; older than the maximum age
+    series: int
+    instances: int
+    size_bytes: int
+    received_at: datetime
+    evicted_at: datetime
+
+
 class Queue(BaseModel):
     """A durable consumer queue bound to some routing keys."""
 

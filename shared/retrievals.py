@@ -21,6 +21,7 @@ from shared.catalog.models import (
     CANCELLED,
     FINISHED_STATES,
     JOB_STATES,
+    LISTED,
     QUEUED,
     RUNNING,
     RetrievalJob,
@@ -207,7 +208,7 @@ def filed_instances(session: Session, study_uids: Iterable[str]) -> dict[str, in
     rows = session.execute(
         select(Study.study_instance_uid, func.coalesce(func.sum(Series.instance_count), 0))
         .join(Series, Series.study_pk == Study.id)
-        .where(Study.study_instance_uid.in_(uids))
+        .where(Study.study_instance_uid.in_(uids), LISTED)
         .group_by(Study.study_instance_uid)
     ).all()
     return {uid: int(count) for uid, count in rows}
@@ -218,6 +219,6 @@ def catalog_series_counts(session: Session, study_uid: str) -> dict[str, int]:
     rows = session.execute(
         select(Series.series_instance_uid, Series.instance_count)
         .join(Study, Series.study_pk == Study.id)
-        .where(Study.study_instance_uid == study_uid)
+        .where(Study.study_instance_uid == study_uid, LISTED)
     ).all()
     return {uid: int(count) for uid, count in rows}

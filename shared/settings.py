@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.disk import Threshold
 from shared.tls import check_pair, unset_if_empty
 
 ENV_PREFIX = "DCMDB_"
@@ -64,6 +65,9 @@ class CommonSettings(BaseSettings):
     # The receiver's folder for arrivals, in the data directory. Events name files relative to
     # the data directory, so several receivers sharing one data directory each take their own.
     incoming_folder: str = "incoming"
+    # Seconds without an arrival after which a series is complete (the sorter decides it;
+    # retention leaves a study alone that received anything this recently).
+    stable_age: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Self:
@@ -136,6 +140,52 @@ class CommonSettings(BaseSettings):
 def metrics_port(service: str) -> Any:
     """The ``metrics_port`` field of a service's settings: its side port, 0 for none."""
     return Field(default=METRICS_PORTS[service], ge=0, le=65535)
+
+
+def _threshold(value: object) -> object:
+    return Threshold.parse(value) if isinstance(value, str) else value
+
+
+def _optional_threshold(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else _threshold(value)
+
+
+# "10%" or "50GB" in the environment; for an optional one, empty means unset.
+ThresholdSetting = Annotated[Threshold, NoDecode, BeforeValidator(_threshold)]
+OptionalThreshold = Annotated[Threshold | None, NoDecode, BeforeValidator(_optional_threshold)]
+
+
+class StorageSettings(CommonSettings):
+    """Free-space thresholds: where retention starts and stops evicting, and the floor below
+    which the receiver refuses instances. What retention, the receiver and GET /storage read."""
+
+    # Eviction of the oldest studies starts when the archive's free space falls below this
+    # and stops once it is back at the target; unset: no eviction for space.
+    retention_low_free: OptionalThreshold = None
+    retention_target_free: OptionalThreshold = None  # unset: the low mark
+    retention_max_age_days: float | None = Field(default=None, gt=0)  # older ones go anyway
+    # Below this free space on incoming/'s filesystem the receiver answers 0xA700.
+    min_free: ThresholdSetting = Threshold.parse("1GB")
+
+    @field_validator("retention_max_age_days", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _target_above_low(self) -> Self:
+        low, target = self.retention_low_free, self.retention_target_free
+        if target is not None and low is None:
+            raise ValueError(
+                "DCMDB_RETENTION_TARGET_FREE is set but DCMDB_RETENTION_LOW_FREE is not: "
+                "set the free space at which eviction starts"
+            )
+        if low and target and low.comparable(target) and target.amount < low.amount:
+            raise ValueError(
+                f"DCMDB_RETENTION_TARGET_FREE ({target}) must be at least "
+                f"DCMDB_RETENTION_LOW_FREE ({low}): eviction stops at the target"
+            )
+        return self
 
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)

@@ -11,9 +11,11 @@ import itertools
 import time
 import uuid
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,6 +46,22 @@ def dicom_files(testdata: Path, *folders: str) -> list[Path]:
     roots = [testdata / f / "dicom" for f in folders] or sorted(testdata.glob("*/dicom"))
     files = sorted(p for root in roots for p in root.rglob("*") if p.is_file())
     return [p for p in files if has_file_meta(p)]
+
+
+def with_new_uids(
+    source: Path, *, study: str = "", series: str = "", keep_sop: bool = False, **tags: object
+) -> bytes:
+    """``source`` as another instance (a new SOP Instance UID), or a copy in another series."""
+    dataset = dcmread(source)
+    if not keep_sop:
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.StudyInstanceUID = study or dataset.StudyInstanceUID
+    dataset.SeriesInstanceUID = series or dataset.SeriesInstanceUID
+    for keyword, value in tags.items():
+        setattr(dataset, keyword, value)
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def arrive(

@@ -18,7 +18,7 @@ from shared.catalog.models import Base, Patient
 pytestmark = pytest.mark.integration
 
 TABLES = {"patients", "studies", "series", "instances", "nifti_outputs"}
-TABLES |= {"retrieval_jobs", "retrieval_studies", "expected_series"}
+TABLES |= {"retrieval_jobs", "retrieval_studies", "expected_series", "evictions"}
 
 
 def head_revision() -> str:

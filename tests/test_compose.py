@@ -42,7 +42,7 @@ DCMDB_IMAGE = "dcmdb:latest"
 DCMDB_SERVICES = {"receiver", "sorter", "converter", "retriever", "retention", "api"}
 # Services whose sub-command is merged separately: the file may name them before the CLI
 # knows them; the host run below covers each one the CLI knows.
-NOT_YET_IN_THE_CLI = {"retention"}
+NOT_YET_IN_THE_CLI: set[str] = set()
 OTHER_SERVICES = {"rabbitmq", "postgres", "prometheus", "grafana"}
 # What the test fills into a copy of .env.example.
 SECRETS = {

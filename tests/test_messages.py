@@ -30,6 +30,7 @@ from shared.messages import (
     SeriesConverted,
     SeriesFailed,
     SeriesSkipped,
+    StudyEvicted,
 )
 
 
@@ -110,6 +111,18 @@ SAMPLES: dict[type[Event], Event] = {
         series_instance_uid="1.2.826.0.1.3680043.8.498.5",
         generation=1,
         reason="conversion timed out after 600 s",
+    ),
+    StudyEvicted: StudyEvicted(
+        eviction_id=17,
+        study_instance_uid="1.2.826.0.1.3680043.8.498.2",
+        physician_folder="smith",
+        folder="smith/20240517_P001_brain",
+        reason="space",
+        series=12,
+        instances=1_804,
+        size_bytes=945_815_552,
+        received_at=NOW - dt.timedelta(days=400),
+        evicted_at=NOW,
     ),
 }
 

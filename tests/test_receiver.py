@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
+import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -13,7 +13,17 @@ import pydicom
 import pytest
 from pydicom.filewriter import write_file_meta_info
 
-from tests.system import Dcmdb, dicom_files, echo, free_port, send_dicom, send_raw, wait_for
+from shared.disk import disk_usage
+from tests.system import (
+    Dcmdb,
+    dicom_files,
+    echo,
+    free_port,
+    send_dicom,
+    send_raw,
+    small_filesystem,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -151,22 +161,19 @@ def test_unknown_calling_ae_and_host_are_rejected(tmp_path: Path, broker_url: st
 @pytest.fixture
 def tiny_incoming(tmp_path: Path) -> Iterator[Path]:
     """``incoming/`` on a 512 KiB filesystem of its own, so that it really fills up."""
-    incoming = tmp_path / "data" / "incoming"
-    incoming.mkdir(parents=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(incoming)],
-        capture_output=True,
-        text=True,
-    )
-    assert mounted.returncode == 0, f"cannot mount a small tmpfs: {mounted.stderr}"
-    yield incoming
-    subprocess.run(["umount", "-l", str(incoming)], check=False)
+    with small_filesystem(tmp_path / "data" / "incoming", "512k") as incoming:
+        yield incoming
 
 
 def test_a_full_disk_gets_out_of_resources_and_leaves_no_partial_file(
     tiny_incoming: Path, tmp_path: Path, broker_url: str, testdata: Path
 ) -> None:
-    system = Dcmdb(tmp_path / "data", broker_url, f"sqlite:///{tmp_path / 'c.sqlite'}")
+    system = Dcmdb(
+        tmp_path / "data",
+        broker_url,
+        f"sqlite:///{tmp_path / 'c.sqlite'}",
+        extra_env={"DCMDB_MIN_FREE": "0"},  # no floor: the disk itself fills up
+    )
     system.start("receiver")
     try:
         system.wait_until_listening()
@@ -202,3 +209,40 @@ def test_a_second_receiver_on_the_same_incoming_folder_refuses_to_start(receiver
     wait_for(lambda: "listening" in receiver.log("third"), 60, "the third receiver")
     assert third.poll() is None
     assert (receiver.data_dir / "incoming-b" / ".partial").is_dir()
+
+
+def test_below_the_free_space_floor_it_refuses_before_the_disk_fills(
+    tmp_path: Path, broker_url: str, testdata: Path
+) -> None:
+    system = Dcmdb(
+        tmp_path / "data",
+        broker_url,
+        f"sqlite:///{tmp_path / 'c.sqlite'}",
+        extra_env={"DCMDB_MIN_FREE": "1MiB"},
+    )
+    sources = dicom_files(testdata / T1_SERIES)[:20]  # about 180 KB each
+    with small_filesystem(system.data_dir / "incoming", "2m") as incoming:
+        system.start("receiver")
+        try:
+            system.wait_until_listening()
+            statuses = []
+            for path in sources:
+                statuses.append(send_raw(system.port, path))
+                if statuses[-1] != 0x0000:
+                    break
+                time.sleep(1.1)  # the receiver measures free space at most once a second
+            assert statuses[-1] == 0xA700 and statuses.count(0x0000) >= 3, statuses
+            free = disk_usage(incoming).free
+            assert free >= 512 * 1024, "refused at the floor, with room left on the disk"
+            assert [send_raw(system.port, p) for p in sources[-2:]] == [0xA700, 0xA700]
+            assert len(incoming_files(system)) == statuses.count(0x0000)
+            assert not partial_files(system)
+            assert system.log().count("below DCMDB_MIN_FREE") == 1
+            assert "cannot store instance" not in system.log()
+            # Space back: accepted again.
+            for path in incoming_files(system):
+                path.unlink()
+            wait_for(lambda: send_raw(system.port, sources[-1]) == 0x0000, 30, "acceptance")
+            assert system.log().count("accepting instances") == 1
+        finally:
+            system.stop()

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-from services.receiver.storage import FileMeta, IncomingStore, received_time
+from services.receiver.storage import FileMeta, IncomingStore, SpaceFloor, received_time
+from shared.disk import DiskUsage, Threshold
 from tests.system import dicom_files
 
 META = FileMeta("1.2.840.10008.5.1.4.1.1.4", "1.2.3.44444", "1.2.840.10008.1.2.1", "SCANNER")
@@ -99,3 +102,32 @@ def test_restart_recovers_complete_partial_files_and_drops_incomplete_ones(
     assert (incoming / ".partial" / "spare-whole").exists() is False
     assert not (incoming / ".partial" / "spare-empty").exists()
     assert not (incoming / ".partial" / second.name).exists()
+
+
+def test_the_free_space_floor_measures_once_per_interval_and_says_each_change_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    figures = iter([900, 50, 40, 30, 700, 800])
+    measured: list[int] = []
+
+    def measure(folder: Path) -> DiskUsage:
+        assert folder == tmp_path
+        measured.append(next(figures))
+        return DiskUsage(total=1000, free=measured[-1])
+
+    caplog.set_level(logging.INFO)
+    floor = SpaceFloor(tmp_path, Threshold.parse("10%"), interval=0, measure=measure)
+    assert [floor.reached() for _ in range(6)] == [False, True, True, True, False, False]
+    refusing = [r for r in caplog.records if "below DCMDB_MIN_FREE" in r.message]
+    accepting = [r for r in caplog.records if "accepting instances" in r.message]
+    assert len(refusing) == 1 and len(accepting) == 1
+    assert refusing[0].levelno == logging.ERROR and "50 bytes free" in refusing[0].message
+
+    cached = SpaceFloor(tmp_path, Threshold.parse("10%"), interval=3600, measure=measure)
+    measured.clear()
+    figures = iter([10, 999])
+    assert [cached.reached() for _ in range(1000)] == [True] * 1000
+    assert measured == [10], "measured once for the whole interval"
+
+    never = SpaceFloor(tmp_path, Threshold.parse("0"), interval=0, measure=measure)
+    assert not never.reached() and measured == [10], "a floor of 0 measures nothing"

@@ -43,6 +43,9 @@ def run_service(command: str, env: dict[str, str], tmp_path: Path, seconds: floa
         ("receiver", "DCMDB_INCOMING_FOLDER", "../elsewhere"),
         ("receiver", "DCMDB_INCOMING_FOLDER", "archive"),
         ("up", "DCMDB_LOG_FORMAT", "xml"),
+        ("retention", "DCMDB_RETENTION_LOW_FREE", "a lot"),
+        ("retention", "DCMDB_RETENTION_INTERVAL", "0"),
+        ("receiver", "DCMDB_MIN_FREE", "-1GB"),
     ],
 )
 def test_a_bad_value_stops_the_service_with_one_line(

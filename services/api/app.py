@@ -21,9 +21,10 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import AfterValidator
+from sqlalchemy import select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.api import metrics, retrievals
+from services.api import metrics, retrievals, storage
 from services.api.access import OPEN, READ, Keys, SessionDep
 from services.api.archives import Entry, zip_stream
 from services.api.parameters import (
@@ -55,7 +56,7 @@ from services.api.studies import (
     study_detail,
 )
 from shared.catalog.database import open_catalog
-from shared.catalog.models import Series, Study
+from shared.catalog.models import LISTED, Series, Study
 from shared.monitoring import catalog_status
 from shared.naming import resolve_under
 
@@ -91,6 +92,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     _routes(app)
     app.include_router(retrievals.router)
+    app.include_router(storage.router)
     return app
 
 
@@ -227,7 +229,7 @@ def _routes(app: FastAPI) -> None:
         session: SessionDep,
         format: Annotated[Literal["dicom", "nifti", "all"], Query()] = "dicom",  # noqa: A002
     ) -> StreamingResponse:
-        study = session.query(Study).filter_by(study_instance_uid=study_uid).one_or_none()
+        study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid, LISTED))
         if study is None:
             raise _not_found("study", study_uid)
         series = session.query(Series).filter_by(study_pk=study.id).all()

@@ -43,6 +43,7 @@ class StudySummary(_Model):
     instance_count: int
     size_bytes: int
     received_at: datetime
+    pinned: bool = Field(default=False, description="Pinned studies are never evicted")
     conversion: ConversionSummary
 
 
@@ -89,6 +90,64 @@ class Physician(_Model):
     study_count: int
     size_bytes: int
     latest_study_date: str | None
+
+
+class DiskSpace(_Model):
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int = Field(description="What dcmdb may still write (not root's reserve)")
+
+
+class StorageThresholds(_Model):
+    low_free: str | None = Field(description="DCMDB_RETENTION_LOW_FREE: eviction starts below")
+    low_free_bytes: int | None = Field(description="The same in bytes on the archive's disk")
+    target_free: str | None = Field(description="DCMDB_RETENTION_TARGET_FREE: eviction stops")
+    target_free_bytes: int | None
+    max_age_days: float | None = Field(description="Older studies go whatever the space")
+    min_free: str = Field(description="DCMDB_MIN_FREE: below it the receiver refuses")
+    min_free_bytes: int = Field(description="The same in bytes on incoming/'s disk")
+
+
+class CatalogUsage(_Model):
+    studies: int
+    size_bytes: int = Field(description="DICOM files and NIfTI volumes")
+    pinned: int
+    evicting: int = Field(description="Studies being removed now")
+
+
+class PlannedEviction(_Model):
+    study_uid: str
+    physician_folder: str
+    folder: str = Field(description="Study folder, relative to the archive root")
+    study_date: str | None
+    received_at: datetime
+    size_bytes: int
+    reason: Literal["space", "age"] = Field(
+        description="Free space below the low mark, or older than the maximum age"
+    )
+
+
+class NextEviction(_Model):
+    """A dry run: what retention would evict if it ran now, oldest first."""
+
+    study_count: int
+    size_bytes: int
+    free_after_bytes: int = Field(description="Free space once they are gone")
+    studies: list[PlannedEviction] = Field(description="The first `limit` of them")
+
+
+class Storage(_Model):
+    archive: DiskSpace
+    incoming: DiskSpace
+    receiving: bool = Field(description="Whether incoming/ has the receiver's minimum free space")
+    catalog: CatalogUsage
+    thresholds: StorageThresholds
+    next_eviction: NextEviction
+
+
+class Pin(_Model):
+    study_uid: str
+    pinned: bool
 
 
 class Problem(_Model):

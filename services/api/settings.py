@@ -9,11 +9,12 @@ from typing import Self
 from pydantic import Field, SecretStr, model_validator
 
 from shared.peers import PacsSettings
+from shared.settings import StorageSettings
 
 SCOPES = ("read", "admin")
 
 
-class ApiSettings(PacsSettings):
+class ApiSettings(PacsSettings, StorageSettings):  # GET /storage shows the thresholds
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     # Comma-separated KEY:SCOPE pairs, scope "read" or "admin".

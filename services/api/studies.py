@@ -28,7 +28,7 @@ from services.api.schemas import (
     StudyDetail,
     StudySummary,
 )
-from shared.catalog.models import Instance, Patient, Series, Study
+from shared.catalog.models import LISTED, Instance, Patient, Series, Study
 from shared.naming import physician_folder
 
 SORT_KEYS = {"received": Study.received_at, "study_date": Study.study_date}
@@ -47,7 +47,7 @@ class StudyFilters:
     received_since: dt.datetime | None = None
 
     def conditions(self) -> list[ColumnElement[bool]]:
-        where: list[ColumnElement[bool]] = []
+        where: list[ColumnElement[bool]] = [LISTED]
         if self.physician_folders is not None:
             where.append(Study.physician_folder.in_(sorted(self.physician_folders)))
         if self.patient_id is not None:
@@ -88,6 +88,7 @@ _SUMMARY_COLUMNS = (
     Study.description,
     Study.accession_number,
     Study.received_at,
+    Study.pinned,
     Patient.patient_id,
     Patient.patient_name,
 )
@@ -196,6 +197,7 @@ def _summary(row: Any, total: dict[str, Any]) -> StudySummary:
         instance_count=total["instances"],
         size_bytes=total["size"],
         received_at=_utc(row.received_at),
+        pinned=row.pinned,
         conversion=ConversionSummary(**{s: states.get(s, 0) for s in _CONVERSION_STATES}),
     )
 
@@ -204,7 +206,7 @@ def study_detail(session: Session, study_uid: str) -> StudyDetail | None:
     row = session.execute(
         select(*_SUMMARY_COLUMNS)
         .join(Patient, Patient.id == Study.patient_pk)
-        .where(Study.study_instance_uid == study_uid)
+        .where(Study.study_instance_uid == study_uid, LISTED)
     ).first()
     if row is None:
         return None
@@ -226,7 +228,7 @@ def find_series(session: Session, series_uid: str) -> tuple[Series, Study] | Non
     found = session.execute(
         select(Series, Study)
         .join(Study, Study.id == Series.study_pk)
-        .where(Series.series_instance_uid == series_uid)
+        .where(Series.series_instance_uid == series_uid, LISTED)
         .options(selectinload(Series.outputs))
     ).first()
     return None if found is None else (found[0], found[1])
@@ -313,18 +315,21 @@ def physicians(session: Session) -> list[Physician]:
             Study.physician_folder,
             func.count(Study.id),
             func.max(func.nullif(Study.study_date, "")),
-        ).group_by(Study.physician_folder)
+        )
+        .where(LISTED)
+        .group_by(Study.physician_folder)
     ).all()
     sizes = dict(
         session.execute(
             select(Study.physician_folder, func.coalesce(func.sum(Series.size_bytes), 0))
             .join(Series, Series.study_pk == Study.id)
+            .where(LISTED)
             .group_by(Study.physician_folder)
         ).all()
     )
     names: dict[str, set[str]] = defaultdict(set)
     for folder, name in session.execute(
-        select(Study.physician_folder, Study.physician_name).distinct()
+        select(Study.physician_folder, Study.physician_name).where(LISTED).distinct()
     ):
         if name:
             names[folder].add(name)

@@ -4,8 +4,9 @@ C-STORE statuses (PS3.4 B.2.3), decided here and nowhere else:
 
 ======  ==============================================================
 0x0000  stored durably in incoming/ (then announced, asynchronously)
-0xA700  out of resources: the instance could not be written (disk full,
-        I/O error); no partial file is left behind
+0xA700  out of resources: free space for incoming/ is below DCMDB_MIN_FREE,
+        or the instance could not be written (disk full, I/O error); no
+        partial file is left behind
 0xC210  cannot understand: the data set does not parse; kept in quarantine/
 0xC211  cannot understand: an identifying UID is missing or invalid;
         kept in quarantine/
@@ -34,7 +35,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from services.receiver import metrics
 from services.receiver.announcer import Announcer
 from services.receiver.settings import ReceiverSettings
-from services.receiver.storage import FileMeta, IncomingStore, StorageFailed
+from services.receiver.storage import FileMeta, IncomingStore, SpaceFloor, StorageFailed
 from shared.errors import MissingIdentifier, UnreadableObject
 from shared.headers import read_identifiers
 from shared.messages import AssociationClosed, InstanceReceived
@@ -79,6 +80,7 @@ class Receiver:
         self.settings = settings
         self.store = store
         self.announcer = announcer
+        self.floor = SpaceFloor(settings.incoming_dir, settings.min_free)
         self._records: dict[int, AssociationRecord] = {}
         self._lock = threading.Lock()
 
@@ -115,6 +117,10 @@ class Receiver:
     def on_store(self, event: evt.Event) -> int:
         started = time.perf_counter()
         record = self._records[id(event.assoc)]
+        if self.floor.reached():  # refused before the disk is full, not when it is
+            record.failed += 1
+            metrics.REFUSED.labels(record.calling_ae, "out_of_resources").inc()
+            return OUT_OF_RESOURCES
         status = self._store(record, event)
         metrics.STORE_SECONDS.observe(time.perf_counter() - started)
         return status

@@ -8,14 +8,14 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from shared.settings import CommonSettings, metrics_port
+from shared.settings import StorageSettings, metrics_port
 
 log = logging.getLogger(__name__)
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
-class ReceiverSettings(CommonSettings):
+class ReceiverSettings(StorageSettings):  # DCMDB_MIN_FREE
     dicom_host: str = "0.0.0.0"
     allowed_calling_aes: CommaList = ()
     allowed_hosts: CommaList = ()

@@ -30,12 +30,14 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
+from shared.disk import DiskUsage, Threshold, disk_usage
 from shared.errors import UnreadableObject
 from shared.headers import Header
 from shared.settings import ConfigurationError
@@ -183,6 +185,58 @@ def time_stamp() -> str:
 def received_time(name: str) -> datetime:
     """When the file of this name arrived: the time stamp its name starts with."""
     return datetime.fromtimestamp(int(name[:20]) / 1e9, UTC)
+
+
+class SpaceFloor:
+    """Whether the filesystem of ``incoming/`` has fallen below its minimum free space.
+
+    Asked for every instance, so it measures at most once per ``interval`` seconds; says
+    once in the log when it starts refusing and once when it accepts again.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        floor: Threshold,
+        interval: float = 1.0,
+        measure: Callable[[Path], DiskUsage] = disk_usage,
+    ) -> None:
+        self._folder = folder
+        self._floor = floor
+        self._interval = interval
+        self._measure = measure
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._below = False
+        self._disabled = floor.amount == 0
+
+    def reached(self) -> bool:
+        if self._disabled or time.monotonic() < self._next:
+            return self._below
+        with self._lock:
+            if time.monotonic() >= self._next:  # not measured meanwhile by another association
+                self._next = time.monotonic() + self._interval
+                self._update()
+        return self._below
+
+    def _update(self) -> None:
+        try:
+            usage = self._measure(self._folder)
+        except OSError as exc:  # writing will tell
+            log.debug("cannot measure free space: %s", exc)
+            return
+        below = usage.below(self._floor)
+        if below and not self._below:
+            log.error(
+                "%d bytes free for %s, below DCMDB_MIN_FREE (%s): answering 0xA700 to every "
+                "instance until space is back",
+                usage.free,
+                self._folder,
+                self._floor,
+            )
+        elif self._below and not below:
+            log.warning("%d bytes free for %s again: accepting instances", usage.free, self._folder)
+        self._below = below
 
 
 class _SpareFiles:

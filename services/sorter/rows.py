@@ -24,6 +24,7 @@ from shared.catalog.models import (
     Series,
     Study,
 )
+from shared.errors import TransientError
 from shared.headers import Header
 from shared.naming import (
     PhysicianAliases,
@@ -52,12 +53,16 @@ class BatchRows:
                 select(Instance).where(Instance.sop_instance_uid.in_(sop_uids)).with_for_update()
             )
         }
+        # Locked: retention marks a study evicting only between batches that file into it.
         self._studies = {
             row.study_instance_uid: row
             for row in session.scalars(
-                select(Study).where(Study.study_instance_uid.in_(study_uids))
+                select(Study).where(Study.study_instance_uid.in_(study_uids)).with_for_update()
             )
         }
+        if any(study.evicting_at is not None for study in self._studies.values()):
+            # Once its rows are gone the instance starts the study afresh.
+            raise TransientError("a study of the batch is being evicted; filing it waits")
         # Locked too: the completion of a series waits for the arrivals filed with it.
         self._series = {
             row.series_instance_uid: row

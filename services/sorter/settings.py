@@ -13,7 +13,6 @@ class SorterSettings(CommonSettings):
     physician_aliases: Path | None = None
     prefetch: int = Field(default=128, ge=1, le=10_000)
     batch_size: int = Field(default=64, ge=1, le=1000)
-    stable_age: float = Field(default=60.0, gt=0)  # seconds without arrivals: complete
     metrics_port: int = metrics_port("sorter")
 
     @field_validator("physician_aliases")

@@ -76,6 +76,11 @@ class Study(Base):
     accession_number: Mapped[str] = mapped_column(String, default="")
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Retention never evicts a pinned study.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    # Set when retention starts removing the study: from then on it is gone for every
+    # reader (see `LISTED`), and the sorter files nothing into it.
+    evicting_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")
@@ -83,6 +88,10 @@ class Study(Base):
     @property
     def relative_folder(self) -> str:
         return f"{self.physician_folder}/{self.folder}"
+
+
+# The studies a reader may see: every query that shows or serves a study filters on it.
+LISTED = Study.evicting_at.is_(None)
 
 
 class Series(Base):
@@ -235,3 +244,35 @@ class ExpectedSeries(Base):
     series_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
     expected_instances: Mapped[int] = mapped_column(Integer)
+
+
+# Retention --------------------------------------------------------------------------------
+
+# Eviction.reason
+FOR_SPACE, FOR_AGE = "space", "age"
+
+
+class Eviction(Base):
+    """One study removed by retention (the audit trail), from its start to its end.
+
+    Written when the study is marked ``evicting`` and closed (``evicted_at``) in the
+    transaction that deletes its catalog rows; ``announced`` once ``study.evicted`` is
+    confirmed published (an outbox, as for series completions).
+    """
+
+    __tablename__ = "evictions"
+    __table_args__ = (Index("ix_evictions_announced", "announced", "evicted_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    physician_folder: Mapped[str] = mapped_column(String)
+    folder: Mapped[str] = mapped_column(String)  # the study folder, relative to the archive
+    study_date: Mapped[str] = mapped_column(String, default="")
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str] = mapped_column(String)  # FOR_SPACE or FOR_AGE
+    series_count: Mapped[int] = mapped_column(Integer)
+    instance_count: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    evicted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    announced: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())

@@ -1,0 +1,166 @@
+"""Routes of disk space and retention: usage and the next eviction (a dry run); pins.
+
+The dry run is `shared.retention.plan` on the catalog and the archive's free space as
+they are now, the very decision the retention service takes on its next round.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from services.api.access import ADMIN, READ, SessionDep
+from services.api.schemas import (
+    CatalogUsage,
+    DiskSpace,
+    NextEviction,
+    Pin,
+    PlannedEviction,
+    Problem,
+    Storage,
+    StorageThresholds,
+)
+from services.api.settings import ApiSettings
+from shared.catalog.models import LISTED, NiftiOutput, Series, Study
+from shared.disk import DiskUsage, disk_usage
+from shared.retention import Plan, Policy, plan_evictions
+
+router = APIRouter()
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No such study"}
+}
+
+
+@router.get("/storage", dependencies=READ, response_model=Storage, tags=["storage"])
+def get_storage(
+    request: Request,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=0, le=1000, description="Studies of the dry run listed")] = 100,
+) -> Storage:
+    """Disk usage, free space, the retention thresholds, and what the next eviction
+    would remove (a dry run)."""
+    settings: ApiSettings = request.app.state.settings
+    plan = plan_evictions(
+        session,
+        lambda: disk_usage(settings.archive_root),
+        Policy.of(settings),
+        datetime.now(UTC),
+        settings.stable_age,
+    )
+    archive, incoming = plan.usage, disk_usage(settings.incoming_dir)
+    return Storage(
+        archive=_space(archive),
+        incoming=_space(incoming),
+        receiving=not incoming.below(settings.min_free),
+        catalog=_catalog_usage(session),
+        thresholds=StorageThresholds(
+            low_free=_text(settings.retention_low_free),
+            low_free_bytes=plan.low_free_bytes,
+            target_free=_text(settings.retention_target_free or settings.retention_low_free),
+            target_free_bytes=plan.target_free_bytes,
+            max_age_days=settings.retention_max_age_days,
+            min_free=str(settings.min_free),
+            min_free_bytes=settings.min_free.bytes_of(incoming.total),
+        ),
+        next_eviction=_next_eviction(plan, limit),
+    )
+
+
+@router.post(
+    "/studies/{study_uid}/pin",
+    dependencies=ADMIN,
+    response_model=Pin,
+    responses=_NOT_FOUND,
+    tags=["studies"],
+)
+def pin_study(study_uid: str, session: SessionDep) -> Pin:
+    """Keep the study: retention never evicts a pinned study."""
+    return _set_pinned(session, study_uid, True)
+
+
+@router.delete(
+    "/studies/{study_uid}/pin",
+    dependencies=ADMIN,
+    response_model=Pin,
+    responses=_NOT_FOUND,
+    tags=["studies"],
+)
+def unpin_study(study_uid: str, session: SessionDep) -> Pin:
+    """Let retention evict the study again, in its turn."""
+    return _set_pinned(session, study_uid, False)
+
+
+def _set_pinned(session: Session, study_uid: str, pinned: bool) -> Pin:
+    with session.begin():
+        # Conditional: a study retention marked evicting meanwhile is gone already.
+        changed = session.execute(
+            update(Study)
+            .where(Study.study_instance_uid == study_uid, LISTED)
+            .values(pinned=pinned)
+            .execution_options(synchronize_session=False)
+        )
+    if getattr(changed, "rowcount", 0) != 1:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"no study with UID {study_uid!r} in the catalog"
+        )
+    return Pin(study_uid=study_uid, pinned=pinned)
+
+
+def _space(usage: DiskUsage) -> DiskSpace:
+    return DiskSpace(total_bytes=usage.total, used_bytes=usage.used, free_bytes=usage.free)
+
+
+def _text(value: object | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _catalog_usage(session: Session) -> CatalogUsage:
+    studies, pinned, evicting = session.execute(
+        select(
+            func.count(Study.id),
+            func.count(Study.id).filter(LISTED, Study.pinned.is_(True)),
+            func.count(Study.id).filter(Study.evicting_at.is_not(None)),
+        )
+    ).one()
+    dicom = session.scalar(
+        select(func.coalesce(func.sum(Series.size_bytes), 0))
+        .join(Study, Study.id == Series.study_pk)
+        .where(LISTED)
+    )
+    nifti = session.scalar(
+        select(func.coalesce(func.sum(NiftiOutput.size), 0))
+        .join(Series, Series.id == NiftiOutput.series_pk)
+        .join(Study, Study.id == Series.study_pk)
+        .where(LISTED)
+    )
+    return CatalogUsage(
+        studies=int(studies) - int(evicting),
+        size_bytes=int(dicom or 0) + int(nifti or 0),
+        pinned=int(pinned),
+        evicting=int(evicting),
+    )
+
+
+def _next_eviction(plan: Plan, limit: int) -> NextEviction:
+    return NextEviction(
+        study_count=len(plan.evictions),
+        size_bytes=plan.bytes,
+        free_after_bytes=plan.free_after,
+        studies=[
+            PlannedEviction(
+                study_uid=p.candidate.study_uid,
+                physician_folder=p.candidate.physician_folder,
+                folder=f"{p.candidate.physician_folder}/{p.candidate.folder}",
+                study_date=p.candidate.study_date or None,
+                received_at=p.candidate.received_at,
+                size_bytes=p.candidate.size_bytes,
+                reason=p.reason,  # type: ignore[arg-type]
+            )
+            for p in plan.evictions[:limit]
+        ],
+    )

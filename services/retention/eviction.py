@@ -1,0 +1,216 @@
+"""Evicting one study so that it is either listed and whole, or gone.
+
+Three steps, each safe to repeat, so that a crash anywhere leaves nothing half-visible
+and the next round (of this or another retention process) finishes the job:
+
+1. ``claim``, one transaction: the study row is locked, found still listed, unpinned and
+   not in flight, marked ``evicting`` (from the commit on, every reader treats it as
+   gone and the sorter files nothing into it) and an `Eviction` row opened;
+2. ``remove_files``: under the study row's lock, its folder (instances and ``nifti/``)
+   is renamed into ``.evicting/`` in the archive root, then deleted from there. The
+   rename happens only while the row exists, so a folder the sorter makes again for the
+   same study after step 3 is never touched;
+3. ``close``, one transaction: every catalog row of the study (instances, NIfTI outputs,
+   series, expected counts, the study, and its patient when no other study is left)
+   deleted and the `Eviction` row closed; ``study.evicted`` is published afterwards
+   (an outbox: see `unannounced`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.catalog.models import (
+    LISTED,
+    Eviction,
+    ExpectedSeries,
+    Instance,
+    NiftiOutput,
+    Patient,
+    Series,
+    Study,
+)
+from shared.messages import StudyEvicted
+from shared.naming import resolve_under
+from shared.retention import Candidate, in_flight, study_sizes, utc
+
+log = logging.getLogger(__name__)
+
+TRASH = ".evicting"  # in the archive root; no lab folder starts with a dot
+
+
+@dataclass(frozen=True)
+class Evicted:
+    study_uid: str
+    reason: str
+    size_bytes: int
+
+
+def claim(
+    sessions: sessionmaker[Session], candidate: Candidate, reason: str, stable_age: float
+) -> int | None:
+    """Mark the study evicting and open its `Eviction` row; its id, or None when the study
+    is gone, pinned or in flight by now (or another retention process took it)."""
+    now = datetime.now(UTC)
+    with sessions.begin() as session:
+        study = session.scalar(
+            select(Study).where(Study.id == candidate.pk, LISTED).with_for_update()
+        )
+        if study is None or study.pinned:
+            return None
+        # Read after the lock: a sorter that filed into the study committed before it.
+        if in_flight(session, [study.id], now, stable_age):
+            return None
+        series, instances = session.execute(
+            select(func.count(Series.id), func.coalesce(func.sum(Series.instance_count), 0)).where(
+                Series.study_pk == study.id
+            )
+        ).one()
+        study.evicting_at = now
+        eviction = Eviction(
+            study_instance_uid=study.study_instance_uid,
+            physician_folder=study.physician_folder,
+            folder=study.folder,
+            study_date=study.study_date,
+            received_at=study.received_at,
+            reason=reason,
+            series_count=int(series),
+            instance_count=int(instances),
+            size_bytes=study_sizes(session, [study.id]).get(study.id, 0),
+            started_at=now,
+            announced=False,
+        )
+        session.add(eviction)
+        session.flush()
+        return eviction.id
+
+
+def unfinished(sessions: sessionmaker[Session]) -> list[int]:
+    """Evictions started and not closed: what a crash (or a stop) left behind."""
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(Eviction.id)
+                .where(Eviction.announced.is_(False), Eviction.evicted_at.is_(None))
+                .order_by(Eviction.id)
+            )
+        )
+
+
+def finish(sessions: sessionmaker[Session], archive: Path, eviction_id: int) -> Evicted | None:
+    """Steps 2 and 3; None when another retention process closed it first."""
+    remove_files(sessions, archive, eviction_id)
+    return close(sessions, eviction_id)
+
+
+def remove_files(sessions: sessionmaker[Session], archive: Path, eviction_id: int) -> None:
+    trash = archive / TRASH / str(eviction_id)
+    with sessions.begin() as session:
+        eviction = session.get(Eviction, eviction_id)
+        if eviction is None or _locked_study(session, eviction) is None:
+            return
+        lab = resolve_under(archive, eviction.physician_folder)
+        folder = resolve_under(lab, eviction.folder)
+        if folder.exists():
+            trash.parent.mkdir(exist_ok=True)
+            os.rename(folder, trash)
+        with contextlib.suppress(OSError):  # not empty: other studies of the lab
+            lab.rmdir()
+    shutil.rmtree(trash, ignore_errors=True)  # another process may be deleting it too
+    if trash.exists():
+        raise OSError(f"cannot delete {trash}")
+
+
+def close(sessions: sessionmaker[Session], eviction_id: int) -> Evicted | None:
+    with sessions.begin() as session:
+        eviction = session.get(Eviction, eviction_id)
+        if eviction is None:
+            return None
+        study = _locked_study(session, eviction)
+        if study is None:
+            return None
+        series = select(Series.id).where(Series.study_pk == study.id)
+        session.execute(delete(NiftiOutput).where(NiftiOutput.series_pk.in_(series)))
+        session.execute(delete(Instance).where(Instance.series_pk.in_(series)))
+        session.execute(delete(Series).where(Series.study_pk == study.id))
+        session.execute(
+            delete(ExpectedSeries).where(
+                ExpectedSeries.study_instance_uid == study.study_instance_uid
+            )
+        )
+        patient_pk = study.patient_pk
+        session.execute(delete(Study).where(Study.id == study.id))
+        _delete_patient_if_alone(session, patient_pk)
+        session.execute(
+            update(Eviction)
+            .where(Eviction.id == eviction_id)
+            .values(evicted_at=datetime.now(UTC), announced=False)
+        )
+        return Evicted(eviction.study_instance_uid, eviction.reason, eviction.size_bytes)
+
+
+def _locked_study(session: Session, eviction: Eviction) -> Study | None:
+    """The study being evicted, locked; None once its rows are gone."""
+    return session.scalar(
+        select(Study)
+        .where(
+            Study.study_instance_uid == eviction.study_instance_uid,
+            Study.evicting_at.is_not(None),
+        )
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
+def _delete_patient_if_alone(session: Session, patient_pk: int) -> None:
+    """A patient without studies goes too: its name is patient data dcmdb no longer needs."""
+    others = select(Study.id).where(Study.patient_pk == patient_pk).exists()
+    try:
+        with session.begin_nested():  # a sorter filing a new study of the patient meanwhile
+            session.execute(delete(Patient).where(Patient.id == patient_pk, ~others))
+    except IntegrityError:
+        log.debug("the patient has a new study meanwhile; kept")
+
+
+def unannounced(sessions: sessionmaker[Session], limit: int = 500) -> list[StudyEvicted]:
+    with sessions() as session:
+        rows = session.scalars(
+            select(Eviction)
+            .where(Eviction.announced.is_(False), Eviction.evicted_at.is_not(None))
+            .order_by(Eviction.id)
+            .limit(limit)
+        )
+        return [_event(row) for row in rows]
+
+
+def mark_announced(sessions: sessionmaker[Session], event: StudyEvicted) -> None:
+    with sessions.begin() as session:
+        session.execute(
+            update(Eviction).where(Eviction.id == event.eviction_id).values(announced=True)
+        )
+
+
+def _event(row: Eviction) -> StudyEvicted:
+    assert row.evicted_at is not None
+    return StudyEvicted(
+        eviction_id=row.id,
+        study_instance_uid=row.study_instance_uid,
+        physician_folder=row.physician_folder,
+        folder=f"{row.physician_folder}/{row.folder}",
+        reason=row.reason,  # type: ignore[arg-type]
+        series=row.series_count,
+        instances=row.instance_count,
+        size_bytes=row.size_bytes,
+        received_at=utc(row.received_at),
+        evicted_at=utc(row.evicted_at),
+    )

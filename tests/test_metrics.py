@@ -36,7 +36,7 @@ from tests.system import Dcmdb, dicom_files, echo, free_port, send_dicom, send_r
 pytestmark = pytest.mark.e2e
 
 SERIES = "ge_fmri_epi_4d"
-SERVICES = ("receiver", "sorter", "converter", "retriever", "api")
+SERVICES = ("receiver", "sorter", "converter", "retriever", "retention", "api")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -191,6 +191,11 @@ def test_each_service_counts_what_was_sent(system: Dcmdb, testdata: Path, tmp_pa
     assert total(converter, "dcmdb_conversions_total", outcome="converted") == 1
     assert value(converter, "dcmdb_conversion_seconds_count", outcome="converted") == 1
     assert value(converter, "dcmdb_events_published_total", event="series.converted") == 1
+
+    retention = samples["retention"]  # retention is off here: nothing evicted, the disk seen
+    assert total(retention, "dcmdb_evictions_total") == 0
+    free = value(retention, "dcmdb_disk_free_bytes", directory="archive")
+    assert abs(free - disk.free) < 0.05 * disk.total
 
     retriever = samples["retriever"]
     jobs = {state: value(retriever, "dcmdb_retrieval_jobs", state=state) for state in JOB_STATES}

@@ -14,6 +14,9 @@ Rounds (default 3, best wins), (a) and (b) alternating:
     instance is stored every round: dcmdb discards an identical re-send cheaply. Nothing
     converts here: a series completes by the count a retrieval job recorded or after the
     stable age (600 s here), and a C-MOVE dcmdb did not ask for leaves no count.
+(d) the same movescu with -aem ORTHANC into a fresh Orthanc (Debian's, SQLite index,
+    SyncStorageArea true: it syncs each file it stores, as dcmdb does), as a destination
+    that makes instances durable before answering, for comparison.
 (c) once, into a fresh dcmdb: POST /retrievals {"study_date": DAY}. The retriever's C-FIND, per
     study a C-FIND of its series and an image-level count (dcmqrscp gives no counts), then a
     C-MOVE of the study: timed until the job is completed, until every instance is filed and
@@ -168,6 +171,7 @@ class Bench:
         self.args, self.work, self.logs = args, work, work / "logs"
         self.kids, self.vhost = Children(self.logs), Vhost()
         self.pacs_port, self.storescp_port = free_port(), free_port()
+        self.orthanc_port = free_port()
         self.dicom_port, self.api_port = free_port(), free_port()
         self.api = f"http://{HOST}:{self.api_port}"
         self.instances = args.studies * SLICES
@@ -186,6 +190,7 @@ MaxAssociations = 16
 HostTable BEGIN
 dcmdb    = (DCMDB, {HOST}, {self.dicom_port})
 storescp = (STORESCP, {HOST}, {self.storescp_port})
+orthanc  = (ORTHANC, {HOST}, {self.orthanc_port})
 HostTable END
 
 VendorTable BEGIN
@@ -234,6 +239,35 @@ AETable END
             raise RuntimeError(f"storescp wrote {got} instances, expected {self.instances}")
         if not self.args.keep:
             shutil.rmtree(out, ignore_errors=True)
+        return seconds
+
+    def orthanc(self, r: int) -> float:
+        """A fresh Orthanc that syncs what it stores; seconds until movescu returned."""
+        base, http_port = self.work / f"orthanc-round{r}", free_port()
+        base.mkdir()
+        config = {
+            "Name": "dcmdb-bench", "StorageDirectory": str(base / "storage"),
+            "IndexDirectory": str(base / "index"), "DicomAet": "ORTHANC",
+            "DicomPort": self.orthanc_port, "HttpPort": http_port, "TcpNoDelay": True,
+            "DicomCheckCalledAet": False, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "StorageCompression": False,
+            "SyncStorageArea": True, "Plugins": [],
+        }  # fmt: skip
+        (base / "orthanc.json").write_text(json.dumps(config, indent=2))
+        proc = self.kids.start(
+            f"orthanc-round{r}", ["Orthanc", str(base / "orthanc.json")], NODELAY_ENV, base
+        )
+        try:
+            wait_until("Orthanc", lambda: echo_ok("ORTHANC", self.orthanc_port), proc)
+            os.sync()
+            seconds = self.move("ORTHANC", f"orthanc-round{r}")
+            stats = http("GET", f"http://{HOST}:{http_port}/statistics")
+        finally:
+            self.kids.stop(proc)
+        if stats["CountInstances"] != self.instances:
+            raise RuntimeError(f"Orthanc holds {stats['CountInstances']} instances")
+        if not self.args.keep:
+            shutil.rmtree(base, ignore_errors=True)
         return seconds
 
     def start_dcmdb(self, name: str) -> Proc:
@@ -336,6 +370,7 @@ def report(bench: Bench, rounds: dict[str, list[float]], api: dict[str, float], 
         ("(a) movescu -> storescp, moved", rounds["a"]),
         ("(b) movescu -> dcmdb, moved", rounds["b moved"]),
         ("(b) movescu -> dcmdb, all filed", rounds["b filed"]),
+        ("(d) movescu -> Orthanc (synced)", rounds["d"]),
         ("(c) POST /retrievals, job done", [api["job"]]),
         ("(c) POST /retrievals, all filed", [api["filed"]]),
         ("(c) POST /retrievals, converted", [api["converted"]]),
@@ -351,6 +386,8 @@ def report(bench: Bench, rounds: dict[str, list[float]], api: dict[str, float], 
     ratio = min(rounds["b moved"]) / base
     verdict = "PASS" if ratio <= 1.5 else "FAIL"
     print(f"\n{verdict}  C-MOVE into dcmdb <= 1.5 x into storescp: {ratio:.2f} x")
+    durable = min(rounds["b moved"]) / min(rounds["d"])
+    print(f"      C-MOVE into dcmdb / into Orthanc, both syncing what they store: {durable:.2f} x")
     return 0 if verdict == "PASS" else 1
 
 
@@ -384,7 +421,7 @@ def main() -> int:
         print(f"generated {len(uids)} studies, {size / 1e6:.1f} MB in "
               f"{time.perf_counter() - t0:.1f} s in {work}", flush=True)  # fmt: skip
         bench.start_pacs(work / "files", uids)
-        rounds: dict[str, list[float]] = {"a": [], "b moved": [], "b filed": []}
+        rounds: dict[str, list[float]] = {"a": [], "b moved": [], "b filed": [], "d": []}
         for r in range(1, args.rounds + 1):
             rounds["a"].append(bench.storescp(r))
             print(f"  (a) storescp round {r}: {rounds['a'][-1]:.3f} s", flush=True)
@@ -392,6 +429,8 @@ def main() -> int:
             rounds["b moved"].append(moved)
             rounds["b filed"].append(filed)
             print(f"  (b) dcmdb round {r}: moved {moved:.3f} s, filed {filed:.3f} s", flush=True)
+            rounds["d"].append(bench.orthanc(r))
+            print(f"  (d) Orthanc round {r}: {rounds['d'][-1]:.3f} s", flush=True)
         api = bench.dcmdb_api()
         print(
             f"  (c) dcmdb POST /retrievals: {', '.join(f'{k} {v:.3f} s' for k, v in api.items())}"

@@ -19,6 +19,7 @@ import pydicom
 import pytest
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
+from pynetdicom import _config as pynetdicom_config
 
 from shared.pacs import (
     PacsError,
@@ -266,10 +267,16 @@ def test_finds_each_series_and_counts_its_instances(
 
 
 def test_keeps_identifiers_out_of_the_logs(
-    peer: Peer, moved: StoreScp, headers: list[Header], caplog: pytest.LogCaptureFixture
+    peer: Peer,
+    moved: StoreScp,
+    headers: list[Header],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     agfa = next(h for h in headers if h.accession_number == "UMCA2198906")
-    # pynetdicom's own level too: a service's logging set up earlier in this process raises it.
+    # pynetdicom's message logging on, and its logger at DEBUG, whatever a service's
+    # logging set up earlier in this process made of them.
+    monkeypatch.setattr(pynetdicom_config, "LOG_HANDLER_LEVEL", "standard")
     with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="pynetdicom"):
         assert len(find_studies(peer, StudyQuery(patient_id="dicom2nifti"))) == 2
         assert find_studies(peer, StudyQuery(accession_number="UMCA2198906"))

@@ -153,9 +153,7 @@ class Child:
             self.start()
 
 
-def child_environments(
-    names: list[str], output: Output | None = None
-) -> dict[str, dict[str, str]]:
+def child_environments(names: list[str], output: Output | None = None) -> dict[str, dict[str, str]]:
     """Each service's environment: this one, with the service's own side port."""
     output = output or Output()
     settings = load_settings(UpSettings)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import aiormq
 from fastapi import FastAPI, HTTPException, Query, Request, status
@@ -62,17 +62,19 @@ from shared.naming import resolve_under
 
 log = logging.getLogger("dcmdb.api")
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "No API key, or an unknown one"},
     403: {"model": Problem, "description": "The API key lacks the scope"},
 }
-_NOT_FOUND = {404: {"model": Problem, "description": "No such study or series"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No such study or series"}
+}
 _READY_TIMEOUT = 3.0
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> Iterator[None]:  # type: ignore[misc]
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine, sessions = open_catalog(settings.catalog_url)
         app.state.engine, app.state.sessions = engine, sessions
         app.state.physicians = PhysicianDirectory(sessions)
@@ -106,7 +108,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         method
         for route in request.app.routes
         if isinstance(route, APIRoute) and route.path_regex.match(request.url.path)
-        for method in route.methods
+        for method in route.methods or ()
     )
     return JSONResponse(
         {"detail": exc.detail}, exc.status_code, headers={"Allow": ", ".join(allowed)}
@@ -189,11 +191,11 @@ def _routes(app: FastAPI) -> None:
             ),
             patient_id=patient_id,
             patient_name=like_pattern(patient_name, wildcards=True) if patient_name else None,
-            study_date=study_date,  # type: ignore[arg-type] - a DateRange once validated
+            study_date=study_date,  # type: ignore[arg-type]  # a DateRange once validated
             modality=modality.strip().upper() if modality else None,
             accession_number=accession_number,
             description=like_pattern(description, wildcards=False) if description else None,
-            received_since=received_since,  # type: ignore[arg-type] - a datetime once validated
+            received_since=received_since,  # type: ignore[arg-type]  # a datetime once validated
         )
         try:
             items, following = list_studies(

@@ -43,8 +43,8 @@ def date_range(text: str, today: dt.date | None = None) -> DateRange:
         if result.first and result.last and result.first > result.last:
             raise ValueError(f"the range ends before it starts; {_DATE_HELP}")
         return result
-    day = _day(value)
-    return DateRange(day, day)
+    single = _day(value)
+    return DateRange(single, single)
 
 
 def _day(text: str) -> str:

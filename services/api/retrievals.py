@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from sqlalchemy import select
@@ -31,8 +31,12 @@ from shared.catalog.models import RetrievalJob, Study
 from shared.pacs import PacsError, StudyQuery
 from shared.pacs_check import StudyCheck, check_study
 
-_NOT_FOUND = {404: {"model": Problem, "description": "No such job or study"}}
-_PACS_AWAY = {502: {"model": Problem, "description": "The PACS could not be asked"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No such job or study"}
+}
+_PACS_AWAY: dict[int | str, dict[str, Any]] = {
+    502: {"model": Problem, "description": "The PACS could not be asked"}
+}
 
 router = APIRouter(tags=["retrievals"])
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pydicom
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement, empty_value_for_VR
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
@@ -32,7 +32,7 @@ from shared.errors import UnreadableObject
 from shared.headers import ElementPlace, element_places, meta_places
 
 DEFER_SIZE = 16 * 1024
-_ENCODINGS = {  # transfer syntax: (implicit VR, little endian)
+_ENCODINGS: dict[str, tuple[bool, bool]] = {  # transfer syntax: (implicit VR, little endian)
     ImplicitVRLittleEndian: (True, True),
     ExplicitVRLittleEndian: (False, True),
     ExplicitVRBigEndian: (False, False),
@@ -74,7 +74,7 @@ def _read(path: Path) -> FileDataset:
         raise _Unhandled("implicit VR declared, explicit VR found")  # dcmread switches
     places = element_places(data, implicit=implicit, little_endian=little_endian)
     dataset = _raw_dataset(content, start, places, implicit=implicit, little_endian=little_endian)
-    charset = default_encoding
+    charset: str | list[str] = default_encoding
     if _CHARSET in dataset:
         charset = convert_encodings(dataset[_CHARSET].value)
     dataset.set_original_encoding(implicit, little_endian, charset)
@@ -87,7 +87,7 @@ def _read(path: Path) -> FileDataset:
 def _raw_dataset(
     content: bytes, base: int, places: list[ElementPlace], *, implicit: bool, little_endian: bool
 ) -> Dataset:
-    elements: dict[BaseTag, RawDataElement] = {}
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
     for tag, encoded_vr, length, start, end in places:
         vr = None
         if encoded_vr is not None:
@@ -99,7 +99,8 @@ def _raw_dataset(
             vr = _undefined_length_vr(tag, vr)
             value = content[base + start : base + end]
         elif length == 0:
-            value = empty_value_for_VR(vr, raw=True)
+            # With raw=True it is bytes or None; pydicom annotates every decoded empty value.
+            value = empty_value_for_VR(vr, raw=True)  # type: ignore[assignment]
         elif length > DEFER_SIZE and tag != _CHARSET:
             value = None  # read from the file when used
         else:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom.association import Association
 
@@ -38,9 +39,9 @@ class Forwarder:
         with open(path, "wb") as handle:
             handle.write(b"\x00" * 128 + b"DICM")
             meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = sop_class
-            meta.MediaStorageSOPInstanceUID = sop_instance
-            meta.TransferSyntaxUID = syntax
+            meta.MediaStorageSOPClassUID = UID(sop_class)
+            meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+            meta.TransferSyntaxUID = UID(syntax)
             write_file_meta_info(handle, meta, enforce_standard=True)  # type: ignore[arg-type]
             handle.write(dataset)
         try:

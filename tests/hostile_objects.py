@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -19,6 +20,9 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+
+from shared.headers import ElementPlace
+from tests.mutations import LengthField
 
 CANNOT_PARSE, MISSING_UID = 0xC210, 0xC211
 UNDEFINED = 0xFFFFFFFF
@@ -84,6 +88,18 @@ def nested(depth: int, enc: Encoding = EXPLICIT_LE, *, defined: bool = True) -> 
         inner = sequence(REFERENCED_IMAGE_SEQUENCE, [item(inner, enc, defined=defined)], enc,
                          defined=defined)  # fmt: skip
     return inner
+
+
+def length_fields(places: Sequence[ElementPlace], little_endian: bool) -> list[LengthField]:
+    """Where the length of each element lies (offsets as in `places`), for the mutations."""
+    order: Literal["little", "big"] = "little" if little_endian else "big"
+    fields = []
+    for _tag, vr, _length, start, _end in places:
+        if vr is not None and vr.decode() not in LONG_VRS:
+            fields.append(LengthField(start - 2, 2, order))
+        else:
+            fields.append(LengthField(start - 4, 4, order))
+    return fields
 
 
 def pad(raw: bytes, padding: bytes = b" ") -> bytes:

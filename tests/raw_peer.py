@@ -38,18 +38,20 @@ def pdu(kind: int, body: bytes) -> bytes:
 
 
 def associate_rq(
-    contexts: Sequence[tuple[int, str, Sequence[str]]],
+    contexts: Sequence[tuple[int, str | None, Sequence[str]]],
     *,
     called: str = "DCMDB",
     calling: str = "FUZZSCU",
     max_pdu: int = 16384,
 ) -> bytes:
-    """An A-ASSOCIATE-RQ proposing (context ID, abstract syntax, transfer syntaxes)."""
+    """An A-ASSOCIATE-RQ proposing (context ID, abstract syntax, transfer syntaxes); an
+    abstract syntax of None leaves its sub-item out."""
     body = struct.pack(">HH16s16s32s", 1, 0, called.encode().ljust(16), calling.encode().ljust(16),
                        b"")  # fmt: skip
     body += _uid_item(0x10, APPLICATION_CONTEXT)
     for context_id, abstract, syntaxes in contexts:
-        sub_items = _uid_item(0x30, abstract) + b"".join(_uid_item(0x40, s) for s in syntaxes)
+        sub_items = _uid_item(0x30, abstract) if abstract is not None else b""
+        sub_items += b"".join(_uid_item(0x40, syntax) for syntax in syntaxes)
         body += _item(0x20, struct.pack(">BBBB", context_id, 0, 0, 0) + sub_items)
     user = _item(0x51, struct.pack(">L", max_pdu)) + _uid_item(0x52, "1.2.826.0.1.3680043.8.498")
     body += _item(0x50, user + _item(0x55, b"DCMDB_FUZZ"))
@@ -112,7 +114,7 @@ def fragments(context_id: int, control: int, data: bytes, max_pdu: int) -> list[
     ]
 
 
-def length_fields(raw: bytes) -> list[LengthField]:
+def pdu_length_fields(raw: bytes) -> list[LengthField]:
     """The length fields of a well-formed PDU built here: the PDU's, its items' and sub-items',
     and within P-DATA each PDV's and each command element's."""
     fields = [LengthField(2, 4, "big")]
@@ -170,20 +172,22 @@ def read_pdus(sock: socket.socket, timeout: float) -> Iterator[tuple[int, bytes]
         buffer += chunk
 
 
-def status_of(body: bytes) -> int | None:
-    """The Status of a P-DATA-TF that carries a whole response command set, else None."""
+def response_of(body: bytes) -> tuple[int, int] | None:
+    """(Command Field, Status) of a P-DATA-TF that carries a whole response command set."""
     command, offset = b"", 0
     while offset + 6 <= len(body):
         (length,) = struct.unpack_from(">L", body, offset)
         if body[offset + 5] & COMMAND:
             command += body[offset + 6 : offset + 4 + length]
         offset += 4 + length
-    offset = 0
+    values, offset = {}, 0
     while offset + 8 <= len(command):
         _, tag, length = struct.unpack_from("<HHL", command, offset)
-        if tag == 0x0900 and length == 2:
-            return int(struct.unpack_from("<H", command, offset + 8)[0])
+        if length == 2:
+            values[tag] = int(struct.unpack_from("<H", command, offset + 8)[0])
         offset += 8 + length
+    if 0x0100 in values and 0x0900 in values:
+        return values[0x0100], values[0x0900]
     return None
 
 
@@ -238,8 +242,8 @@ class RawAssociation:
             pdus += fragments(context_id, 0, data_set, max_pdu)
         self.sock.sendall(b"".join(pdus))
         for kind, body in self._pdus:
-            if kind == P_DATA_TF and (status := status_of(body)) is not None:
-                return status
+            if kind == P_DATA_TF and (response := response_of(body)) is not None:
+                return response[1]
             if kind != P_DATA_TF:
                 break
         raise ConnectionError("no response: the association ended")

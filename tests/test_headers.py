@@ -7,7 +7,7 @@ import functools
 import struct
 from pathlib import Path
 from random import Random
-from typing import Any, Literal
+from typing import Any
 
 import pydicom
 import pydicom.filebase
@@ -20,7 +20,6 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from shared.errors import MissingIdentifier, UnreadableObject
 from shared.headers import (
     CATALOG_KEYWORDS,
-    ElementPlace,
     Header,
     Identifiers,
     element_places,
@@ -36,7 +35,6 @@ from tests.hostile_objects import (
     EXPLICIT_LE,
     HOSTILE,
     IMPLICIT_LE,
-    LONG_VRS,
     MISSING_UID,
     MR_IMAGE_STORAGE,
     REFERENCED_IMAGE_SEQUENCE,
@@ -45,6 +43,7 @@ from tests.hostile_objects import (
     element,
     identifying,
     item,
+    length_fields,
     sequence,
 )
 from tests.mutations import LengthField, mutate
@@ -206,17 +205,6 @@ SEED_FILES = (
 ENCODINGS_BY_SYNTAX = {enc.syntax: enc for enc in ENCODINGS}
 
 
-def length_fields(places: list[ElementPlace], order: Literal["little", "big"]) -> list[LengthField]:
-    """Where the length of each element lies (offsets as in `places`)."""
-    fields = []
-    for _tag, vr, _length, start, _end in places:
-        short = vr is not None and vr.decode() not in LONG_VRS
-        fields.append(
-            LengthField(start - 2, 2, order) if short else LengthField(start - 4, 4, order)
-        )
-    return fields
-
-
 @functools.cache
 def seed(index: int) -> tuple[bytes, str, list[LengthField]]:
     """A real file: its data set, transfer syntax and the length fields of its elements."""
@@ -225,7 +213,7 @@ def seed(index: int) -> tuple[bytes, str, list[LengthField]]:
     if syntax == DeflatedExplicitVRLittleEndian:
         return data_set, syntax, []
     places = element_places(data_set, implicit=enc.implicit, little_endian=enc.little_endian)
-    return data_set, syntax, length_fields(places, "little" if enc.little_endian else "big")
+    return data_set, syntax, length_fields(places, enc.little_endian)
 
 
 def read_everything(data_set: bytes, syntax: str) -> None:
@@ -256,7 +244,7 @@ def test_mutated_data_sets_are_read_or_refused_as_unreadable(index: int, rng: Ra
 @given(st.integers(0, len(SEED_FILES) - 1), st.randoms(use_true_random=False))
 def test_mutated_files_are_read_or_refused_as_unreadable(index: int, rng: Random) -> None:
     content = (TESTDATA / SEED_FILES[index]).read_bytes()
-    meta_fields = length_fields(meta_places(content)[0], "little")
+    meta_fields = length_fields(meta_places(content)[0], little_endian=True)
     mutated, _what = mutate(content, rng, meta_fields)
     with contextlib.suppress(UnreadableObject):
         meta_places(mutated)

@@ -105,7 +105,11 @@ class Receiver:
             self._records[id(event.assoc)] = record
 
     def on_store(self, event: evt.Event) -> int:
-        record = self._records[id(event.assoc)]
+        # A request pynetdicom served after the connection closed has no record left:
+        # its instance arrived whole, so it is kept all the same.
+        record = self._records.get(id(event.assoc)) or AssociationRecord(
+            _calling_ae(event.assoc), event.assoc.requestor.address
+        )
         request = cast(C_STORE, event.request)
         dataset = cast(BytesIO, request.DataSet).getvalue()
         transfer_syntax = str(event.context.transfer_syntax)

@@ -21,6 +21,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from services.receiver.storage import PREAMBLE, FileMeta
 from shared.headers import ElementPlace
 from tests.mutations import LengthField
 
@@ -281,11 +282,8 @@ class Odd:
     syntax: str = ExplicitVRLittleEndian
 
 
-def _odd(name: str, number: int, *elements: bytes, **uids: str) -> Odd:
-    """An object with its own UIDs (so each is filed apart) plus `elements`, in tag order."""
-    base = f"1.2.826.0.1.3680043.8.498.{number}"
-    study, series = uids.get("study", f"{base}.1"), uids.get("series", f"{base}.2")
-    instance = uids.get("instance", f"{base}.3")
+def filed_by(study: str, series: str, instance: str, *elements: bytes) -> bytes:
+    """A data set with these UIDs and `elements` (encoded, explicit VR LE), in tag order."""
     ordered = sorted(
         [
             uid(SOP_CLASS, MR_IMAGE_STORAGE),
@@ -296,7 +294,21 @@ def _odd(name: str, number: int, *elements: bytes, **uids: str) -> Odd:
         ],
         key=lambda raw: struct.unpack_from("<HH", raw),
     )
-    return Odd(name, b"".join(ordered))
+    return b"".join(ordered)
+
+
+def part10(data_set: bytes, syntax: str = ExplicitVRLittleEndian) -> bytes:
+    """A Part 10 file around a data set, as the receiver writes it; its meta names a
+    placeholder instance (what a hostile sender puts in the command set is up to it)."""
+    meta = FileMeta(MR_IMAGE_STORAGE, "1.2.826.0.1.3680043.8.498.99", syntax, "HOSTILE")
+    return PREAMBLE + meta.encode() + data_set
+
+
+def _odd(name: str, number: int, *elements: bytes, **uids: str) -> Odd:
+    """An object with its own UIDs (so each is filed apart) plus `elements`."""
+    base = f"1.2.826.0.1.3680043.8.498.{number}"
+    study, series = uids.get("study", f"{base}.1"), uids.get("series", f"{base}.2")
+    return Odd(name, filed_by(study, series, uids.get("instance", f"{base}.3"), *elements))
 
 
 def raw(tag: int, vr: str, value: bytes) -> bytes:

@@ -9,35 +9,23 @@ ones too: a disk can corrupt a file after it was accepted).
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from services.converter.isolation import Job, run_isolated
-from services.receiver.storage import PREAMBLE, FileMeta, received_time, time_stamp
-from shared.headers import Header
-from shared.messages import InstanceReceived
-from tests.arrivals import Sorter
-from tests.hostile_objects import HOSTILE, MR_IMAGE_STORAGE, ODD, Hostile, Odd
+from tests.arrivals import Sorter, arrive_as_received
+from tests.conftest import fresh_vhost
+from tests.hostile_objects import HOSTILE, MR_IMAGE_STORAGE, ODD, Hostile, Odd, part10
 from tests.raw_peer import RawAssociation
 from tests.system import Dcmdb, echo
 
 pytestmark = pytest.mark.integration
 
 
-def part10(data_set: bytes, syntax: str) -> bytes:
-    """A Part 10 file around a data set, as the receiver writes it; its meta names a
-    placeholder instance (what a hostile sender puts in the command set is up to it)."""
-    meta = FileMeta(MR_IMAGE_STORAGE, "1.2.826.0.1.3680043.8.498.99", syntax, "HOSTILE")
-    return PREAMBLE + meta.encode() + data_set
-
-
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dcmdb]:
-    from tests.conftest import fresh_vhost
-
     root = tmp_path_factory.mktemp("hostile")
     vhosts = fresh_vhost()
     system = Dcmdb(root / "data", next(vhosts), f"sqlite:///{root / 'catalog.sqlite'}")
@@ -99,35 +87,8 @@ def test_the_receiver_logged_no_traceback(receiver: Dcmdb) -> None:
     assert "Exception in" not in receiver.log()
 
 
-def arrive(data: bytes, sorter: Sorter) -> InstanceReceived:
-    """`data` in ``incoming/`` as the receiver leaves it, with the event it sends."""
-    incoming = sorter.data / "incoming"
-    incoming.mkdir(parents=True, exist_ok=True)
-    path = incoming / f"{time_stamp()}-{uuid.uuid4().hex[:12]}-{len(data)}.dcm"
-    path.write_bytes(data)
-    try:
-        uids = Header.from_part10(data).identifiers()
-        names = (uids.sop_instance_uid, uids.sop_class_uid, uids.study_instance_uid)
-        series = uids.series_instance_uid
-    except Exception:  # what the receiver announced before the file went bad
-        names, series = ("1.2.3.4", MR_IMAGE_STORAGE, "1.2.3.5"), "1.2.3.6"
-    return InstanceReceived(
-        sop_instance_uid=names[0],
-        sop_class_uid=names[1],
-        study_instance_uid=names[2],
-        series_instance_uid=series,
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        incoming_path=str(path.relative_to(sorter.data)),
-        size=len(data),
-        received_at=received_time(path.name),
-        calling_ae="HOSTILE",
-        peer_host="127.0.0.1",
-        association_id=uuid.uuid4().hex,
-    )
-
-
 def test_the_sorter_quarantines_what_it_cannot_read(sorter: Sorter) -> None:
-    events = [arrive(part10(h.data_set, h.syntax), sorter) for h in HOSTILE]
+    events = [arrive_as_received(part10(h.data_set, h.syntax), sorter.data) for h in HOSTILE]
     outcomes = sorter.filer.file_batch(events)
     assert all(outcome.filed is None for outcome in outcomes)
     assert not sorter.incoming() and not sorter.archived() and not sorter.instances()
@@ -138,7 +99,7 @@ def test_the_sorter_quarantines_what_it_cannot_read(sorter: Sorter) -> None:
 
 
 def test_the_sorter_files_strange_objects_under_the_archive(sorter: Sorter) -> None:
-    events = [arrive(part10(odd.data_set, odd.syntax), sorter) for odd in ODD]
+    events = [arrive_as_received(part10(odd.data_set, odd.syntax), sorter.data) for odd in ODD]
     outcomes = sorter.filer.file_batch(events)
     assert all(outcome.filed is not None for outcome in outcomes)
     archive = sorter.archive.resolve()

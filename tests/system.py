@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,6 +177,18 @@ class Dcmdb:
                 process.kill()
                 process.wait()
         self.processes.clear()
+
+
+@contextmanager
+def receiver_alone(root: Path, broker_url: str) -> Iterator[Dcmdb]:
+    """``dcmdb receiver`` alone: what it accepts stays in incoming/ for a test to look at."""
+    system = Dcmdb(root / "data", broker_url, f"sqlite:///{root / 'catalog.sqlite'}")
+    system.start("receiver")
+    try:
+        system.wait_until_listening()
+        yield system
+    finally:
+        system.stop()
 
 
 def send_raw(port: int, path: Path, *, calling_ae: str = "RAWSCU") -> int:

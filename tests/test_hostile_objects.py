@@ -19,23 +19,19 @@ from tests.arrivals import Sorter, arrive_as_received
 from tests.conftest import fresh_vhost
 from tests.hostile_objects import HOSTILE, MR_IMAGE_STORAGE, ODD, Hostile, Odd, part10
 from tests.raw_peer import RawAssociation
-from tests.system import Dcmdb, echo
+from tests.system import Dcmdb, echo, receiver_alone
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dcmdb]:
-    root = tmp_path_factory.mktemp("hostile")
     vhosts = fresh_vhost()
-    system = Dcmdb(root / "data", next(vhosts), f"sqlite:///{root / 'catalog.sqlite'}")
-    system.start("receiver")
     try:
-        system.wait_until_listening()
-        yield system
+        with receiver_alone(tmp_path_factory.mktemp("hostile"), next(vhosts)) as system:
+            yield system
     finally:
-        system.stop()
-        next(vhosts, None)
+        next(vhosts, None)  # the virtual host goes
 
 
 def send(port: int, data_set: bytes, syntax: str) -> int:

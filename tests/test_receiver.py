@@ -13,7 +13,15 @@ import pydicom
 import pytest
 from pydicom.filewriter import write_file_meta_info
 
-from tests.system import Dcmdb, dicom_files, echo, send_dicom, send_raw, wait_for
+from tests.system import (
+    Dcmdb,
+    dicom_files,
+    echo,
+    receiver_alone,
+    send_dicom,
+    send_raw,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -22,12 +30,8 @@ T1_SERIES = "siemens_xa30_t1w_3d_classic"
 
 @pytest.fixture
 def receiver(tmp_path: Path, broker_url: str) -> Iterator[Dcmdb]:
-    """The receiver alone: what it accepts stays in incoming/ for the test to look at."""
-    system = Dcmdb(tmp_path / "data", broker_url, f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    system.start("receiver")
-    system.wait_until_listening()
-    yield system
-    system.stop()
+    with receiver_alone(tmp_path, broker_url) as system:
+        yield system
 
 
 def transfer_syntaxes(paths: list[Path]) -> set[str]:

@@ -21,7 +21,7 @@ from shared.headers import Header
 from tests.hostile_objects import MR_IMAGE_STORAGE
 from tests.pdu_fuzzing import make_case, real_data_sets, run_case, seeds
 from tests.raw_peer import A_ABORT, RawAssociation, associate_rq, c_store_rq, pdu, read_pdus
-from tests.system import Dcmdb, echo, wait_for
+from tests.system import Dcmdb, echo, receiver_alone, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,17 +30,8 @@ CHECK_EVERY = 100
 
 @pytest.fixture
 def receiver(tmp_path: Path, broker_url: str) -> Iterator[Dcmdb]:
-    system = Dcmdb(
-        tmp_path / "data",
-        broker_url,
-        f"sqlite:///{tmp_path / 'catalog.sqlite'}",
-        # short enough that an association left waiting shows within the test
-        extra_env={"DCMDB_NETWORK_TIMEOUT": "20"},
-    )
-    system.start("receiver")
-    system.wait_until_listening()
-    yield system
-    system.stop()
+    with receiver_alone(tmp_path, broker_url) as system:
+        yield system
 
 
 def threads(pid: int) -> int:

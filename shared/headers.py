@@ -45,6 +45,7 @@ _UID_TAGS = frozenset(_TAGS[k] for k in UID_KEYWORDS)
 _CATALOG_TAGS = frozenset(_TAGS.values())
 _TEXT_DELIMITERS = {0x5C, 0x3D, 0x5E}  # \ = ^ : character set switches reset there
 _PART10_MAGIC = b"DICM"
+_IS_MIN, _IS_MAX = -(2**31), 2**31 - 1
 
 # Uncompressed, deflated and the common compressed transfer syntaxes: what dcmdb accepts
 # (from senders, and from a PACS by C-GET); the bytes are stored as received, so accepting
@@ -117,18 +118,26 @@ class Header:
         return header
 
     def text(self, keyword: str) -> str:
-        """A tag's value as text, '' when absent or empty."""
+        """A tag's value as text, '' when absent or empty.
+
+        NUL never belongs in DICOM text (it only pads UIDs) and PostgreSQL refuses text
+        holding one, so a NUL within a value is dropped too.
+        """
         raw = self._values.get(_TAGS[keyword], b"").rstrip(b"\x00 ")
         try:
-            return decode_bytes(raw, self._encodings, _TEXT_DELIMITERS).strip()
+            text = decode_bytes(raw, self._encodings, _TEXT_DELIMITERS)
         except Exception:
-            return raw.decode("latin-1").strip()
+            text = raw.decode("latin-1")
+        return text.replace("\x00", "").strip()
 
     def integer(self, keyword: str) -> int | None:
+        """An IS value; None when absent, not a number, or outside IS's range (32-bit signed,
+        as the catalog's integer columns), which only a broken or hostile sender exceeds."""
         try:
-            return int(self.text(keyword))
+            value = int(self.text(keyword))
         except ValueError:
             return None
+        return value if _IS_MIN <= value <= _IS_MAX else None
 
     def meta_text(self, tag: int) -> str:
         """A file meta information element as text (e.g. 0x00020010, the transfer syntax)."""
@@ -201,7 +210,12 @@ _LONG_VRS = frozenset(
 )
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
 _MAX_DEPTH = 32
+
+
+class _TooDeep(UnreadableObject):
+    """Sequences nested deeper than any real object nests them."""
 
 
 class _Walker:
@@ -210,6 +224,10 @@ class _Walker:
     pydicom reads a truncated data set without complaint, so this is what
     tells a complete object from one cut short in transfer. The top-level
     values of the ``wanted`` tags are kept on the way.
+
+    Sequences are walked whatever their length form, so that no object nests
+    them deeper than ``_MAX_DEPTH``: pydicom parses each level recursively, and
+    a few kilobytes nested a thousand deep take it minutes and gigabytes.
     """
 
     def __init__(
@@ -220,6 +238,7 @@ class _Walker:
         self._explicit = struct.Struct(f"{order}HH2sH").unpack_from
         self._implicit = struct.Struct(f"{order}HHL").unpack_from
         self._u32 = struct.Struct(f"{order}L").unpack_from
+        self._item_tag = struct.pack(f"{order}HH", 0xFFFE, 0xE000)
         self.top_level: dict[int, bytes] = {}
         self._wanted = wanted
         self.places: list[ElementPlace] | None = None  # recorded when a list
@@ -262,7 +281,7 @@ class _Walker:
     def elements(self, offset: int, end: int, depth: int, until: int | None) -> int:
         """Walk elements from ``offset``; stop at ``end`` or after the ``until`` delimiter."""
         if depth > _MAX_DEPTH:
-            raise UnreadableObject("sequences nested too deeply")
+            raise _TooDeep("sequences nested too deeply")
         while offset < end:
             tag, vr, length, value = self.header(offset)
             if tag == until:
@@ -276,27 +295,59 @@ class _Walker:
                         self.top_level[tag] = self.data[value:offset]
                     if self.places is not None:
                         self.places.append((tag, vr, length, value, offset))
+                if vr == b"SQ":
+                    self.items(value, offset, depth + 1, delimited=False)
+                elif vr is None or vr == b"UN":
+                    self._perhaps_items(value, offset, depth + 1, vr)
                 continue
             if vr not in (None, b"SQ", b"UN", b"OB", b"OW"):
                 raise UnreadableObject("undefined length on an element that cannot have one")
-            offset = self.items(value, end, depth + 1)
+            fragments = vr in (b"OB", b"OW") or tag == _PIXEL_DATA
+            walker = _Walker.implicit_le(self.data) if vr == b"UN" else self
+            offset = walker.items(value, end, depth + 1, fragments=fragments)
             if depth == 0 and self.places is not None:
                 self.places.append((tag, vr, length, value, offset - 8))
         if until is not None:
             raise UnreadableObject("sequence or item not terminated")
         return offset
 
-    def items(self, offset: int, end: int, depth: int) -> int:
-        """Walk the items of an undefined-length sequence or encapsulated pixel data."""
-        while True:
+    def items(
+        self, offset: int, end: int, depth: int, *, delimited: bool = True, fragments: bool = False
+    ) -> int:
+        """Walk the items of a sequence to its delimiter, or to `end` when not `delimited`.
+
+        The items of encapsulated pixel data (`fragments`) are compressed pixels, not walked.
+        """
+        while delimited or offset < end:
             tag, _vr, length, value = self.header(offset)
-            if tag == _SEQUENCE_END:
+            if delimited and tag == _SEQUENCE_END:
                 return value
             if tag != _ITEM:
                 raise UnreadableObject("expected an item in a sequence")
             if length == _UNDEFINED:
                 offset = self.elements(value, end, depth, until=_ITEM_END)
-            else:
-                offset = value + length
-                if offset > end:
-                    raise UnreadableObject("data set ends inside a sequence item")
+                continue
+            offset = value + length
+            if offset > end:
+                raise UnreadableObject("data set ends inside a sequence item")
+            if not fragments:
+                self.elements(value, offset, depth, until=None)
+        return offset
+
+    def _perhaps_items(self, offset: int, end: int, depth: int, vr: bytes | None) -> None:
+        """A value of implicit VR, or of VR UN (whose sequences are implicit VR little endian),
+        that may hold a sequence: walked as one when it starts like one, for its depth.
+        One that does not parse as items is opaque bytes; pydicom reads it or not."""
+        walker = _Walker.implicit_le(self.data) if vr == b"UN" else self
+        if end - offset < 8 or self.data[offset : offset + 4] != walker._item_tag:
+            return
+        try:
+            walker.items(offset, end, depth, delimited=False)
+        except _TooDeep:
+            raise
+        except UnreadableObject:
+            pass
+
+    @classmethod
+    def implicit_le(cls, data: bytes) -> _Walker:
+        return cls(data, implicit=True, little_endian=True, wanted=frozenset())

@@ -22,6 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.receiver.storage import received_time
 from services.sorter.filing import Filer
 from shared.catalog.models import Instance
+from shared.errors import UnreadableObject
+from shared.headers import Header, Identifiers
 from shared.messages import InstanceReceived
 
 _clock = itertools.count(time.time_ns() // 10**6 * 10**6, 10**6)  # a millisecond apart
@@ -94,6 +96,34 @@ def arrive(
         size=len(data),
         received_at=received_time(path.name),
         calling_ae=calling_ae,
+        peer_host="127.0.0.1",
+        association_id=uuid.uuid4().hex,
+    )
+
+
+def arrive_as_received(data: bytes, data_dir: Path) -> InstanceReceived:
+    """`data` in ``incoming/`` with the event the receiver sends for it: its UIDs as the
+    receiver reads them, or placeholders when they cannot be read (a file that went bad
+    after it was received)."""
+    stamp = next_stamp()
+    incoming = data_dir / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    path = incoming / f"{stamp:020d}-{uuid.uuid4().hex[:12]}-{len(data)}.dcm"
+    path.write_bytes(data)
+    try:
+        uids = Header.from_part10(data).identifiers()
+    except UnreadableObject:
+        uids = Identifiers("1.2.840.10008.5.1.4.1.1.4", "1.2.3.4", "1.2.3.5", "1.2.3.6")
+    return InstanceReceived(
+        sop_instance_uid=uids.sop_instance_uid,
+        sop_class_uid=uids.sop_class_uid,
+        study_instance_uid=uids.study_instance_uid,
+        series_instance_uid=uids.series_instance_uid,
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        incoming_path=str(path.relative_to(data_dir)),
+        size=len(data),
+        received_at=received_time(path.name),
+        calling_ae="HOSTILE",
         peer_host="127.0.0.1",
         association_id=uuid.uuid4().hex,
     )

@@ -34,6 +34,12 @@ TESTDATA = REPO.parent / "shared" / "testdata" / "dicom"
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fuzzing", "the receiver's PDU fuzzing (scripts/fuzz-pdus)")
+    group.addoption("--fuzz-cases", type=int, default=3000, help="mutated PDU cases to send")
+    group.addoption("--fuzz-seed", type=int, default=1, help="seed of the first case")
+
+
 def require_tool(name: str) -> str:
     """The system's tool of this name: pynetdicom's own storescu and friends in the
     virtualenv's bin/ (first on PATH under ``uv run``) are not the DCMTK peers."""

@@ -227,6 +227,18 @@ class Dcmdb:
         self.processes.clear()
 
 
+@contextmanager
+def receiver_alone(root: Path, broker_url: str) -> Iterator[Dcmdb]:
+    """``dcmdb receiver`` alone: what it accepts stays in incoming/ for a test to look at."""
+    system = Dcmdb(root / "data", broker_url, f"sqlite:///{root / 'catalog.sqlite'}")
+    system.start("receiver")
+    try:
+        system.wait_until_listening()
+        yield system
+    finally:
+        system.stop()
+
+
 def send_raw(port: int, path: Path, *, calling_ae: str = "RAWSCU") -> int:
     """C-STORE the data set bytes of ``path`` exactly as they are in the file; the status.
 

@@ -19,6 +19,7 @@ from tests.system import (
     dicom_files,
     echo,
     free_port,
+    receiver_alone,
     send_dicom,
     send_raw,
     small_filesystem,
@@ -32,12 +33,8 @@ T1_SERIES = "siemens_xa30_t1w_3d_classic"
 
 @pytest.fixture
 def receiver(tmp_path: Path, broker_url: str) -> Iterator[Dcmdb]:
-    """The receiver alone: what it accepts stays in incoming/ for the test to look at."""
-    system = Dcmdb(tmp_path / "data", broker_url, f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    system.start("receiver")
-    system.wait_until_listening()
-    yield system
-    system.stop()
+    with receiver_alone(tmp_path, broker_url) as system:
+        yield system
 
 
 def transfer_syntaxes(paths: list[Path]) -> set[str]:

@@ -531,6 +531,16 @@ def test_c_store_rsp_with_error_comment_is_left_to_pynetdicom() -> None:
     assert encode_c_store_rsp(rsp) is None
 
 
+def test_c_store_rsp_with_a_uid_that_is_not_ascii_is_left_to_pynetdicom() -> None:
+    """pynetdicom decodes such a UID from a request (warning that it does not conform),
+    and the response echoes it."""
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 1
+    rsp.Status = 0xC210
+    rsp.AffectedSOPInstanceUID = "1.2.\xe9.4"
+    assert encode_c_store_rsp(rsp) is None
+
+
 def _pynetdicom_command_bytes(primitive: Any) -> bytes:
     message = C_STORE_RQ()
     message.primitive_to_message(primitive)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, selectinload
 from services.api.access import ADMIN, READ, SessionDep
 from services.api.parameters import date_range, invalid
 from services.api.schemas import (
+    UID_PATTERN,
     PacsCheck,
     Problem,
     Retrieval,
@@ -42,6 +43,8 @@ router = APIRouter(tags=["retrievals"])
 
 
 JobId = Annotated[int, Path(ge=1, le=2**31 - 1, description="A job id")]
+# Goes to the PACS as a C-FIND key: see UID_PATTERN.
+StudyUid = Annotated[str, Path(pattern=UID_PATTERN, description="A study UID")]
 
 
 def _settings(request: Request) -> ApiSettings:
@@ -121,7 +124,7 @@ def cancel_retrieval(job_id: JobId, session: SessionDep) -> Retrieval:
 )
 async def pacs_check(
     request: Request,
-    study_uid: str,
+    study_uid: StudyUid,
     pacs: Annotated[str | None, Query(max_length=64, description="A configured PACS")] = None,
 ) -> PacsCheck:
     """The PACS's series and instance counts beside the catalog's, and what is missing."""
@@ -139,7 +142,7 @@ async def pacs_check(
 )
 async def repair(
     request: Request,
-    study_uid: str,
+    study_uid: StudyUid,
     pacs: Annotated[str | None, Query(max_length=64, description="A configured PACS")] = None,
 ) -> Retrieval:
     """Queue a move of only the series the check finds incomplete."""

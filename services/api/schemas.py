@@ -159,6 +159,11 @@ class Problem(_Model):
 RetrievalState = Literal["queued", "running", "completed", "partial", "failed", "cancelled"]
 
 
+# A UID as the PACS must get it: a C-FIND key where a backslash would make a list and
+# some PACS match * as a wildcard.
+UID_PATTERN = r"^[0-9.]{1,64}$"
+
+
 class RetrievalRequest(_Model):
     """What to fetch from the PACS: a C-FIND at study level with these keys."""
 
@@ -170,7 +175,7 @@ class RetrievalRequest(_Model):
     )
     patient_id: str | None = Field(default=None, min_length=1, max_length=64)
     accession_number: str | None = Field(default=None, min_length=1, max_length=16)
-    study_uid: str | None = Field(default=None, min_length=1, max_length=64)
+    study_uid: str | None = Field(default=None, pattern=UID_PATTERN)
     modality: str | None = Field(default=None, min_length=1, max_length=16)
     referring_physician: str | None = Field(
         default=None, min_length=1, max_length=64, description="DICOM name, * wildcards"

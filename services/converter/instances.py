@@ -157,8 +157,11 @@ def as_float(value: Any) -> float | None:
 
 
 def as_int(value: Any) -> int | None:
+    """The integer of an IS or US value; None when there is none or it is out of their
+    32-bit range (a hostile ``1e400`` would otherwise be infinite, or name a file with
+    hundreds of digits)."""
     number = as_float(value)
-    if number is None:
+    if number is None or not -(2**31) <= number < 2**32:
         return None
     return int(number)
 

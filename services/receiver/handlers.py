@@ -116,7 +116,11 @@ class Receiver:
 
     def on_store(self, event: evt.Event) -> int:
         started = time.perf_counter()
-        record = self._records[id(event.assoc)]
+        # A request pynetdicom served after the connection closed has no record left:
+        # its instance arrived whole, so it is kept all the same.
+        record = self._records.get(id(event.assoc)) or AssociationRecord(
+            _calling_ae(event.assoc), event.assoc.requestor.address
+        )
         if self.floor.reached():  # refused before the disk is full, not when it is
             record.failed += 1
             metrics.REFUSED.labels(record.calling_ae, "out_of_resources").inc()

@@ -279,7 +279,9 @@ def _element(element: int, vr: bytes, value: bytes) -> bytes:
 
 
 def _uid(value: str) -> bytes:
-    raw = value.encode("ascii")
+    # Stored instances carry UIDs checked by ``Header.identifiers``; a quarantined one
+    # may carry whatever its sender's command set said.
+    raw = value.encode("ascii", "replace")[:64]
     return raw + b"\x00" if len(raw) % 2 else raw
 
 

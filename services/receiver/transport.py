@@ -40,10 +40,15 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import InvalidEventError
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
-from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.transport import (
+    AddressInformation,
+    AssociationSocket,
+    RequestHandler,
+)
 from pynetdicom.utils import make_target
 
 from services.receiver.admission import Admission, Slot, StorageServer
@@ -68,6 +73,8 @@ _ITEM_LENGTH = struct.Struct(">L")
 _P_DATA_TF = 0x04
 _COMMAND_ELEMENT = struct.Struct("<HHL")  # implicit VR little endian
 _PRE_ASSOCIATION_STATES = frozenset({"Sta1", "Sta2", "Sta3"})
+#: State machine events raised by a primitive of the local user (PS3.8 9.2)
+_PRIMITIVE_EVENTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
 #: pynetdicom's default handlers format every message (~0.1 ms each) and stop
 #: the fast C-STORE paths, which skip building what they are handed.
 _STANDARD_LOG_HANDLERS = (
@@ -135,8 +142,12 @@ def decode_c_store_rq(command: bytes) -> C_STORE | None:
 
 def encode_c_store_rsp(rsp: C_STORE) -> bytes | None:
     """The command set pynetdicom would encode for `rsp`; ``None`` if it has
-    the (rare) optional status elements, which are left to pynetdicom."""
+    the (rare) optional status elements or a UID that is not ASCII (a request
+    pynetdicom decoded, echoed back), which are left to pynetdicom."""
     if rsp.OffendingElement is not None or rsp.ErrorComment is not None:
+        return None
+    uids = (rsp.AffectedSOPClassUID, rsp.AffectedSOPInstanceUID)
+    if not all(uid is None or uid.isascii() for uid in uids):
         return None
     elements = [
         (0x0002, rsp.AffectedSOPClassUID),
@@ -362,7 +373,10 @@ class EventDrivenDUL(DULServiceProvider):
 
         Waiting happens in ``_is_transport_event``, and a data PDU served by
         ``_receive_data_directly`` queues no event: the sleep would cost a
-        scheduler round trip per PDU.
+        scheduler round trip per PDU. pynetdicom lets an exception in a state
+        machine action (a peer's A-ASSOCIATE-RQ or A-ABORT with values its
+        primitives refuse) end this thread with the association left behind;
+        here it aborts the association, as one while reading does.
         """
         self._idle_timer.start()
         while not self._kill_thread:
@@ -371,25 +385,47 @@ class EventDrivenDUL(DULServiceProvider):
             if self.artim_timer.expired:
                 self.event_queue.put("Evt18")
             try:
-                if not self._process_recv_primitive() and self._is_transport_event():
-                    self._idle_timer.restart()
+                self._step()
             except Exception as exc:
                 LOGGER.error("Exception in the DUL reactor, aborting association")
                 LOGGER.exception(exc)
                 self._abort_at_once()
                 return
-            try:
-                event = self.event_queue.get(block=False)
-            except queue.Empty:
-                continue
+
+    def _step(self) -> None:
+        """Send a primitive or read a PDU, then run the next event's action."""
+        if not self._process_recv_primitive() and self._is_transport_event():
+            self._idle_timer.restart()
+        try:
+            event = self.event_queue.get(block=False)
+        except queue.Empty:
+            return
+        try:
             self.state_machine.do_action(event)
+        except InvalidEventError:
+            # Every PDU from the peer has an action in every connected state, so this
+            # is a primitive of our own that the peer overtook (a response to send
+            # after an A-ABORT went out, in Sta13): nobody is left to send it to. It
+            # is dropped, as its action would have taken it off the queue; do_action
+            # has logged it.
+            if event in _PRIMITIVE_EVENTS:
+                with contextlib.suppress(queue.Empty):
+                    self.to_provider_queue.get_nowait()
 
     def _abort_at_once(self) -> None:
-        """What pynetdicom does when its reactor fails: A-ABORT, bypassing the state machine."""
+        """What pynetdicom does when its reactor fails (A-ABORT, bypassing the state
+        machine), then what its closing actions do: close the connection and say so
+        (EVT_CONN_CLOSE), without which the handlers never see the association end."""
         abort = A_ABORT_RQ()
         abort.source, abort.reason_diagnostic = 0x02, 0x00
+        sock = cast(PDUSocket, self.socket)
         with contextlib.suppress(Exception):
-            cast(PDUSocket, self.socket).send(abort.encode())
+            sock.send(abort.encode())
+        connected = sock.socket is not None
+        sock.close()
+        if connected:
+            address = cast(AddressInformation, self.assoc.requestor.address_info).as_tuple
+            evt.trigger(self.assoc, evt.EVT_CONN_CLOSE, {"address": address})
         self.assoc.is_aborted, self.assoc.is_established = True, False
         self.assoc._kill = True
         self._kill_thread = True
@@ -520,6 +556,18 @@ class EventDrivenAssociation(Association):
         if self.slot is not None:
             self.slot.release()
         self._wakeup.set()
+
+    def run_reactor(self) -> None:
+        """pynetdicom's, but an exception while negotiating (a request with values its
+        primitives refuse, such as a presentation context without an abstract syntax)
+        aborts the association: pynetdicom lets it end this thread, and its DUL then
+        waits for an answer to the peer for as long as the peer keeps the connection."""
+        try:
+            super().run_reactor()
+        except Exception as exc:
+            LOGGER.error("Exception in the association reactor, aborting association")
+            LOGGER.exception(exc)
+            self.abort()
 
     def serve_store(self, request: C_STORE) -> bool:
         """Run the C-STORE handler here, in the DUL thread, and send its response.

@@ -172,6 +172,8 @@ def test_the_admin_routes_are_known() -> None:
         ("POST", "/retrievals"),
         ("DELETE", "/retrievals/{job_id}"),
         ("POST", "/studies/{study_uid}/repair"),
+        ("POST", "/studies/{study_uid}/pin"),
+        ("DELETE", "/studies/{study_uid}/pin"),
     }
 
 

@@ -33,6 +33,10 @@ def scoped() -> TestClient:
     def change() -> dict[str, str]:
         return {"ok": "admin"}
 
+    @app.get("/find", dependencies=[Depends(require("read"))])
+    def find(modality: str | None = None) -> dict[str, str | None]:
+        return {"modality": modality}
+
     return TestClient(app)
 
 
@@ -67,6 +71,15 @@ def test_unknown_parameters_are_refused_after_the_key(scoped: TestClient) -> Non
     answer = scoped.get("/look?colour=red", headers=_bearer(READ_KEY))
     assert answer.status_code == 422
     assert "colour" in answer.text
+
+
+def test_a_parameter_given_twice_is_refused(scoped: TestClient) -> None:
+    """FastAPI would keep the last value: a listing of CT for someone who asked for MR too."""
+    assert scoped.get("/find?modality=MR", headers=_bearer(READ_KEY)).json() == {"modality": "MR"}
+    answer = scoped.get("/find?modality=MR&modality=CT", headers=_bearer(READ_KEY))
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == ["query", "modality"]
+    assert "more than once" in answer.text
 
 
 def test_keys_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

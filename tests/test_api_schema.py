@@ -20,6 +20,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.parameters import ParameterLocation
+from schemathesis.core.transport import Response
 from schemathesis.specs.openapi.checks import (
     ignored_auth,
     missing_required_header,
@@ -139,7 +140,7 @@ PACS_AWAY = "the PACS could not be asked"
 
 def call_and_validate(
     case: schemathesis.Case, *, excluded: tuple[Any, ...] = (), **kwargs: Any
-) -> httpx.Response:
+) -> Response:
     """Every check but `excluded`; a 5xx only as the 502 the routes that ask the PACS
     document for a PACS that does not answer (the one configured here never does)."""
     response = case.call(**kwargs)
@@ -147,7 +148,7 @@ def call_and_validate(
     excluded = (*_EXCLUDED, *excluded, *([not_a_server_error] if pacs_away else []))
     case.validate_response(response, excluded_checks=list(excluded))
     assert response.status_code < 500 or pacs_away, response.text
-    return response  # type: ignore[return-value]
+    return response
 
 
 def admin_operations() -> set[tuple[str, str]]:

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from services.receiver.admission import LIMIT_EXCEEDED_RJ
 from tests.conftest import require_tool
-from tests.system import AE_TITLE, Dcmdb, dcmtk_env, echo, storescu, wait_for
+from tests.system import AE_TITLE, Dcmdb, dcmtk_env, echo, self_signed, storescu, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -271,18 +271,6 @@ def test_client_certificates_are_required_when_a_client_ca_is_set(
     )
     assert not tls_echo(receiver.port, cert)  # no client certificate
     assert not tls_echo(receiver.port, cert, client=(cert, key))  # not signed by that CA
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [require_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 def tls_echo(port: int, ca: Path, client: tuple[Path, Path] | None = None) -> bool:

@@ -4,7 +4,6 @@ C-GET over TLS is handed on to dcmdb's own receiver over TLS."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +15,9 @@ import pytest
 
 from shared.pacs import PacsError, StudyQuery, find_studies
 from shared.peers import PacsSettings, Peer
-from tests.conftest import TESTDATA, fresh_vhost, require_tool
+from tests.conftest import TESTDATA, fresh_vhost
 from tests.pacs_peers import Orthanc
-from tests.system import Dcmdb, dicom_files, wait_for
+from tests.system import Dcmdb, dicom_files, self_signed, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -46,18 +45,6 @@ class TlsOrthanc(Orthanc):
             "DicomTlsTrustedCertificates": str(self.certs / "trusted.pem"),
             "DicomTlsRemoteCertificateRequired": False,
         }
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [require_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 def study_of(folder: str) -> tuple[str, list[Path]]:

@@ -367,7 +367,7 @@ def run(
         at(0.80)
         faults.append(_sorter_killed(pipeline))
     sender.join(600)
-    faults.append(_converter_killed(pipeline))
+    faults.append(_converter_killed(pipeline, len(workload.series)))
     everything = len(workload.files)
     wait(lambda: pipeline.filed() >= everything, settle_timeout)
     wait(lambda: pipeline.converted() >= len(workload.series), settle_timeout)
@@ -409,15 +409,22 @@ def _disk_filled(pipeline: Pipeline, sender: Sender) -> Fault:
     return fault
 
 
-def _converter_killed(pipeline: Pipeline) -> Fault:
+def _converter_killed(pipeline: Pipeline, series: int) -> Fault:
     seen = wait(pipeline.converting, 120)
-    before = pipeline.converted()
+    before, killed = pipeline.converted(), pipeline.service_pid("converter")
     fault = Fault(
         "converter killed (-9) mid-conversion" if seen is not None else "converter killed (-9)",
         time.monotonic(),
     )
     pipeline.kill("converter")
-    fault.recovered_after = wait(lambda: pipeline.converted() > before, 180)
+
+    def recovered() -> bool:  # converting again; or, with nothing left, running again
+        if pipeline.converted() > before:
+            return True
+        pid = pipeline.service_pid("converter")
+        return before == series and pid is not None and pid != killed
+
+    fault.recovered_after = wait(recovered, 180)
     return fault
 
 

@@ -19,6 +19,7 @@ How a series is handled:
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import shutil
@@ -55,6 +56,13 @@ class Conversion:
     status: Status
     outputs: tuple[Output, ...] = ()
     reason: str = ""  # why skipped or failed; "" when converted
+
+    def out_of_space(self) -> bool:
+        """Failed for want of disk space: the disk's fault, not the series'; it can be
+        converted once there is room again."""
+        return self.status == "failed" and any(
+            os.strerror(code) in self.reason for code in (errno.ENOSPC, errno.EDQUOT)
+        )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from services.converter.isolation import run_isolated, warm_up
 from services.converter.settings import ConverterSettings
 from shared.broker import Publisher, connect, consume, count_from_zero
 from shared.catalog.database import open_catalog
+from shared.errors import TransientError
 from shared.logs import ChildLogging, configure_logging
 from shared.messages import (
     CONVERTER_QUEUE,
@@ -46,6 +47,8 @@ async def run(settings: ConverterSettings, side: SidePort) -> None:
         logs = ChildLogging.now("converter", settings.log_level, settings.log_format)
         started = time.perf_counter()
         result = await asyncio.to_thread(run_isolated, job, settings.conversion_timeout, logs)
+        if result.out_of_space():  # retried, then requeued: it converts once there is room
+            raise TransientError(f"series {event.series_instance_uid}: {result.reason}")
         metrics.count(result, time.perf_counter() - started)
         log.info(
             "series %s generation %d: %s %s",

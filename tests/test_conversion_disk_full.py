@@ -1,0 +1,31 @@
+"""A conversion that finds the archive's disk full is the disk's fault, not the series':
+the converter retries it instead of failing the series for good."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+
+from services.converter.conversion import Conversion
+from services.converter.isolation import Job, run_isolated
+from tests.system import dicom_files, small_filesystem
+
+SERIES = "siemens_xa30_t1w_3d_classic"
+
+
+def test_a_full_disk_fails_a_conversion_as_out_of_space(testdata: Path, tmp_path: Path) -> None:
+    files = tuple(dicom_files(testdata / SERIES))
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    with small_filesystem(tmp_path / "archive", "64k") as archive:
+        job = Job(
+            files, archive / "nifti", "001_t1", header.StudyInstanceUID, header.SeriesInstanceUID
+        )
+        result = run_isolated(job, timeout=120)
+    assert result.status == "failed", result
+    assert result.out_of_space(), result.reason
+
+
+def test_other_failures_are_the_series_own() -> None:
+    assert not Conversion(status="failed", reason="EngineError: no slices").out_of_space()
+    assert not Conversion(status="skipped", reason="No space left on device").out_of_space()

@@ -38,6 +38,7 @@ from services.receiver.transport import (
     start_storage_server,
 )
 from tests.conftest import require_tool
+from tests.system import self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -324,13 +325,7 @@ def test_pynetdicom_scu_c_store_and_c_echo(
 
 def test_tls(receiver: Callable[..., Receiver], testdata: Path, tmp_path: Path) -> None:
     """TLS sockets hold decrypted bytes that select() does not see."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [require_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
     server = receiver(maximum_pdu_size=4096, ssl_context=server_context)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import queue
 import select
 import socket
@@ -278,25 +279,31 @@ class PDUSocket(AssociationSocket):
         super().__init__(assoc, client_socket=client_socket)
         self.capacity = capacity  # largest PDU body that fits
         self._view = memoryview(bytearray(_PDU_HEADER.size + capacity))
-        # When the PDU being read must be whole; the network (idle) timeout
-        # bounds the time between PDUs. A peer trickling a byte at a time
-        # would keep each recv short but never finish.
-        self.deadline = time.monotonic() + (assoc.network_timeout or _MAX_WAIT)
+        # Sends (our responses) wait at most the network timeout for the peer.
+        self._send_timeout = assoc.network_timeout
+        client_socket.settimeout(self._send_timeout)
+        # When the PDU being read must be whole (set before each PDU); the network
+        # (idle) timeout bounds the time between PDUs. A peer trickling a byte at
+        # a time would keep each recv short but never finish.
+        self.deadline = math.inf
 
     def fill(self, start: int, size: int) -> bool:
         """Read exactly `size` bytes into the buffer at `start`; False on EOF,
         TimeoutError once the deadline has passed."""
         sock, end = cast(socket.socket, self.socket), start + size
-        while start < end:
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("the peer did not send the whole PDU in time")
-            sock.settimeout(remaining)
-            nread = sock.recv_into(self._view[start:end])
-            if not nread:
-                return False
-            start += nread
-        return True
+        try:
+            while start < end:
+                remaining = self.deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("the peer did not send the whole PDU in time")
+                sock.settimeout(remaining)
+                nread = sock.recv_into(self._view[start:end])
+                if not nread:
+                    return False
+                start += nread
+            return True
+        finally:  # what is left of the deadline is no bound for the next send
+            sock.settimeout(self._send_timeout)
 
     def pdu(self, body_length: int) -> memoryview:
         """The PDU last read with :meth:`fill`, valid until the next read."""

@@ -27,7 +27,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,17 +229,9 @@ class Pipeline:
         )
 
     def service_pid(self, name: str) -> int | None:
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        for pid, ppid, cmdline in _processes():
             if ppid == self.up.pid and cmdline[-2:-1] == [name.encode()]:
-                return int(entry.name)
+                return pid
         return None
 
     def kill(self, name: str) -> None:
@@ -297,17 +289,21 @@ class Pipeline:
         self._engine.dispose()
 
 
-def _children_of(parents: set[int]) -> set[int]:
-    found = set()
+def _processes() -> Iterator[tuple[int, int, list[bytes]]]:
+    """(pid, parent pid, command line) of every process, from /proc."""
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) in parents:
-                found.add(int(entry.name))
-    return found
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # ended meanwhile
+        yield int(entry.name), int(stat.rsplit(")", 1)[1].split()[1]), cmdline
+
+
+def _children_of(parents: set[int]) -> set[int]:
+    return {pid for pid, ppid, _ in _processes() if ppid in parents}
 
 
 def wait(condition: Callable[[], bool], timeout: float) -> float | None:

@@ -104,9 +104,15 @@ def breaks_headers(case: schemathesis.Case) -> bool:
     """True for a case schemathesis made to send headers that break the schema (the
     Authorization header left out, say)."""
     meta = case.meta
-    negative = meta is not None and meta.generation.mode.is_negative
-    location = getattr(meta.phase.data, "parameter_location", None) if meta else None
-    return negative and location == ParameterLocation.HEADER
+    if meta is None or not meta.generation.mode.is_negative:
+        return False
+    # A case may break several components at once (a query and the headers, say): the
+    # phase then names no single location, and each mutation and component names its own.
+    data = meta.phase.data
+    broken = {getattr(data, "parameter_location", None)}
+    broken |= {mutation.parameter_location for mutation in getattr(data, "mutations", ())}
+    header = meta.components.get(ParameterLocation.HEADER)
+    return ParameterLocation.HEADER in broken or (header is not None and header.mode.is_negative)
 
 
 def with_key(case: schemathesis.Case, key: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --locked --no-dev --no-install-project
 COPY shared ./shared
 COPY services ./services
-RUN uv sync --locked --no-dev
+RUN uv sync --locked --no-dev && python -m compileall -q shared services
 
 ENV PATH=/opt/dcmdb/bin:$PATH \
     DCMDB_DATA_DIR=/data

@@ -1,15 +1,19 @@
 """Retrievals when things go wrong, with real peers: a PACS that is down, a PACS that does
-not know dcmdb as a move destination (0xA801), a move that loses an instance (partial,
-then repaired), a job cancelled while it runs, and a retriever killed in the middle of a
-job (``dcmdb up`` restarts it; the job is taken over once its lease runs out).
+not know dcmdb as a move destination (0xA801), a receiver that cannot be reached when the
+PACS starts moving, a move that loses an instance (partial, then repaired), a job
+cancelled while it runs, and a retriever killed in the middle of a job (``dcmdb up``
+restarts it; the job is taken over once its lease runs out).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,9 +40,51 @@ FOLDERS = (
     "ge_3plane_localizer",
 )
 
+DOORWAY = ("d2n_hitachi_mr", "d2n_ct_gantry_tilt")  # studies of the PACS moving through the door
+
 
 def _uid(folder: str) -> str:
     return str(pydicom.dcmread(dicom_files(TESTDATA / folder)[0]).StudyInstanceUID)
+
+
+class Door:
+    """A TCP relay to dcmdb's receiver that closes the next `closing` connections at once,
+    as a receiver that is restarting (or not yet started) does."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.closing = 0
+        self.closed = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                peer, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.closing > 0:
+                self.closing -= 1
+                self.closed += 1
+                peer.close()
+                continue
+            target = socket.create_connection(("127.0.0.1", self.target_port))
+            for source, sink in ((peer, target), (target, peer)):
+                threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    for end in (source, sink):
+        with contextlib.suppress(OSError):
+            end.shutdown(socket.SHUT_RDWR)
 
 
 @dataclass
@@ -46,6 +92,7 @@ class Site:
     dcmdb: Dcmdb
     pacs: Dcmqrscp
     client: httpx.Client
+    door: Door  # what the PACS called DOORWAY moves through
 
     def post(self, path: str, **body: Any) -> dict[str, Any]:
         answer = self.client.post(path, json=body)
@@ -72,13 +119,17 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     dcmdb = Dcmdb(root / "data", next(vhosts), f"sqlite:///{root / 'catalog.sqlite'}")
     pacs = Dcmqrscp(root / "pacs", ("DCMDB", "127.0.0.1", dcmdb.port))
     stranger = Dcmqrscp(root / "stranger", ("SOMEONE", "127.0.0.1", dcmdb.port), "STRANGER")
-    with pacs, stranger:
+    door = Door(dcmdb.port)
+    doorway = Dcmqrscp(root / "doorway", ("DCMDB", "127.0.0.1", door.port), "DOORWAY")
+    with pacs, stranger, doorway, contextlib.closing(door):
         pacs.fill([f for folder in FOLDERS for f in dicom_files(TESTDATA / folder)])
         stranger.fill(dicom_files(TESTDATA / "d2n_hitachi_mr"))
+        doorway.fill([f for folder in DOORWAY for f in dicom_files(TESTDATA / folder)])
         dcmdb.extra_env.update(
             {
                 "DCMDB_PACS": f"DCMQRSCP@127.0.0.1:{pacs.port},"
-                f"STRANGER@127.0.0.1:{stranger.port},DOWN@127.0.0.1:{free_port()}",
+                f"STRANGER@127.0.0.1:{stranger.port},DOWN@127.0.0.1:{free_port()},"
+                f"DOORWAY@127.0.0.1:{doorway.port}",
                 "DCMDB_NIGHTLY_RETRIEVE": "",
                 "DCMDB_STABLE_AGE": "600",
                 "DCMDB_POLL_INTERVAL": "0.2",
@@ -97,7 +148,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 timeout=120,
             )
             wait_for(lambda: _answers(client), 60, "the API")
-            yield Site(dcmdb, pacs, client)
+            yield Site(dcmdb, pacs, client, door)
             client.close()
         finally:
             dcmdb.stop()
@@ -126,6 +177,28 @@ def test_a_pacs_that_does_not_know_dcmdb_fails_the_study_with_0xa801(site: Site)
     [study] = job["studies"]
     assert study["state"] == "failed" and "0xA801" in study["reason"], study
     assert "0xA801" in job["reason"]
+
+
+def test_a_move_that_cannot_reach_the_receiver_is_asked_again(site: Site) -> None:
+    """The PACS fails every sub-operation (0xA702) when dcmdb's receiver is away, as during
+    a restart at 1 AM; the retriever asks again and the study comes whole."""
+    folder = DOORWAY[0]
+    site.door.closing = 1
+    job = site.finished(site.post("/retrievals", study_uid=_uid(folder), pacs="DOORWAY")["id"])
+    assert site.door.closed == 1
+    assert job["state"] == "completed", job
+    [study] = job["studies"]
+    assert study["completed"] == len(dicom_files(TESTDATA / folder)), study
+    assert "failed to arrive (0xA702); nothing arrived); trying again" in site.dcmdb.log()
+
+
+def test_a_receiver_that_stays_away_fails_the_study_with_the_reason(site: Site) -> None:
+    site.door.closing = 2  # both attempts the fixture allows
+    uid = _uid(DOORWAY[1])
+    job = site.finished(site.post("/retrievals", study_uid=uid, pacs="DOORWAY")["id"])
+    assert job["state"] == "failed", job
+    [study] = job["studies"]
+    assert "0xA702" in study["reason"] and "after 2 attempts" in study["reason"], study
 
 
 def _pacs_copy(site: Site, sop_instance_uid: str) -> Path:

@@ -117,3 +117,12 @@ def _session(request: Request) -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(_session)]
 """A catalog session for the request, closed when it is answered."""
+
+
+def _writer_session(request: Request) -> Iterator[Session]:
+    with request.app.state.writer_sessions() as session:
+        yield session
+
+
+WriterSessionDep = Annotated[Session, Depends(_writer_session)]
+"""The same, for a route that writes to the catalog."""

@@ -55,7 +55,7 @@ from services.api.studies import (
     series_summary,
     study_detail,
 )
-from shared.catalog.database import open_catalog
+from shared.catalog.database import create_catalog_engine, open_catalog, session_factory
 from shared.catalog.models import LISTED, Series, Study
 from shared.monitoring import catalog_status
 from shared.naming import resolve_under
@@ -77,8 +77,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine, sessions = open_catalog(settings.catalog_url)
         app.state.engine, app.state.sessions = engine, sessions
+        # The few routes that write (retrievals, pins) use sessions of their own: on
+        # SQLite they take the write lock as they begin, so that a read turning into a
+        # write cannot fail as "database is locked" while another service commits.
+        writer = create_catalog_engine(settings.catalog_url, writer=True)
+        app.state.writer_sessions = session_factory(writer)
         app.state.physicians = PhysicianDirectory(sessions)
         yield
+        writer.dispose()
         engine.dispose()
 
     app = FastAPI(

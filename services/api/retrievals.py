@@ -14,7 +14,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from services.api.access import ADMIN, READ, SessionDep
+from services.api.access import ADMIN, READ, SessionDep, WriterSessionDep
 from services.api.parameters import date_range, invalid
 from services.api.schemas import (
     UID_PATTERN,
@@ -58,7 +58,9 @@ def _settings(request: Request) -> ApiSettings:
     response_model=Retrieval,
     responses={400: {"model": Problem, "description": "The body is not JSON"}},
 )
-def start_retrieval(request: Request, body: RetrievalRequest, session: SessionDep) -> Retrieval:
+def start_retrieval(
+    request: Request, body: RetrievalRequest, session: WriterSessionDep
+) -> Retrieval:
     """Queue a retrieval: a C-FIND at study level, then a C-MOVE of each match to dcmdb."""
     query = body.model_dump(exclude={"pacs"}, exclude_none=True)
     if not query:
@@ -107,7 +109,7 @@ def get_retrieval(job_id: JobId, session: SessionDep) -> Retrieval:
     response_model=Retrieval,
     responses=_NOT_FOUND,
 )
-def cancel_retrieval(job_id: JobId, session: SessionDep) -> Retrieval:
+def cancel_retrieval(job_id: JobId, session: WriterSessionDep) -> Retrieval:
     """Cancel: a queued job at once; a running one sends C-CANCEL at the PACS's next answer."""
     with session.begin():
         if retrievals.request_cancel(session, job_id) is None:
@@ -149,7 +151,7 @@ async def repair(
     check = await _check(request, study_uid, pacs)
     if check.complete:
         raise HTTPException(409, "the study is complete: nothing to repair")
-    with request.app.state.sessions() as session:
+    with request.app.state.writer_sessions() as session:
         with session.begin():
             job = retrievals.new_job(
                 session,

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from services.api.access import ADMIN, READ, SessionDep
+from services.api.access import ADMIN, READ, SessionDep, WriterSessionDep
 from services.api.schemas import (
     CatalogUsage,
     DiskSpace,
@@ -78,7 +78,7 @@ def get_storage(
     responses=_NOT_FOUND,
     tags=["studies"],
 )
-def pin_study(study_uid: str, session: SessionDep) -> Pin:
+def pin_study(study_uid: str, session: WriterSessionDep) -> Pin:
     """Keep the study: retention never evicts a pinned study."""
     return _set_pinned(session, study_uid, True)
 
@@ -90,7 +90,7 @@ def pin_study(study_uid: str, session: SessionDep) -> Pin:
     responses=_NOT_FOUND,
     tags=["studies"],
 )
-def unpin_study(study_uid: str, session: SessionDep) -> Pin:
+def unpin_study(study_uid: str, session: WriterSessionDep) -> Pin:
     """Let retention evict the study again, in its turn."""
     return _set_pinned(session, study_uid, False)
 

@@ -3,10 +3,11 @@ is missing to dcmdb's own receiver, record how it went.
 
 Instances come by C-MOVE, or by C-GET for a peer configured so (handed on to the
 receiver by `forwarding`). The C-MOVE destination is always dcmdb's own AE title from its
-settings. Association failures are retried with backoff, then the study (or the job, for
-the C-FIND) fails with the reason. Instances moved arrive at the receiver like any other
-and are filed by the sorter; what the PACS said each series holds lets the sorter complete
-a retrieved series as soon as it is whole.
+settings. Association failures, and a move of which not one instance arrived, are retried
+with backoff, then the study (or the job, for the C-FIND) fails with the reason.
+Instances moved arrive at the receiver like any other and are filed by the sorter; what
+the PACS said each series holds lets the sorter complete a retrieved series as soon as it
+is whole.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from shared.pacs import (
     PacsError,
     Peer,
     Progress,
+    RetrieveResult,
     StudyQuery,
     find_studies,
     retrieve,
@@ -47,6 +49,7 @@ log = logging.getLogger("dcmdb.retriever")
 
 ALREADY_COMPLETE = "already complete"
 CANCEL_STATUS = 0xFE00
+UNKNOWN_DESTINATION = 0xA801  # the PACS does not know our AE title: asking again is no use
 _WRITE_EVERY = 0.5  # seconds between progress writes
 _CANCEL_EVERY = 0.2  # seconds between looks at the cancel flag during a move
 T = TypeVar("T")
@@ -143,19 +146,25 @@ class JobRunner:
             if peer.retrieve == "get"
             else None
         )
-        try:
-            result = self._with_retries(
-                lambda: retrieve(
-                    peer,
-                    settings.ae_title,
-                    study_uid,
-                    wanted,
-                    store=to_us.store if to_us is not None else None,
-                    progress=watch.progress,
-                    cancelled=watch.cancelled,
-                ),
-                f"C-{peer.retrieve.upper()} from {peer}",
+
+        def attempt() -> RetrieveResult:
+            result = retrieve(
+                peer,
+                settings.ae_title,
+                study_uid,
+                wanted,
+                store=to_us.store if to_us is not None else None,
+                progress=watch.progress,
+                cancelled=watch.cancelled,
             )
+            if result.completed == 0 and result.failed > 0 and result.status != UNKNOWN_DESTINATION:
+                # Not one instance arrived: our receiver was most likely starting or
+                # restarting (at 1 AM as at any time). Ask again, as for a PACS away.
+                raise PacsError(f"{result.reason}; nothing arrived")
+            return result
+
+        try:
+            result = self._with_retries(attempt, f"C-{peer.retrieve.upper()} from {peer}")
         except PacsError as exc:
             retrievals.update_study(self._sessions, row_id, state=JOB_FAILED, reason=str(exc))
             return

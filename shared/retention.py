@@ -3,8 +3,9 @@
 dcmdb is not an archival backup. When the archive's free space falls below the low mark,
 the oldest studies (by reception) go until free space is back at the target; studies
 older than the maximum age go whatever the space. Never a pinned study, nor one still in
-flight: a series still receiving, completing or converting, an arrival within the stable
-age, or a retrieval from the PACS queued or running for it.
+flight: a series still receiving, completing or converting (converting for at most a day,
+see `STALLED_CONVERSION`), an arrival within the stable age, or a retrieval from the PACS
+queued or running for it.
 
 `plan` is the decision itself, a pure function of the free-space figures and the
 candidates, so that the retention service and the dry run of ``GET /storage`` decide
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy import and_, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from shared.catalog.models import (
@@ -185,6 +186,12 @@ def candidates(
         after = (rows[-1].received_at, rows[-1].id)
 
 
+# A conversion still pending this long after its series completed has stalled: its
+# completion was dead-lettered, or no converter runs. It no longer keeps the study from
+# eviction, or one lost message would keep the disk from ever being freed.
+STALLED_CONVERSION = timedelta(days=1)
+
+
 def in_flight(session: Session, study_pks: list[int], now: datetime, stable_age: float) -> set[int]:
     """Those of the studies that something is still working on."""
     if not study_pks:
@@ -196,7 +203,10 @@ def in_flight(session: Session, study_pks: list[int], now: datetime, stable_age:
                 Series.study_pk.in_(study_pks),
                 or_(
                     Series.completion != COMPLETE,  # receiving
-                    Series.conversion == PENDING,  # completing (not yet announced) or converting
+                    and_(  # completing (not yet announced) or converting
+                        Series.conversion == PENDING,
+                        Series.completed_at >= now - STALLED_CONVERSION,
+                    ),
                     Series.last_received_at >= recent,
                 ),
             )

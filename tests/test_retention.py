@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ from shared.catalog.models import (
 from shared.disk import DiskUsage
 from shared.errors import TransientError
 from shared.messages import EVENTS_EXCHANGE, StudyEvicted
-from shared.retention import Policy, candidates, plan_evictions
+from shared.retention import STALLED_CONVERSION, Policy, candidates, plan_evictions
 from tests.arrivals import Sorter, arrive, dicom_files, next_stamp, with_new_uids
 from tests.filed_studies import DAY, SERIES, Archive
 
@@ -128,6 +128,22 @@ def test_studies_past_the_maximum_age_go_whatever_the_space(archive: Archive) ->
     evicted = Retention(settings, archive.sessions, lambda _: injected(TOTAL // 2)).round()
     assert [(e.study_uid, e.reason) for e in evicted] == [(old[0], "age"), (old[1], "age")]
     assert archive.present() == {young}
+
+
+def test_a_conversion_stalled_for_a_day_no_longer_holds_its_study(archive: Archive) -> None:
+    """Its completion was dead-lettered, say: the study would otherwise never go."""
+    stalled, converting = archive.study(convert=False), archive.study(convert=False)
+    complete_stable_series(archive.sessions, stable_age=60)  # both complete, conversion pending
+    long_ago = datetime.now(UTC) - STALLED_CONVERSION - timedelta(minutes=1)
+    with archive.sessions.begin() as session:
+        study_pk = select(Study.id).where(Study.study_instance_uid == stalled)
+        session.execute(
+            update(Series).where(Series.study_pk.in_(study_pk)).values(completed_at=long_ago)
+        )
+    settings = archive.settings(retention_low_free=f"{TOTAL}")  # every study it may take
+    evicted = Retention(settings, archive.sessions, measure_low).round()
+    assert [e.study_uid for e in evicted] == [stalled]
+    assert archive.present() == {converting}
 
 
 def test_a_crash_mid_eviction_is_finished_on_restart(archive: Archive) -> None:

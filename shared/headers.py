@@ -194,12 +194,25 @@ def _ascii(raw: bytes) -> str:
     return raw.rstrip(b"\x00 ").decode("ascii", "replace").strip()
 
 
+# A deflated data set may inflate to at most this many times its size, plus the allowance:
+# far above what deflate makes of real objects, far below what a deflate bomb asks for
+# (a megabyte of deflated zeros inflates to a gigabyte, all of it held in memory).
+MAX_INFLATION = 50
+INFLATION_ALLOWANCE = 64 * 1024 * 1024
+
+
 def _inflate(dataset: bytes) -> bytes:
+    limit = len(dataset) * MAX_INFLATION + INFLATION_ALLOWANCE
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        inflated = inflater.decompress(dataset)
+        inflated = inflater.decompress(dataset, limit)
     except zlib.error as exc:
         raise UnreadableObject(f"deflated data set does not inflate: {exc}") from exc
+    if inflater.unconsumed_tail:
+        raise UnreadableObject(
+            f"deflated data set inflates to more than {limit} bytes, "
+            f"{MAX_INFLATION} times its size and {INFLATION_ALLOWANCE} more"
+        )
     if not inflater.eof:
         raise UnreadableObject("deflated data set is cut short")
     return inflated

@@ -254,6 +254,12 @@ def _hostile_objects() -> list[Hostile]:
             DeflatedExplicitVRLittleEndian,
             CANNOT_PARSE,
         ),
+        Hostile(  # 128 MiB of text deflated to about 128 KiB
+            "deflate-bomb",
+            _deflate(identifying(middle=element(0x00081030, "UT", b"x" * (128 << 20)))),
+            DeflatedExplicitVRLittleEndian,
+            CANNOT_PARSE,
+        ),
         Hostile(
             "deflated-cut-short",
             _deflate(whole)[:-4],

@@ -19,6 +19,7 @@ rounds of faults, by ``scripts/soak``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import signal
@@ -326,11 +327,18 @@ def restart_rabbitmq() -> None:
 def fill_disk(folder: Path) -> Path:
     """All but a few KiB of the file system under ``folder`` taken by one file."""
     ballast = folder / "ballast"
-    stats = os.statvfs(folder)
-    free = stats.f_bavail * stats.f_frsize
     with open(ballast, "wb") as handle:
-        os.posix_fallocate(handle.fileno(), 0, max(0, free - 16 * 1024))
-    return ballast
+        for _ in range(20):
+            stats = os.statvfs(folder)
+            free = stats.f_bavail * stats.f_frsize
+            try:
+                os.posix_fallocate(handle.fileno(), 0, max(0, free - 16 * 1024))
+                return ballast
+            except OSError as exc:  # the receiver wrote meanwhile: measure again
+                if exc.errno != errno.ENOSPC:
+                    raise
+                handle.truncate(0)
+    raise AssertionError(f"could not fill the file system under {folder}")
 
 
 def run(

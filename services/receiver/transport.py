@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import math
 import queue
@@ -762,7 +763,8 @@ def start_storage_server(
         for event, handler in _STANDARD_LOG_HANDLERS:
             server.unbind(event, handler)
     thread = threading.Thread(
-        target=make_target(server.serve_forever),
+        # The poll interval only bounds how long a shutdown waits (socketserver's 0.5 s).
+        target=make_target(functools.partial(server.serve_forever, poll_interval=0.05)),
         name=f"AcceptorServer@{datetime.now():%Y%m%d%H%M%S}",
         daemon=True,
     )

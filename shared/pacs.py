@@ -39,6 +39,7 @@ pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
 pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 SUCCESS, WARNING, CANCEL = 0x0000, 0xB000, 0xFE00
+UNKNOWN_DESTINATION = 0xA801
 PENDING = (0xFF00, 0xFF01)
 
 # The Study Root query/retrieve models.
@@ -117,6 +118,13 @@ class RetrieveResult:
     @property
     def succeeded(self) -> bool:
         return self.status == SUCCESS and self.failed == 0
+
+    @property
+    def nothing_arrived(self) -> bool:
+        """Every sub-operation failed: the PACS could not reach the destination (dcmdb's
+        receiver starting or restarting, say). Worth asking again, unlike 0xA801: a PACS
+        that does not know the destination will not learn it by being asked again."""
+        return self.completed == 0 and self.failed > 0 and self.status != UNKNOWN_DESTINATION
 
 
 def find_studies(peer: Peer, query: StudyQuery, *, timeout: float = 30) -> list[StudyMatch]:
@@ -337,7 +345,7 @@ _SERVICES = {
 _REASONS = {
     0xA701: "the PACS is out of resources: unable to calculate the number of matches",
     0xA702: "the PACS is out of resources: unable to perform sub-operations",
-    0xA801: "move destination unknown to the PACS",
+    UNKNOWN_DESTINATION: "move destination unknown to the PACS",
     0xA900: "the PACS says the identifier does not match the SOP class",
     0x0122: "the PACS does not support this retrieval",
     0x0124: "the PACS refused: not authorized",
@@ -353,7 +361,7 @@ def _reason(
     if status in (SUCCESS, WARNING) or (status == 0xA702 and counts.failed):
         total = counts.completed + counts.failed + counts.warning
         text = f"{counts.failed} of {total} instances failed to arrive"
-    elif status == 0xA801:
+    elif status == UNKNOWN_DESTINATION:
         text = f"move destination {destination_ae} unknown to the PACS"
     elif status in _REASONS:
         text = _REASONS[status]

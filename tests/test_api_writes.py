@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -25,9 +26,9 @@ ROUNDS = 40
 
 
 @pytest.fixture
-def api(catalog_url: str, tmp_path: object) -> Iterator[TestClient]:
+def api(catalog_url: str, tmp_path: Path) -> Iterator[TestClient]:
     settings = ApiSettings(
-        data_dir=tmp_path,  # type: ignore[arg-type]
+        data_dir=tmp_path,
         database_url=catalog_url,
         api_keys=f"{ADMIN_KEY}:admin",  # type: ignore[arg-type]
         pacs="PACS@127.0.0.1:1",  # type: ignore[arg-type]
@@ -38,7 +39,8 @@ def api(catalog_url: str, tmp_path: object) -> Iterator[TestClient]:
 
 @pytest.fixture
 def busy_catalog(catalog_url: str, api: TestClient) -> Iterator[None]:
-    """Another service committing small writes to the catalog, one after another."""
+    """Another service committing small writes to the catalog, one after another (after
+    the API started: it created the catalog)."""
     engine, sessions = open_catalog(catalog_url, writer=True)
     with sessions.begin() as session:
         other = retrievals.new_job(session, origin="request", pacs="PACS", query={}).id

@@ -292,19 +292,23 @@ class PDUSocket(AssociationSocket):
         """Read exactly `size` bytes into the buffer at `start`; False on EOF,
         TimeoutError once the deadline has passed."""
         sock, end = cast(socket.socket, self.socket), start + size
-        try:
-            while start < end:
-                remaining = self.deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("the peer did not send the whole PDU in time")
-                sock.settimeout(remaining)
-                nread = sock.recv_into(self._view[start:end])
-                if not nread:
-                    return False
-                start += nread
-            return True
-        finally:  # what is left of the deadline is no bound for the next send
+        while start < end:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the peer did not send the whole PDU in time")
+            sock.settimeout(remaining)
+            nread = sock.recv_into(self._view[start:end])
+            if not nread:
+                return False
+            start += nread
+        return True
+
+    def send(self, bytestream: bytes) -> None:
+        # What is left of a read's deadline is no bound for a send: reset it here, once
+        # per response, rather than after every read.
+        if (sock := self.socket) is not None:
             sock.settimeout(self._send_timeout)
+        super().send(bytestream)
 
     def pdu(self, body_length: int) -> memoryview:
         """The PDU last read with :meth:`fill`, valid until the next read."""

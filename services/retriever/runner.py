@@ -49,7 +49,6 @@ log = logging.getLogger("dcmdb.retriever")
 
 ALREADY_COMPLETE = "already complete"
 CANCEL_STATUS = 0xFE00
-UNKNOWN_DESTINATION = 0xA801  # the PACS does not know our AE title: asking again is no use
 _WRITE_EVERY = 0.5  # seconds between progress writes
 _CANCEL_EVERY = 0.2  # seconds between looks at the cancel flag during a move
 T = TypeVar("T")
@@ -157,9 +156,7 @@ class JobRunner:
                 progress=watch.progress,
                 cancelled=watch.cancelled,
             )
-            if result.completed == 0 and result.failed > 0 and result.status != UNKNOWN_DESTINATION:
-                # Not one instance arrived: our receiver was most likely starting or
-                # restarting (at 1 AM as at any time). Ask again, as for a PACS away.
+            if result.nothing_arrived:  # asked again, as a PACS that does not answer is
                 raise PacsError(f"{result.reason}; nothing arrived")
             return result
 

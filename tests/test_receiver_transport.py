@@ -31,6 +31,7 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from services.receiver import transport
 from services.receiver.transport import (
     DEFAULT_MAXIMUM_PDU_SIZE,
     decode_c_store_rq,
@@ -151,6 +152,15 @@ def receiver(tmp_path: Path) -> Iterator[Callable[..., Receiver]]:
         server.stop()
 
 
+def never_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the receiver's cap on each wait far longer than the peers' timeouts.
+
+    Every state change wakes the receiver's threads; the cap only bounds the cost of
+    a wake-up that was missed. Raised, one missed wake-up times the peer out.
+    """
+    monkeypatch.setattr(transport, "_MAX_WAIT", 30.0)
+
+
 def _dcmtk(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
     # Without TCP_NODELAY DCMTK stalls ~40 ms per message on loopback
     env = {**os.environ, "TCP_NODELAY": "1"}
@@ -249,19 +259,21 @@ def _accepts(port: int) -> bool:
     ids=["fast-path", "16k-pdu-pynetdicom-dimse"],
 )
 def test_storescu_files_arrive_unchanged_in_their_own_syntax(
-    receiver: Callable[..., Receiver], testdata: Path, tmp_path: Path, options: dict[str, Any]
+    receiver: Callable[..., Receiver],
+    testdata: Path,
+    tmp_path: Path,
+    options: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    never_polls(monkeypatch)
     server = receiver(**options)
     files = sorted(f for folder in FOLDERS for f in (testdata / folder / "dicom").iterdir())
     profile = _own_syntax_profile(tmp_path / "own.cfg", files)
 
-    started = time.monotonic()
     result = _dcmtk(
-        "storescu", "-aec", AET, "-xf", str(profile), "Own", "-pdu", "131072",
+        "storescu", "-aec", AET, "-xf", str(profile), "Own", "-pdu", "131072", "-td", "5",
         "127.0.0.1", str(server.port), *map(str, files),
     )  # fmt: skip
-    # ~1 s; a missed wake-up costs the 0.5 s cap on every wait, per message
-    assert time.monotonic() - started < 10
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Converting transfer syntax" not in result.stdout + result.stderr
@@ -323,8 +335,14 @@ def test_pynetdicom_scu_c_store_and_c_echo(
     assert server.events == ["echo", "released", "closed"]
 
 
-def test_tls(receiver: Callable[..., Receiver], testdata: Path, tmp_path: Path) -> None:
+def test_tls(
+    receiver: Callable[..., Receiver],
+    testdata: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """TLS sockets hold decrypted bytes that select() does not see."""
+    never_polls(monkeypatch)
     cert, key = self_signed(tmp_path)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
@@ -332,19 +350,15 @@ def test_tls(receiver: Callable[..., Receiver], testdata: Path, tmp_path: Path) 
     source = testdata / "pydicom_small_singles" / "dicom" / "CT_small.dcm"
     ds = dcmread(source)
     scu = AE(ae_title="PYSCU")
+    scu.dimse_timeout = 5
     scu.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
     client_context = ssl.create_default_context(cafile=str(cert))
     assoc = scu.associate(
         "127.0.0.1", server.port, ae_title=AET, tls_args=(client_context, "localhost")
     )
     assert assoc.is_established
-    started = time.monotonic()
-    statuses = [assoc.send_c_store(ds).Status for _ in range(3)]
-    elapsed = time.monotonic() - started
+    statuses = [assoc.send_c_store(ds).get("Status") for _ in range(3)]
     assoc.release()
-
-    # Each PDU that waited for select() would cost a 0.5 s wake-up cap
-    assert elapsed < 1.5
 
     assert statuses == [0x0000] * 3
     assert [_dataset_bytes(path) for *_, path in server.stored] == [_dataset_bytes(source)] * 3
@@ -469,10 +483,8 @@ def test_pdu_longer_than_negotiated_maximum_aborts_association(
 
 def test_acse_timeout_closes_a_silent_connection(receiver: Callable[..., Receiver]) -> None:
     server = receiver(acse_timeout=0.5)
-    started = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        assert _read_until_closed(sock) == b""
-    assert time.monotonic() - started < 3
+        assert _read_until_closed(sock) == b""  # within the read's 5 s timeout
     assert _wait_for(lambda: "closed" in server.events)
 
 
@@ -482,9 +494,7 @@ def test_network_timeout_aborts_an_idle_association(receiver: Callable[..., Rece
     scu.add_requested_context(Verification)
     assoc = scu.associate("127.0.0.1", server.port, ae_title=AET)
     assert assoc.is_established
-    started = time.monotonic()
     assert _wait_for(lambda: assoc.is_aborted)
-    assert time.monotonic() - started < 3
     assert _wait_for(lambda: "closed" in server.events)
     assert "aborted" in server.events
 

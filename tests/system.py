@@ -248,12 +248,15 @@ def send_raw(port: int, path: Path, *, calling_ae: str = "RAWSCU") -> int:
     """
     from pynetdicom import AE, _config
 
+    from shared.pacs import tuned_requestor
+
     _config.STORE_SEND_CHUNKED_DATASET = True
     meta = read_file_meta_info(path)
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", port, ae_title=AE_TITLE)
     assert assoc.is_established, "association refused"
+    tuned_requestor(assoc)
     try:
         status = assoc.send_c_store(path)
         assert "Status" in status, "no response to the C-STORE"

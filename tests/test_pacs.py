@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -19,7 +20,10 @@ import pydicom
 import pytest
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
+from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom.dimse_primitives import C_ECHO
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from shared.pacs import (
     PacsError,
@@ -29,6 +33,7 @@ from shared.pacs import (
     find_series,
     find_studies,
     retrieve,
+    tuned_requestor,
 )
 from shared.peers import Peer, load_peers_file, parse_peers
 from tests.pacs_peers import Dcmqrscp, Orthanc, StoreScp
@@ -353,6 +358,26 @@ def test_cancelling_stops_a_move(peer: Peer, moved: StoreScp, headers: list[Head
     assert 2 <= result.completed < total
     assert result.remaining > 0
     assert len(moved.received()) < total
+
+
+def test_a_tuned_association_sends_at_once_and_keeps_its_responses(moved: StoreScp) -> None:
+    ae = AE(ae_title="TUNED")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", moved.port, ae_title=moved.ae_title)
+    assert assoc.is_established
+    try:
+        tuned_requestor(assoc)
+        connection = assoc.dul.socket.socket
+        assert connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        # A response that came in while no send_* call was waiting yet stays for the
+        # one that will; pynetdicom's association thread used to take it (and drop it).
+        response = C_ECHO()
+        response.MessageIDBeingRespondedTo, response.Status = 1, 0x0000
+        assoc.dimse.msg_queue.put((1, response))
+        time.sleep(0.2)  # the association thread looks at the queue every millisecond
+        assert assoc.dimse.get_msg(block=False) == (1, response)
+    finally:
+        assoc.release()
 
 
 def test_an_unreachable_pacs_raises_a_clear_error() -> None:

@@ -20,7 +20,7 @@ from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from shared.pacs import PacsError
+from shared.pacs import PacsError, tuned_requestor
 
 
 class Forwarder:
@@ -67,7 +67,7 @@ class Forwarder:
             raise PacsError(
                 f"dcmdb's receiver at {self._host}:{self._port} refused the association"
             )
-        self._associations[key] = association
+        self._associations[key] = tuned_requestor(association)
         return association
 
     def close(self) -> None:

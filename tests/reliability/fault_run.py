@@ -40,6 +40,7 @@ from pynetdicom import AE
 from sqlalchemy import create_engine, text
 
 from shared.broker import connect, dead_letter_counts
+from shared.pacs import tuned_requestor
 from tests.conftest import require_tool
 from tests.system import AE_TITLE, Dcmdb
 
@@ -112,16 +113,24 @@ def data_set_digest(path: Path) -> str:
 
 class Sender:
     """Sends every file until each is acknowledged, as a PACS does: a refusal or a
-    broken association is followed by a pause and another try."""
+    broken association is followed by a pause and another try.
 
-    def __init__(self, port: int, files: dict[str, Path]) -> None:
+    It sends at most ``rate`` instances a second, as a PACS forwarding what a scanner
+    makes: the faults are meant to strike while it sends, and unpaced the 2,000
+    instances would be through before the first restart is over."""
+
+    def __init__(self, port: int, files: dict[str, Path], rate: float) -> None:
         self.port = port
+        self.interval = 1 / rate
+        self._next_send = 0.0
         self.pending = dict(files)
         self.acknowledged: set[str] = set()
         self.attempts = 0
         self.refusals: Counter[int] = Counter()
         self.broken_associations = 0
-        self.last_success = 0.0
+        # when the association of the latest 0x0000 was opened: a success on one opened
+        # after a fault is the sender working again, not an answer already on its way
+        self.last_success_opened = 0.0
         self._thread = threading.Thread(target=self._run, name="sender", daemon=True)
 
     @property
@@ -147,13 +156,14 @@ class Sender:
                 time.sleep(0.5)
                 continue
             try:
-                self._send_all(assoc)
+                self._send_all(tuned_requestor(assoc), time.monotonic())
             finally:
                 if assoc.is_established:
                     assoc.release()
 
-    def _send_all(self, assoc: object) -> None:
+    def _send_all(self, assoc: object, opened: float) -> None:
         for sop, path in list(self.pending.items()):
+            self._pace()
             self.attempts += 1
             try:
                 status = assoc.send_c_store(path)  # type: ignore[attr-defined]
@@ -163,7 +173,7 @@ class Sender:
             if code == 0x0000:
                 self.acknowledged.add(sop)
                 del self.pending[sop]
-                self.last_success = time.monotonic()
+                self.last_success_opened = opened
             elif code is None:  # the association broke: a new one, after a pause
                 self.broken_associations += 1
                 time.sleep(0.5)
@@ -172,6 +182,12 @@ class Sender:
                 self.refusals[code] += 1
                 time.sleep(0.5)
                 return
+
+    def _pace(self) -> None:
+        now = time.monotonic()
+        if self._next_send > now:
+            time.sleep(self._next_send - now)
+        self._next_send = max(self._next_send, now) + self.interval
 
 
 @dataclass
@@ -236,9 +252,11 @@ class Pipeline:
         return None
 
     def kill(self, name: str) -> None:
+        """SIGKILL, and back once the process is dead: what it did is all done by then."""
         pid = self.service_pid(name)
         assert pid is not None, f"no {name} process to kill"
         os.kill(pid, signal.SIGKILL)
+        assert wait(lambda: not _alive(pid), 10) is not None, f"{name} outlived SIGKILL"
 
     def converting(self) -> bool:
         """A conversion runs now: the converter's fork server has a child."""
@@ -303,6 +321,15 @@ def _processes() -> Iterator[tuple[int, int, list[bytes]]]:
         yield int(entry.name), int(stat.rsplit(")", 1)[1].split()[1]), cmdline
 
 
+def _alive(pid: int) -> bool:
+    """Running, neither gone nor a zombie waiting for its parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _children_of(parents: set[int]) -> set[int]:
     return {pid for pid, ppid, _ in _processes() if ppid in parents}
 
@@ -346,11 +373,12 @@ def run(
     workload: Workload,
     *,
     rounds: int = 1,
+    rate: float = 50,
     settle_timeout: float = 240,
 ) -> Report:
     """Send the workload while breaking the pipeline ``rounds`` times over; account for it."""
     started = time.monotonic()
-    sender = Sender(pipeline.dcmdb.port, workload.files)
+    sender = Sender(pipeline.dcmdb.port, workload.files, rate)
     faults: list[Fault] = []
     sender.start()
     for round_number in range(rounds):
@@ -383,14 +411,14 @@ def run(
 def _receiver_killed(pipeline: Pipeline, sender: Sender) -> Fault:
     fault = Fault("receiver killed (-9) mid-association", time.monotonic())
     pipeline.kill("receiver")
-    fault.recovered_after = wait(lambda: sender.last_success > fault.at, 120)
+    fault.recovered_after = wait(lambda: sender.last_success_opened > fault.at, 120)
     return fault
 
 
 def _sorter_killed(pipeline: Pipeline) -> Fault:
-    before = pipeline.filed()
     fault = Fault("sorter killed (-9)", time.monotonic())
     pipeline.kill("sorter")
+    before = pipeline.filed()
     fault.recovered_after = wait(lambda: pipeline.filed() > before, 120)
     return fault
 
@@ -409,18 +437,19 @@ def _disk_filled(pipeline: Pipeline, sender: Sender) -> Fault:
     wait(lambda: sum(sender.refusals.values()) > refusals, 30)  # the sender hears 0xA700
     ballast.unlink()
     fault = Fault("data disk full, then freed", time.monotonic())
-    fault.recovered_after = wait(lambda: sender.last_success > fault.at, 120)
+    fault.recovered_after = wait(lambda: sender.last_success_opened > fault.at, 120)
     return fault
 
 
 def _converter_killed(pipeline: Pipeline, series: int) -> Fault:
     seen = wait(pipeline.converting, 120)
-    before, killed = pipeline.converted(), pipeline.service_pid("converter")
+    killed = pipeline.service_pid("converter")
     fault = Fault(
         "converter killed (-9) mid-conversion" if seen is not None else "converter killed (-9)",
         time.monotonic(),
     )
     pipeline.kill("converter")
+    before = pipeline.converted()
 
     def recovered() -> bool:  # converting again; or, with nothing left, running again
         if pipeline.converted() > before:

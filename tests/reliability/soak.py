@@ -1,6 +1,6 @@
 """``scripts/soak``: the fault run for longer, outside pytest, with its report printed.
 
-    scripts/soak --studies 40 --series 5 --slices 60 --rounds 5 [--postgres]
+    scripts/soak --studies 40 --series 5 --slices 60 --rounds 5 [--rate 50] [--postgres]
 
 Needs root (the data folder is a tmpfs of its own, to be filled) and the services the
 tests use: RabbitMQ (a virtual host of its own is made and removed) and, with
@@ -28,6 +28,7 @@ def main() -> int:
     parser.add_argument("--series", type=int, default=5, help="series per study")
     parser.add_argument("--slices", type=int, default=60, help="instances per series")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of faults while sending")
+    parser.add_argument("--rate", type=float, default=50, help="instances sent per second, at most")
     parser.add_argument("--postgres", action="store_true", help="the catalog in PostgreSQL")
     parser.add_argument("--disk", default="1g", help="size of the data file system (1g)")
     args = parser.parse_args()
@@ -51,7 +52,9 @@ def main() -> int:
             pipeline = Pipeline(dcmdb, dcmdb.start("up"))
             try:
                 dcmdb.wait_until_listening(60)
-                report = run(pipeline, workload, rounds=args.rounds, settle_timeout=900)
+                report = run(
+                    pipeline, workload, rounds=args.rounds, rate=args.rate, settle_timeout=900
+                )
             finally:
                 pipeline.close()
                 dcmdb.stop()

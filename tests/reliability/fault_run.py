@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hashlib
 import os
 import signal
@@ -116,13 +117,15 @@ class Sender:
     broken association is followed by a pause and another try.
 
     It sends at most ``rate`` instances a second, as a PACS forwarding what a scanner
-    makes: the faults are meant to strike while it sends, and unpaced the 2,000
-    instances would be through before the first restart is over."""
+    makes, and no further than ``hold_at`` allows: the faults are meant to strike while
+    it sends, and unheld it could be through before a slow restart is over."""
 
     def __init__(self, port: int, files: dict[str, Path], rate: float) -> None:
         self.port = port
         self.interval = 1 / rate
         self._next_send = 0.0
+        self._limit = 1.0  # the progress it may not reach
+        self._room = threading.Condition()
         self.pending = dict(files)
         self.acknowledged: set[str] = set()
         self.attempts = 0
@@ -137,6 +140,15 @@ class Sender:
     def progress(self) -> float:
         done = len(self.acknowledged)
         return done / (done + len(self.pending))
+
+    def hold_at(self, progress: float) -> None:
+        """Send on only while the progress is below ``progress`` (1.0: send everything)."""
+        with self._room:
+            self._limit = progress
+            self._room.notify_all()
+
+    def wait_for_progress(self, progress: float) -> None:
+        wait(lambda: self.progress >= progress or not self.pending, 600)
 
     def start(self) -> None:
         self._thread.start()
@@ -163,6 +175,8 @@ class Sender:
 
     def _send_all(self, assoc: object, opened: float) -> None:
         for sop, path in list(self.pending.items()):
+            with self._room:
+                self._room.wait_for(lambda: self.progress < self._limit)
             self._pace()
             self.attempts += 1
             try:
@@ -376,28 +390,24 @@ def run(
     rate: float = 50,
     settle_timeout: float = 240,
 ) -> Report:
-    """Send the workload while breaking the pipeline ``rounds`` times over; account for it."""
+    """Send the workload while breaking the pipeline ``rounds`` times over; account for it.
+
+    Each fault strikes once the sender's progress reaches its point; the sender may run
+    a little past a point (``AHEAD``) before that fault has struck, never further, so
+    that every fault strikes while it sends and has sending to recover with.
+    """
     started = time.monotonic()
     sender = Sender(pipeline.dcmdb.port, workload.files, rate)
+    share = 1 / rounds
+    points = [(r + fraction) * share for r in range(rounds) for fraction, _ in SCHEDULE]
+    breakers = [breaker for _ in range(rounds) for _, breaker in SCHEDULE]
+    holds = [point + AHEAD * share for point in points[1:]] + [1.0]
     faults: list[Fault] = []
+    sender.hold_at(points[0] + AHEAD * share)
     sender.start()
-    for round_number in range(rounds):
-        share = 1 / rounds
-        base = round_number * share
-
-        def at(fraction: float, base: float = base, share: float = share) -> None:
-            wait(lambda: sender.progress >= base + fraction * share or not sender.pending, 600)
-
-        at(0.10)
-        faults.append(_receiver_killed(pipeline, sender))
-        at(0.30)
-        faults.append(_sorter_killed(pipeline))
-        at(0.45)
-        faults.append(_rabbitmq_restarted(pipeline))
-        at(0.60)
-        faults.append(_disk_filled(pipeline, sender))
-        at(0.80)
-        faults.append(_sorter_killed(pipeline))
+    for point, breaker, hold in zip(points, breakers, holds, strict=True):
+        sender.wait_for_progress(point)
+        faults.append(breaker(pipeline, sender, functools.partial(sender.hold_at, hold)))
     sender.join(600)
     faults.append(_converter_killed(pipeline, len(workload.series)))
     everything = len(workload.files)
@@ -408,37 +418,57 @@ def run(
     return report
 
 
-def _receiver_killed(pipeline: Pipeline, sender: Sender) -> Fault:
+Struck = Callable[[], None]
+"""Called by each fault once it has struck: the sender may go on to the next fault."""
+
+
+def _receiver_killed(pipeline: Pipeline, sender: Sender, struck: Struck) -> Fault:
     fault = Fault("receiver killed (-9) mid-association", time.monotonic())
     pipeline.kill("receiver")
+    struck()
     fault.recovered_after = wait(lambda: sender.last_success_opened > fault.at, 120)
     return fault
 
 
-def _sorter_killed(pipeline: Pipeline) -> Fault:
+def _sorter_killed(pipeline: Pipeline, sender: Sender, struck: Struck) -> Fault:
     fault = Fault("sorter killed (-9)", time.monotonic())
     pipeline.kill("sorter")
+    struck()
     before = pipeline.filed()
     fault.recovered_after = wait(lambda: pipeline.filed() > before, 120)
     return fault
 
 
-def _rabbitmq_restarted(pipeline: Pipeline) -> Fault:
+def _rabbitmq_restarted(pipeline: Pipeline, sender: Sender, struck: Struck) -> Fault:
     fault = Fault("RabbitMQ restarted", time.monotonic())
     restart_rabbitmq()
+    struck()
     before = pipeline.filed()
     fault.recovered_after = wait(lambda: pipeline.filed() > before, 120)
     return fault
 
 
-def _disk_filled(pipeline: Pipeline, sender: Sender) -> Fault:
+def _disk_filled(pipeline: Pipeline, sender: Sender, struck: Struck) -> Fault:
     ballast = fill_disk(pipeline.dcmdb.data_dir)
+    struck()
     refusals = sum(sender.refusals.values())
     wait(lambda: sum(sender.refusals.values()) > refusals, 30)  # the sender hears 0xA700
     ballast.unlink()
     fault = Fault("data disk full, then freed", time.monotonic())
     fault.recovered_after = wait(lambda: sender.last_success_opened > fault.at, 120)
     return fault
+
+
+#: Where in each round's share of the sending each fault strikes, in order.
+SCHEDULE: tuple[tuple[float, Callable[[Pipeline, Sender, Struck], Fault]], ...] = (
+    (0.10, _receiver_killed),
+    (0.30, _sorter_killed),
+    (0.45, _rabbitmq_restarted),
+    (0.60, _disk_filled),
+    (0.80, _sorter_killed),
+)
+#: How far (in a round's share) the sender may run past a fault's point before it struck.
+AHEAD = 0.05
 
 
 def _converter_killed(pipeline: Pipeline, series: int) -> Fault:

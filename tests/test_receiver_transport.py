@@ -152,6 +152,7 @@ def receiver(tmp_path: Path) -> Iterator[Callable[..., Receiver]]:
         server.stop()
 
 
+@pytest.fixture
 def never_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the receiver's cap on each wait far longer than the peers' timeouts.
 
@@ -258,14 +259,13 @@ def _accepts(port: int) -> bool:
     ],
     ids=["fast-path", "16k-pdu-pynetdicom-dimse"],
 )
+@pytest.mark.usefixtures("never_polls")
 def test_storescu_files_arrive_unchanged_in_their_own_syntax(
     receiver: Callable[..., Receiver],
     testdata: Path,
     tmp_path: Path,
     options: dict[str, Any],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    never_polls(monkeypatch)
     server = receiver(**options)
     files = sorted(f for folder in FOLDERS for f in (testdata / folder / "dicom").iterdir())
     profile = _own_syntax_profile(tmp_path / "own.cfg", files)
@@ -335,14 +335,9 @@ def test_pynetdicom_scu_c_store_and_c_echo(
     assert server.events == ["echo", "released", "closed"]
 
 
-def test_tls(
-    receiver: Callable[..., Receiver],
-    testdata: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.mark.usefixtures("never_polls")
+def test_tls(receiver: Callable[..., Receiver], testdata: Path, tmp_path: Path) -> None:
     """TLS sockets hold decrypted bytes that select() does not see."""
-    never_polls(monkeypatch)
     cert, key = self_signed(tmp_path)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)

@@ -327,21 +327,29 @@ def _processes() -> Iterator[tuple[int, int, list[bytes]]]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
+        stat = _stat(entry)
         try:
-            stat = (entry / "stat").read_text()
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue  # ended meanwhile
-        yield int(entry.name), int(stat.rsplit(")", 1)[1].split()[1]), cmdline
+        if stat is not None:
+            yield int(entry.name), int(stat[1]), cmdline
 
 
 def _alive(pid: int) -> bool:
     """Running, neither gone nor a zombie waiting for its parent to reap it."""
+    stat = _stat(Path(f"/proc/{pid}"))
+    return stat is not None and stat[0] != "Z"
+
+
+def _stat(process: Path) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name: state, parent pid, ...;
+    None once the process has ended."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = (process / "stat").read_text()
     except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        return None
+    return stat.rsplit(")", 1)[1].split()
 
 
 def _children_of(parents: set[int]) -> set[int]:
@@ -399,13 +407,15 @@ def run(
     started = time.monotonic()
     sender = Sender(pipeline.dcmdb.port, workload.files, rate)
     share = 1 / rounds
-    points = [(r + fraction) * share for r in range(rounds) for fraction, _ in SCHEDULE]
-    breakers = [breaker for _ in range(rounds) for _, breaker in SCHEDULE]
-    holds = [point + AHEAD * share for point in points[1:]] + [1.0]
+    strikes = [
+        ((r + fraction) * share, breaker) for r in range(rounds) for fraction, breaker in SCHEDULE
+    ]
+    # how far the sender may go while waiting for each strike: a little past the next one
+    holds = [point + AHEAD * share for point, _ in strikes[1:]] + [1.0]
     faults: list[Fault] = []
-    sender.hold_at(points[0] + AHEAD * share)
+    sender.hold_at(strikes[0][0] + AHEAD * share)
     sender.start()
-    for point, breaker, hold in zip(points, breakers, holds, strict=True):
+    for (point, breaker), hold in zip(strikes, holds, strict=True):
         sender.wait_for_progress(point)
         faults.append(breaker(pipeline, sender, functools.partial(sender.hold_at, hold)))
     sender.join(600)

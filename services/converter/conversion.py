@@ -31,11 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import nibabel as nib
+
 from . import engines, rules
 from .engines import EngineError, EngineOutput, IgnoredByDcm2niix
 from .grouping import Volume, plan_volumes
-from .instances import Instance, read_instances
-from .sidecar import ACQUISITION_KEYS, build_sidecar, dumps
+from .guard import GeometryMismatch, check_volume
+from .instances import Instance, as_text, read_instances
+from .planes import UnknownGeometry, source_planes
+from .sidecar import DCM2NIIX_KEYS, build_sidecar, dumps
 
 Status = Literal["converted", "skipped", "failed"]
 # zlib level 3: a third of level 6's time; on the test data at most 1.06 x the size of
@@ -49,6 +53,13 @@ class Output:
     nifti: Path  # <out_dir>/<base_name>[_suffix].nii.gz
     sidecar: Path  # same name, .json
     engine: str  # "dicom2nifti 2.6.2" or "dcm2niix v1.0.20260724"
+    bval: Path | None = None  # diffusion: same name, .bval and .bvec
+    bvec: Path | None = None
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file of the output: the volume, its sidecar and any gradient table."""
+        return tuple(p for p in (self.nifti, self.sidecar, self.bval, self.bvec) if p)
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,7 @@ class _Staged:
     nifti: Path  # uncompressed NIfTI in work_dir
     sidecar: bytes
     engine: str
+    gradients: tuple[Path, Path] | None  # .bval, .bvec in work_dir
 
 
 def convert_series(
@@ -149,46 +161,110 @@ def _convert(
     return Conversion("skipped", reason="; ".join(dict.fromkeys(skip_reasons)) or "no images")
 
 
+# dcm2niix reads the vendors' private headers that MR analysis needs (slice timing, phase
+# encoding, echo spacing, diffusion gradients) and says in its sidecar which voxel axis they
+# refer to: an MR volume is dcm2niix's, with dicom2nifti as the alternative. dicom2nifti
+# converts the other modalities' stacks, with dcm2niix as the alternative.
+_MR_ORDER = ("dcm2niix", "dicom2nifti")
+_OTHER_ORDER = ("dicom2nifti", "dcm2niix")
+_MULTIFRAME_NOTE = (
+    "multi-frame object: converted by dcm2niix (dicom2nifti converts only the first file of "
+    "a multi-frame series and does not separate frame types)"
+)
+
+
+def engine_order(volume: Volume) -> tuple[str, ...]:
+    """The engines to try on `volume`, best first."""
+    if volume.multiframe:
+        return ("dcm2niix",)
+    if as_text(volume.first.ds.get("Modality")).upper() == "MR":
+        return _MR_ORDER
+    return _OTHER_ORDER
+
+
+def _run(engine: str, volume: Volume, scratch: Path) -> list[EngineOutput]:
+    if engine == "dcm2niix":
+        return engines.run_dcm2niix(volume.instances, scratch / "dcm2niix")
+    return [engines.run_dicom2nifti(volume.instances, scratch / "dicom2nifti")]
+
+
+def _version(engine: str) -> str:
+    return engines.dcm2niix_version() if engine == "dcm2niix" else engines.dicom2nifti_version()
+
+
 def _convert_volume(
     volume: Volume, base_name: str, study_uid: str, series_uid: str, scratch: Path
 ) -> list[_Staged]:
-    notes: list[str] = []
-    results: list[EngineOutput]
-    if volume.multiframe:
-        software, version = "dcm2niix", engines.dcm2niix_version()
-        notes.append(
-            "multi-frame object: converted by dcm2niix (dicom2nifti converts only the first "
-            "file of a multi-frame series and does not separate frame types)"
-        )
-        results = engines.run_dcm2niix(volume.instances, scratch / "dcm2niix")
-    else:
+    """The volume by the first engine whose outputs pass the geometry guard."""
+    rejected: list[str] = []
+    for engine in engine_order(volume):
         try:
-            results = [engines.run_dicom2nifti(volume.instances, scratch / "dicom2nifti")]
-            software, version = "dicom2nifti", engines.dicom2nifti_version()
-        except EngineError as first:
-            notes.append(f"converted by dcm2niix: {first}")
-            software, version = "dcm2niix", engines.dcm2niix_version()
-            try:
-                results = engines.run_dcm2niix(volume.instances, scratch / "dcm2niix")
-            except IgnoredByDcm2niix:
-                raise
-            except EngineError as second:
-                raise EngineError(f"{first}; then {second}") from second
+            results = _run(engine, volume, scratch)
+        except IgnoredByDcm2niix:
+            raise  # dcm2niix -i y skips it: skipped, whatever dicom2nifti made of it
+        except EngineError as exc:
+            rejected.append(str(exc))
+            continue
+        problem = _geometry_problem(volume, results)
+        if problem is None:
+            notes = [*(f"not converted by the first engine: {r}" for r in rejected)]
+            if volume.multiframe:
+                notes.insert(0, _MULTIFRAME_NOTE)
+            return _stage(volume, results, engine, notes, base_name, study_uid, series_uid)
+        rejected.append(f"{engine}: {problem}")
+        if any(result.diffusion for result in results):
+            # dicom2nifti writes no gradient table in dcm2niix's convention: a diffusion
+            # volume without one is worse than none.
+            rejected.append("no other engine writes this diffusion series' gradient table")
+            break
+    raise EngineError("; ".join(rejected))
+
+
+def _geometry_problem(volume: Volume, results: Sequence[EngineOutput]) -> str | None:
+    """Why the outputs disagree with the DICOM headers (see `guard`), or None."""
+    try:
+        planes = source_planes(volume.instances)
+    except UnknownGeometry as exc:
+        return f"the geometry cannot be checked: {exc}"
+    for result in results:
+        try:
+            image = nib.load(result.nifti)
+            if not isinstance(image, nib.Nifti1Image):
+                return f"{result.nifti.name} is not a NIfTI-1 image"
+            check_volume(image, planes, resampled=result.resampled)
+        except GeometryMismatch as exc:
+            return f"the volume disagrees with the DICOM headers: {exc}"
+    return None
+
+
+def _stage(
+    volume: Volume,
+    results: Sequence[EngineOutput],
+    engine: str,
+    notes: Sequence[str],
+    base_name: str,
+    study_uid: str,
+    series_uid: str,
+) -> list[_Staged]:
+    version = _version(engine)
     staged = []
     for result in results:
-        overrides = ACQUISITION_KEYS if volume.multiframe else ACQUISITION_KEYS - {"ImageType"}
         sidecar = build_sidecar(
             volume.instances,
             study_instance_uid=study_uid,
             series_instance_uid=series_uid,
-            software=software,
+            software=engine,
             software_version=version,
             notes=[*notes, *result.notes],
             engine_metadata=result.metadata,
-            engine_overrides=overrides if software == "dcm2niix" else (),
+            engine_overrides=DCM2NIIX_KEYS if engine == "dcm2niix" else (),
         )
-        name = f"{base_name}{volume.suffix}{result.suffix}"
-        staged.append(_Staged(name, result.nifti, dumps(sidecar), f"{software} {version}"))
+        # dcm2niix names echoes and phase images itself; for one volume of ours (single-frame
+        # images, grouped by echo and component already) the volume's suffix says it.
+        suffix = result.suffix if volume.multiframe or len(results) > 1 else ""
+        name = f"{base_name}{volume.suffix}{suffix}"
+        gradients = (result.bval, result.bvec) if result.bval and result.bvec else None
+        staged.append(_Staged(name, result.nifti, dumps(sidecar), f"{engine} {version}", gradients))
     return staged
 
 
@@ -210,7 +286,12 @@ def _file_outputs(staged: Sequence[_Staged], out_dir: Path) -> tuple[Output, ...
         sidecar = out_dir / f"{name}.json"
         _replace_with_gzip(nifti, item.nifti)
         _replace_with_bytes(sidecar, item.sidecar)
-        outputs.append(Output(nifti, sidecar, item.engine))
+        bval = bvec = None
+        if item.gradients is not None:
+            bval, bvec = out_dir / f"{name}.bval", out_dir / f"{name}.bvec"
+            _replace_with_bytes(bval, item.gradients[0].read_bytes())
+            _replace_with_bytes(bvec, item.gradients[1].read_bytes())
+        outputs.append(Output(nifti, sidecar, item.engine, bval, bvec))
     _fsync_directory(out_dir)
     return tuple(outputs)
 

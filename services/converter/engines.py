@@ -51,6 +51,7 @@ _DCM2NIIX_SYNTAXES = frozenset(
         "1.2.840.10008.1.2.5",
     }
 )
+_DCM2NIIX_SKIPPED = frozenset({0, 2})  # its exit codes: done; found no images it converts
 _CORRECTED_COPY = re.compile(r"^(?P<base>.*?)(?P<kind>_Tilt_Eq|_Tilt|_Eq)_\d+$")
 _CORRECTION_NOTES = {
     "_Tilt": "gantry tilt corrected by dcm2niix (resampled)",
@@ -64,7 +65,8 @@ class EngineError(Exception):
 
 
 class IgnoredByDcm2niix(EngineError):
-    """dcm2niix -i y took the images for derived, localizer or 2D images."""
+    """dcm2niix -i y wrote nothing for the images (derived, localizer, 2D, or otherwise
+    not a volume to it): the series is skipped, not failed."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,13 @@ class EngineOutput:
     nifti: Path
     metadata: dict[str, Any] = field(default_factory=dict)  # the engine's own sidecar keys
     notes: tuple[str, ...] = ()
+    resampled: bool = False  # the engine resampled the images (tilt, unequal spacing)
+    bval: Path | None = None  # diffusion: b-values and vectors (FSL, image space)
+    bvec: Path | None = None
+
+    @property
+    def diffusion(self) -> bool:
+        return self.bval is not None
 
 
 @lru_cache(maxsize=1)
@@ -425,10 +434,12 @@ def run_dcm2niix(images: Sequence[Instance], scratch: Path) -> list[EngineOutput
     log = completed.stdout + completed.stderr
     outputs = _collect_dcm2niix(target)
     if not outputs:
-        ignored = [line for line in log.splitlines() if re.match(r"\s*(Ignoring|Skipping)", line)]
-        if completed.returncode == 0 and ignored:
-            raise IgnoredByDcm2niix(ignored[0].strip())
+        # Nothing written, and success (0) or "no images it converts" (2): it skipped them.
+        # Anything else (a damaged file, a crash) failed.
         log = log.replace(f"{source}{os.sep}", "").replace(str(scratch), "")
+        ignored = [line for line in log.splitlines() if re.match(r"\s*(Ignoring|Skipping)", line)]
+        if completed.returncode in _DCM2NIIX_SKIPPED:
+            raise IgnoredByDcm2niix(ignored[0].strip() if ignored else _tail(log))
         raise EngineError(f"dcm2niix wrote nothing (exit {completed.returncode}): {_tail(log)}")
     return outputs
 
@@ -468,7 +479,13 @@ def _collect_dcm2niix(target: Path) -> list[EngineOutput]:
         suffix = stem[len("vol") :]
         if suffix and not suffix.startswith("_"):
             suffix = f"_{suffix}"
-        outputs.append(EngineOutput(suffix, target / f"{chosen}.nii", metadata, notes))
+        bval, bvec = target / f"{chosen}.bval", target / f"{chosen}.bvec"
+        gradients = (bval, bvec) if bval.is_file() and bvec.is_file() else (None, None)
+        outputs.append(
+            EngineOutput(
+                suffix, target / f"{chosen}.nii", metadata, notes, chosen != stem, *gradients
+            )
+        )
     return outputs
 
 

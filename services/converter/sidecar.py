@@ -89,19 +89,26 @@ _FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("ImageOrientationPatientDICOM", "ImageOrientationPatient", _numbers),
 )
 
-# What an engine knows better per output (one enhanced object may give several echoes).
-ACQUISITION_KEYS = frozenset(
+# Taken from dcm2niix's own sidecar for a volume dcm2niix made: it knows them per output
+# (one enhanced object may give several echoes) and reads the vendors' private headers for
+# the keys distortion and slice-timing correction need, which refer to its voxel axes.
+DCM2NIIX_KEYS = frozenset(
     {
         "EchoNumber",
         "EchoTime",
         "RepetitionTime",
         "InversionTime",
         "FlipAngle",
+        "MagneticFieldStrength",
         "ImageType",
         "AcquisitionTime",
         "SliceThickness",
         "SpacingBetweenSlices",
         "ImageOrientationPatientDICOM",
+        "PhaseEncodingDirection",
+        "TotalReadoutTime",
+        "EffectiveEchoSpacing",
+        "SliceTiming",
     }
 )
 # Not taken from an engine's sidecar: patient details, and dcm2niix's guess of a BIDS name.
@@ -123,19 +130,31 @@ def build_sidecar(
 ) -> dict[str, Any]:
     """The sidecar of one output made from `instances` (sorted) by `software`."""
     first = instances[0].ds
+    engine = {
+        key: value
+        for key, value in (engine_metadata or {}).items()
+        if key not in _IGNORED_KEYS and not key.startswith("Conversion")
+    }
+    overridden = set(engine_overrides) & set(engine)
     sidecar: dict[str, Any] = {}
     for key, keyword, convert in _FIELDS:
+        if key in overridden:
+            sidecar[key] = engine[key]
+            continue
         value = convert(find_attribute(first, keyword))
         if value is not None:
             sidecar[key] = value
-    acquisition = acquisition_time(instances)
+    # The engine's, where it has one: reading every image's per-frame headers costs more
+    # than the conversion of a series of multi-frame objects.
+    acquisition = (
+        engine["AcquisitionTime"]
+        if "AcquisitionTime" in overridden
+        else (acquisition_time(instances))
+    )
     if acquisition is not None:
         sidecar["AcquisitionTime"] = acquisition
-    overrides = set(engine_overrides)
-    for key, value in (engine_metadata or {}).items():
-        if key in _IGNORED_KEYS or key.startswith("Conversion"):
-            continue
-        if key not in sidecar or key in overrides:
+    for key, value in engine.items():
+        if key not in sidecar or key in overridden:
             sidecar[key] = value
     sidecar["StudyInstanceUID"] = study_instance_uid
     sidecar["SeriesInstanceUID"] = series_instance_uid

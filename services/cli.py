@@ -29,6 +29,7 @@ TOOLS = {  # name: ("module:function taking the arguments", what it does)
     "download": ("services.lab_commands:download", "download a study through the API"),
     "retrieve": ("services.pacs_commands:retrieve", "fetch studies from the PACS"),
     "pacs-check": ("services.pacs_commands:pacs_check", "compare a study with the PACS"),
+    "reconvert": ("services.reconvert_command:main", "convert series to NIfTI again"),
 }
 
 

@@ -122,6 +122,22 @@ SHARED_VALUES = (
     "FlipAngle",
     "SliceThickness",
 )
+# What distortion, slice-timing and diffusion analysis read: equal to dcm2niix's -b y sidecar
+# wherever dcm2niix writes them.
+DCM2NIIX_VALUES = (
+    "RepetitionTime",
+    "EchoTime",
+    "FlipAngle",
+    "MagneticFieldStrength",
+    "PhaseEncodingDirection",
+    "TotalReadoutTime",
+    "EffectiveEchoSpacing",
+    "SliceTiming",
+    "ImageType",
+    "EchoNumber",
+)
+BVAL_TOLERANCE = 1.0  # s/mm²
+BVEC_TOLERANCE = 0.02
 SIZE_RATIO = (0.85, 1.15)  # our .nii.gz against dcm2niix's
 
 
@@ -540,6 +556,10 @@ def test_sidecar(testdata: Path, folder_runs: Callable[[str], FolderRun], folder
             applies.remove("ProtocolName")
         missing = [k for k in applies if k not in ours]
         assert not missing, (match.ours.sidecar.name, missing)
+        for key in DCM2NIIX_VALUES:
+            if key in theirs:
+                assert key in ours, (match.ours.sidecar.name, key)
+                assert ours[key] == pytest.approx(theirs[key], rel=1e-6), key
         for key in SHARED_VALUES:
             if key in ours and key in theirs:
                 if isinstance(theirs[key], int | float):
@@ -654,3 +674,72 @@ def test_dicom2nifti_settings_are_left_as_found(testdata: Path, tmp_path: Path) 
     )
     assert result.status == "converted"
     assert {n: getattr(dicom2nifti.settings, n) for n in names} == before
+
+
+def _table(path: Path) -> np.ndarray:
+    return np.loadtxt(path, ndmin=2)
+
+
+def _gradients_differ(ours: Output, reference: Path) -> str | None:
+    """Why our .bval/.bvec differ from dcm2niix's beside `reference` (a .nii.gz or stem)."""
+    stem = reference.name.removesuffix(".nii.gz")
+    bval, bvec = reference.with_name(f"{stem}.bval"), reference.with_name(f"{stem}.bvec")
+    if not bval.exists():
+        return None if ours.bval is None else "we write a gradient table dcm2niix does not"
+    if ours.bval is None or ours.bvec is None:
+        return "dcm2niix writes a gradient table, we do not"
+    if ours.bval.name != f"{ours.nifti.name.removesuffix('.nii.gz')}.bval":
+        return f"{ours.bval.name} is not named after {ours.nifti.name}"
+    values, theirs = _table(ours.bval), _table(bval)
+    if values.shape != theirs.shape or np.max(np.abs(values - theirs)) > BVAL_TOLERANCE:
+        return f"b-values {values.ravel()[:6]} != {theirs.ravel()[:6]}"
+    vectors, theirs = _table(ours.bvec), _table(bvec)
+    if vectors.shape != theirs.shape or np.max(np.abs(vectors - theirs)) > BVEC_TOLERANCE:
+        return f"b-vectors differ by up to {np.max(np.abs(vectors - theirs)):.3f}"
+    return None
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_gradient_tables_equal_dcm2niix(
+    testdata: Path, folder_runs: Callable[[str], FolderRun], folder: str
+) -> None:
+    """Every diffusion volume has its .bval/.bvec beside it, as dcm2niix writes them (FSL
+    convention, vectors in image space), and nothing else has one."""
+    problems = []
+    for match in folder_runs(folder).matches:
+        why = _gradients_differ(match.ours, match.reference.files[0])
+        if why is not None:
+            problems.append(f"{match.ours.nifti.name}: {why}")
+    assert not problems, problems
+
+
+def test_diffusion_series_has_the_shipped_gradient_table(
+    testdata: Path, folder_runs: Callable[[str], FolderRun]
+) -> None:
+    """The Siemens XA30 DWI (enhanced multi-frame): b-values and vectors equal those the
+    dcm2niix authors ship with the data."""
+    (output,) = folder_runs("siemens_xa30_dwi_enhanced_pa").outputs
+    assert output.bval is not None and output.bvec is not None
+    shipped = testdata / "siemens_xa30_dwi_enhanced_pa" / "ref_dcm2niix" / "10_DWI_dir80_PA"
+    assert _gradients_differ(output, shipped) is None
+    assert _table(output.bval).shape == (1, 21) and _table(output.bval).max() > 500
+    sidecar = _sidecar(output.sidecar)
+    theirs = json.loads(shipped.with_suffix(".json").read_text())
+    for key in ("PhaseEncodingDirection", "TotalReadoutTime", "EffectiveEchoSpacing"):
+        assert sidecar[key] == theirs[key], key
+    assert sidecar["SliceTiming"] == pytest.approx(theirs["SliceTiming"])
+
+
+def test_bold_sidecar_has_what_slice_timing_and_distortion_correction_read(
+    testdata: Path, folder_runs: Callable[[str], FolderRun]
+) -> None:
+    (output,) = folder_runs("siemens_xa30_func_bold").outputs
+    sidecar = _sidecar(output.sidecar)
+    shipped = testdata / "siemens_xa30_func_bold" / "ref_dcm2niix"
+    (reference,) = shipped.glob("*.json")
+    theirs = json.loads(reference.read_text())
+    for key in DCM2NIIX_VALUES:
+        if key in theirs:
+            assert sidecar[key] == pytest.approx(theirs[key]), key
+    assert sidecar["PhaseEncodingDirection"] == "j-"
+    assert len(sidecar["SliceTiming"]) == 33

@@ -247,7 +247,7 @@ def _routes(app: FastAPI) -> None:
         if format in ("nifti", "all"):
             for one in series:
                 for output in one.outputs:
-                    relative += [output.path, output.sidecar_path]
+                    relative += output.paths
         prefix = f"{study.physician_folder}/"
         entries = [
             Entry(path.removeprefix(prefix), _archive_file(request, path))
@@ -316,15 +316,18 @@ def _routes(app: FastAPI) -> None:
                 f"series {series_uid!r} has no NIfTI: conversion {series.conversion}{why}",
             )
         outputs = sorted(series.outputs, key=lambda o: o.path)
-        if len(outputs) == 1 and not sidecar:
+        gradients = [p for o in outputs for p in o.gradient_paths]  # never without them
+        if len(outputs) == 1 and not sidecar and not gradients:
             path = _archive_file(request, outputs[0].path)
             if not path.is_file():
                 log.error("a NIfTI file the catalog lists is missing from the archive")
                 raise HTTPException(status.HTTP_404_NOT_FOUND, "the NIfTI file is missing")
             return FileResponse(path, media_type="application/gzip", filename=path.name)
         prefix = f"{study.relative_folder}/"
-        relative = [o.path for o in outputs] + (
-            [o.sidecar_path for o in outputs] if sidecar else []
+        relative = (
+            [o.path for o in outputs]
+            + gradients
+            + ([o.sidecar_path for o in outputs] if sidecar else [])
         )
         entries = [Entry(p.removeprefix(prefix), _archive_file(request, p)) for p in relative]
         return _zip_response(entries, f"{study.folder}_{series.folder}_nifti")

@@ -55,6 +55,12 @@ class StudyPage(_Model):
 class NiftiFile(_Model):
     path: str = Field(description="The .nii.gz, relative to the archive root")
     sidecar_path: str = Field(description="Its JSON sidecar, relative to the archive root")
+    bval_path: str | None = Field(
+        default=None, description="Diffusion: b-values (FSL), relative to the archive root"
+    )
+    bvec_path: str | None = Field(
+        default=None, description="Diffusion: gradient directions (FSL, image space)"
+    )
     engine: str
     size_bytes: int
 

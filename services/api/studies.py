@@ -256,7 +256,12 @@ def _series_summary(series: Series, study_uid: str, study_folder: str) -> Series
             reason=series.conversion_reason,
             outputs=[
                 NiftiFile(
-                    path=o.path, sidecar_path=o.sidecar_path, engine=o.engine, size_bytes=o.size
+                    path=o.path,
+                    sidecar_path=o.sidecar_path,
+                    bval_path=o.bval_path,
+                    bvec_path=o.bvec_path,
+                    engine=o.engine,
+                    size_bytes=o.size,
                 )
                 for o in sorted(series.outputs, key=lambda o: o.path)
             ],

@@ -22,6 +22,7 @@ from shared.messages import (
     SeriesSkipped,
 )
 from shared.monitoring import SidePort, broker_status, catalog_status
+from shared.reconversion import bring_up_to_date
 from shared.settings import load_settings
 
 log = logging.getLogger("dcmdb.converter")
@@ -31,6 +32,9 @@ async def run(settings: ConverterSettings, side: SidePort) -> None:
     catalog, broker = side.dependency("catalog"), side.dependency("broker")
     engine, sessions = await asyncio.to_thread(open_catalog, settings.catalog_url, writer=True)
     catalog.watch(lambda: catalog_status(engine))
+    queued = await asyncio.to_thread(bring_up_to_date, sessions)
+    if queued:
+        log.info("converting %d series again: this version converts them differently", len(queued))
     await asyncio.to_thread(warm_up)
     archive = settings.archive_root
     connection = await connect(settings.broker_url, name="dcmdb-converter")

@@ -27,6 +27,7 @@ from shared.messages import (
     SeriesFailed,
     SeriesSkipped,
 )
+from shared.reconversion import CONVERSION_POLICY
 
 NIFTI_FOLDER = "nifti"  # in each study folder
 
@@ -75,7 +76,7 @@ def record(
             series = _series(session, event.series_instance_uid, lock=True)
             if series is None or series.generation != event.generation:
                 return False, set()
-            before = {p for o in series.outputs for p in (o.path, o.sidecar_path)}
+            before = {p for o in series.outputs for p in o.paths}
             series.outputs.clear()
             now = datetime.now(UTC)
             for output in result.outputs:
@@ -83,6 +84,8 @@ def record(
                     NiftiOutput(
                         path=_relative(output.nifti, archive),
                         sidecar_path=_relative(output.sidecar, archive),
+                        bval_path=_relative(output.bval, archive) if output.bval else None,
+                        bvec_path=_relative(output.bvec, archive) if output.bvec else None,
                         engine=output.engine,
                         size=output.nifti.stat().st_size,
                         created_at=now,
@@ -91,7 +94,8 @@ def record(
             series.conversion = result.status
             series.conversion_reason = result.reason
             series.converted_generation = event.generation
-            after = {p for o in series.outputs for p in (o.path, o.sidecar_path)}
+            series.conversion_policy = CONVERSION_POLICY
+            after = {p for o in series.outputs for p in o.paths}
             return True, before - after
 
     recorded, stale = _catalog(write)

@@ -128,6 +128,9 @@ class Series(Base):
     conversion: Mapped[str] = mapped_column(String, default=PENDING, server_default=PENDING)
     conversion_reason: Mapped[str] = mapped_column(String, default="", server_default="")
     converted_generation: Mapped[int | None] = mapped_column(Integer)
+    # The converter's policy that made the outputs (shared/reconversion.py); an upgrade
+    # converts again, once, the series an older policy got wrong.
+    conversion_policy: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
@@ -137,7 +140,8 @@ class Series(Base):
 
 
 class NiftiOutput(Base):
-    """One NIfTI volume (and its JSON sidecar) made from a series."""
+    """One NIfTI volume (with its JSON sidecar, and a diffusion volume's gradient table)
+    made from a series."""
 
     __tablename__ = "nifti_outputs"
 
@@ -145,11 +149,22 @@ class NiftiOutput(Base):
     series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     path: Mapped[str] = mapped_column(String)  # relative to the archive root
     sidecar_path: Mapped[str] = mapped_column(String)
+    bval_path: Mapped[str | None] = mapped_column(String)  # diffusion only
+    bvec_path: Mapped[str | None] = mapped_column(String)
     engine: Mapped[str] = mapped_column(String)
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     series: Mapped[Series] = relationship(back_populates="outputs")
+
+    @property
+    def gradient_paths(self) -> list[str]:
+        return [p for p in (self.bval_path, self.bvec_path) if p]
+
+    @property
+    def paths(self) -> list[str]:
+        """Every file of the output, relative to the archive root."""
+        return [self.path, self.sidecar_path, *self.gradient_paths]
 
 
 class Instance(Base):

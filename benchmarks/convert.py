@@ -1,7 +1,8 @@
 """Conversion benchmark: dcmdb's converter and `dcm2niix -z y` on the same series.
 
-Series: a generated 200-slice 512x512 int16 CT (ct), siemens_xa30_t1w_3d_classic (t1) and
-ge_fmri_epi_4d (fmri). Ours is timed as the service runs it: `run_isolated` forks the
+Series: a generated 200-slice 512x512 int16 CT (ct), siemens_xa30_t1w_3d_classic (t1),
+ge_fmri_epi_4d (fmri), a Siemens XA30 diffusion series (dwi: enhanced multi-frame, 21
+volumes) and a coronal Siemens mosaic (mosaic: VB17 EPI, descending slices). Ours is timed as the service runs it: `run_isolated` forks the
 conversion from a warm forkserver, in a fresh helper process per round whose process tree's
 max RSS (GNU time) is the peak memory. dcm2niix runs as `dcm2niix -z y -o OUT FOLDER`, timed
 and measured the same way. Best wall time of several rounds; output size = bytes of .nii.gz.
@@ -35,7 +36,8 @@ DCMDB, DCM2NIIX = ROOT / ".venv" / "bin" / "dcmdb", ROOT / ".venv" / "bin" / "dc
 TIME = "/usr/bin/time"  # GNU time
 TESTDATA = Path("/work/shared/testdata/dicom")
 SERIES = {"ct": "generated CT 200x512x512", "t1": "siemens_xa30_t1w_3d_classic",
-          "fmri": "ge_fmri_epi_4d"}  # fmt: skip
+          "fmri": "ge_fmri_epi_4d", "dwi": "siemens_xa30_dwi_enhanced_pa",
+          "mosaic": "siemens_vb17_mosaic_cordesc35"}  # fmt: skip
 STABLE_AGE, MB = 2.0, 1e6
 
 
@@ -275,8 +277,8 @@ def end_to_end(work: Path) -> None:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rounds", type=int, default=3, help="rounds per engine, best wins (default 3)")
-    p.add_argument("--only", default="ct,t1,fmri,e2e", help="comma separated (default all): "
-                   "ct, t1, fmri, e2e")  # fmt: skip
+    p.add_argument("--only", default="ct,t1,fmri,dwi,mosaic,e2e", help="comma separated "
+                   "(default all): ct, t1, fmri, dwi, mosaic, e2e")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--helper", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -11,9 +11,12 @@ How a series is handled:
   localizers and single 2D images (the rules of `dcm2niix -i y`, see `rules`);
 - the remaining images are split into volumes (series number, echo, magnitude/phase,
   orientation; see `grouping`);
-- each stack of single-frame images is converted by dicom2nifti, keeping the stored
-  integer type; where dicom2nifti fails (gantry tilt, missing slices, ...) or merges or
-  drops images, and for multi-frame objects (enhanced MR/CT, RT dose), dcm2niix converts;
+- each volume is converted by the engines of `engine_order` in turn: MR by dcm2niix (with
+  its sidecar keys and any diffusion gradient table), then dicom2nifti; other modalities by
+  dicom2nifti (keeping the stored integer type), then dcm2niix; multi-frame objects by
+  dcm2niix alone. The first engine whose outputs pass the geometry guard (`guard`) makes
+  the volume; where none does, the series fails with each engine's reason;
+- what dcm2niix -i y writes nothing for is skipped, whatever dicom2nifti made of it;
 - every output gets a sidecar naming the engine that made it.
 """
 

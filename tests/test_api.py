@@ -409,15 +409,19 @@ def test_nifti_downloads(api: Api) -> None:
     assert converted
     for series in converted:
         outputs = series["nifti"]["outputs"]
+        gradients = [Path(o[k]).name for o in outputs for k in ("bval_path", "bvec_path") if o[k]]
         answer = api.get(f"/series/{series['series_uid']}/nifti")
         assert answer.status_code == 200
-        if len(outputs) == 1:
+        if len(outputs) == 1 and not gradients:
             assert answer.content == (api.archive / outputs[0]["path"]).read_bytes()
             assert gzip.decompress(answer.content)[344:348] == b"n+1\x00"  # NIfTI-1 magic
+        else:  # several volumes, or a diffusion volume with its gradient table: a ZIP
+            volumes = sorted(Path(n).name for n in _zip(answer).namelist())
+            assert volumes == sorted([Path(o["path"]).name for o in outputs] + gradients)
         archive = _zip(api.get(f"/series/{series['series_uid']}/nifti", sidecar=1))
         names = sorted(Path(n).name for n in archive.namelist())
         expected = sorted(Path(o[key]).name for o in outputs for key in ("path", "sidecar_path"))
-        assert names == expected
+        assert names == sorted(expected + gradients)
         sidecar = next(n for n in archive.namelist() if n.endswith(".json"))
         assert json.loads(archive.read(sidecar))["SeriesInstanceUID"] == series["series_uid"]
     skipped = _series(api, "skipped")[0]

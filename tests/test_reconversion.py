@@ -7,23 +7,31 @@ import io
 import os
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from pathlib import Path
 
+import nibabel as nib
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import create_engine, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from services.converter import records
 from services.converter.conversion import Conversion, Output
+from services.converter.engines import run_dicom2nifti
+from services.converter.instances import read_instances
 from services.sorter.completion import unannounced
-from shared.catalog.models import CONVERTED, FAILED, PENDING, SKIPPED, Series, Study
+from shared.catalog.models import CONVERTED, FAILED, PENDING, SKIPPED, NiftiOutput, Series, Study
 from shared.messages import SeriesCompleted
 from shared.reconversion import CONVERSION_POLICY, Selection, bring_up_to_date, reconvert
 from tests.arrivals import Sorter
 from tests.filed_studies import Archive
+from tests.reference import difference, load, series_in
+from tests.system import Dcmdb, dicom_files, send_dicom, wait_for
 
 pytestmark = pytest.mark.integration
 DCMDB = Path(sys.executable).with_name("dcmdb")
@@ -207,3 +215,85 @@ def test_downloads_carry_the_gradient_table(archive: Archive) -> None:
         whole = api.get(f"/studies/{study}/archive?format=nifti", headers=headers)
         with zipfile.ZipFile(io.BytesIO(whole.content)) as zipped:
             assert names | {output.sidecar.name} == {Path(n).name for n in zipped.namelist()}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("catalog_url", ["sqlite"], indirect=True)
+def test_an_upgraded_dcmdb_replaces_old_outputs_once(
+    tmp_path: Path, broker_url: str, catalog_url: str, testdata: Path
+) -> None:
+    """A catalog as the previous version left it (the coronal mosaic mirrored by dicom2nifti,
+    no policy recorded): the upgraded converter converts it again at start, replacing the
+    file, and a second start converts nothing."""
+    folder = testdata / "siemens_vb17_mosaic_cordesc35" / "dicom"
+    dcmdb = Dcmdb(tmp_path / "data", broker_url, catalog_url, extra_env={"DCMDB_STABLE_AGE": "2"})
+    archive = dcmdb.data_dir / "archive"
+    try:
+        dcmdb.start("up")
+        dcmdb.wait_until_listening()
+        send_dicom(dcmdb.port, dicom_files(folder))
+        wait_for(lambda: _outputs(catalog_url), 300, "the mosaic converted")
+        (path, engine), *_ = _outputs(catalog_url)
+        good = (archive / path).read_bytes()
+        dcmdb.stop()
+
+        (series,) = series_in(folder)
+        old = run_dicom2nifti(read_instances(series.files)[0], tmp_path / "old")
+        mirrored = tmp_path / "mirrored.nii.gz"
+        nib.save(nib.load(old.nifti), mirrored)
+        (archive / path).write_bytes(mirrored.read_bytes())
+        _as_left_by_the_old_version(catalog_url, "dicom2nifti 2.6.2")
+
+        dcmdb.start("up", name="upgraded")
+        wait_for(lambda: _outputs(catalog_url) == [(path, engine)], 300, "converted again")
+        assert difference(load(archive / path), load(mirrored)) is not None
+        assert (archive / path).read_bytes() == good
+        assert "converting 1 series again" in dcmdb.log("upgraded")
+        stamp = (archive / path).stat().st_mtime_ns
+        dcmdb.stop()
+
+        dcmdb.start("up", name="again")
+        wait_for(lambda: _ready(dcmdb, "converter"), 120, "the converter ready")
+        dcmdb.wait_until_listening()
+        assert "again" not in dcmdb.log("again").replace("dcmdb up", "")
+        assert (archive / path).stat().st_mtime_ns == stamp
+        assert _outputs(catalog_url) == [(path, engine)]
+    finally:
+        dcmdb.stop()
+
+
+def _ready(dcmdb: Dcmdb, service: str) -> bool:
+    try:
+        with urllib.request.urlopen(dcmdb.side_url(service, "/readyz"), timeout=5) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+def _outputs(url: str) -> list[tuple[str, str]]:
+    """(path, engine) of each output of converted series made by the current policy."""
+    engine = create_engine(url)
+    try:
+        with Session(engine) as session:
+            rows = session.execute(
+                select(NiftiOutput.path, NiftiOutput.engine)
+                .join(Series)
+                .where(
+                    Series.conversion == CONVERTED, Series.conversion_policy == CONVERSION_POLICY
+                )
+            )
+            return [(p, e) for p, e in rows]
+    except OperationalError:
+        return []  # not migrated yet
+    finally:
+        engine.dispose()
+
+
+def _as_left_by_the_old_version(url: str, engine_name: str) -> None:
+    engine = create_engine(url)
+    try:
+        with Session(engine) as session, session.begin():
+            session.execute(update(Series).values(conversion_policy=None))
+            session.execute(update(NiftiOutput).values(engine=engine_name))
+    finally:
+        engine.dispose()

@@ -165,7 +165,7 @@ def test_two_sorters_and_two_converters_file_and_convert_each_instance_once(
     outputs_on_disk = sorted(
         str(p.relative_to(archive)) for p in archive.glob("*/*/nifti/*") if p.is_file()
     )
-    listed = sorted(path for s in series for o in s.outputs for path in (o.path, o.sidecar_path))
+    listed = sorted(path for s in series for o in s.outputs for path in o.paths)
     assert outputs_on_disk == listed, "stray or missing NIfTI files"
     assert {s.conversion for s in series} >= {"converted", "skipped"}
 

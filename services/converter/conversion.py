@@ -37,11 +37,13 @@ from typing import Literal
 import nibabel as nib
 
 from . import engines, rules
+from .dcm2niix_engine import DCM2NIIX_SYNTAXES, Dcm2niixRun, dcm2niix_version, run_dcm2niix
 from .engines import EngineError, EngineOutput, IgnoredByDcm2niix
 from .grouping import Volume, plan_volumes
 from .guard import GeometryMismatch, check_volume
 from .instances import Instance, as_text, read_instances
 from .planes import UnknownGeometry, source_planes
+from .reading import read_file
 from .sidecar import DCM2NIIX_KEYS, build_sidecar, dumps
 
 Status = Literal["converted", "skipped", "failed"]
@@ -106,10 +108,29 @@ def convert_series(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="convert-", dir=work_dir))
+    early = _start_early(files, scratch / "early")
     try:
-        return _convert(files, out_dir, base_name, study_instance_uid, series_instance_uid, scratch)
+        return _convert(
+            files, out_dir, base_name, study_instance_uid, series_instance_uid, scratch, early
+        )
     finally:
+        if early is not None:
+            early.cancel()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _start_early(files: Sequence[Path], scratch: Path) -> Dcm2niixRun | None:
+    """dcm2niix started on the whole series, if it looks like an MR series, while this
+    process reads the headers: on two cores the two overlap. Used where the series turns
+    out to be one volume of every file, which dcm2niix reads itself; else stopped."""
+    paths = sorted({Path(f) for f in files}, key=str)
+    if not paths:
+        return None
+    try:
+        modality = as_text(read_file(paths[0]).get("Modality")).upper()
+        return Dcm2niixRun(paths, scratch) if modality == "MR" else None
+    except Exception:  # noqa: BLE001 - the headers are read again, and problems reported, below
+        return None
 
 
 def _convert(
@@ -119,6 +140,7 @@ def _convert(
     study_uid: str,
     series_uid: str,
     scratch: Path,
+    early: Dcm2niixRun | None,
 ) -> Conversion:
     instances, problems = read_instances(files)
     if not instances:
@@ -140,7 +162,10 @@ def _convert(
 
     staged: list[_Staged] = []
     failures: list[str] = []
-    for index, volume in enumerate(plan_volumes(convertible)):
+    volumes = plan_volumes(convertible)
+    if not _is_whole_series(volumes, files):
+        early = None
+    for index, volume in enumerate(volumes):
         reason = rules.single_slice_reason(volume.instances)
         if reason is not None:
             skip_reasons.append(reason)
@@ -148,7 +173,7 @@ def _convert(
         try:
             staged.extend(
                 _convert_volume(
-                    volume, base_name, study_uid, series_uid, scratch / f"volume{index:04d}"
+                    volume, base_name, study_uid, series_uid, scratch / f"volume{index:04d}", early
                 )
             )
         except IgnoredByDcm2niix as exc:
@@ -185,24 +210,41 @@ def engine_order(volume: Volume) -> tuple[str, ...]:
     return _OTHER_ORDER
 
 
-def _run(engine: str, volume: Volume, scratch: Path) -> list[EngineOutput]:
+def _is_whole_series(volumes: Sequence[Volume], files: Sequence[Path]) -> bool:
+    """One volume of every file (none unreadable, repeated or skipped), each in an encoding
+    dcm2niix reads itself: what dcm2niix, started on the files, converts."""
+    if len(volumes) != 1 or len(volumes[0].instances) != len({Path(f) for f in files}):
+        return False
+    return all(i.transfer_syntax in DCM2NIIX_SYNTAXES for i in volumes[0].instances)
+
+
+def _run(
+    engine: str, volume: Volume, scratch: Path, early: Dcm2niixRun | None
+) -> list[EngineOutput]:
     if engine == "dcm2niix":
-        return engines.run_dcm2niix(volume.instances, scratch / "dcm2niix")
+        if early is not None:
+            return early.outputs()
+        return run_dcm2niix(volume.instances, scratch / "dcm2niix")
     return [engines.run_dicom2nifti(volume.instances, scratch / "dicom2nifti")]
 
 
 def _version(engine: str) -> str:
-    return engines.dcm2niix_version() if engine == "dcm2niix" else engines.dicom2nifti_version()
+    return dcm2niix_version() if engine == "dcm2niix" else engines.dicom2nifti_version()
 
 
 def _convert_volume(
-    volume: Volume, base_name: str, study_uid: str, series_uid: str, scratch: Path
+    volume: Volume,
+    base_name: str,
+    study_uid: str,
+    series_uid: str,
+    scratch: Path,
+    early: Dcm2niixRun | None,
 ) -> list[_Staged]:
     """The volume by the first engine whose outputs pass the geometry guard."""
     rejected: list[str] = []
     for engine in engine_order(volume):
         try:
-            results = _run(engine, volume, scratch)
+            results = _run(engine, volume, scratch, early)
         except IgnoredByDcm2niix:
             raise  # dcm2niix -i y skips it: skipped, whatever dicom2nifti made of it
         except EngineError as exc:

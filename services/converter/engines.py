@@ -1,4 +1,5 @@
-"""The two conversion engines: dicom2nifti (in process) and dcm2niix (the PyPI binary).
+"""What the two conversion engines give, and dicom2nifti, which converts in process (dcm2niix,
+the PyPI binary, is in `dcm2niix_engine`).
 
 Both write uncompressed NIfTI into a scratch folder; `conversion` compresses and files them.
 
@@ -12,10 +13,6 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
-import json
-import os
-import re
-import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,41 +20,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import dcm2niix
 import dicom2nifti.settings as settings
 import nibabel as nib
 import numpy as np
 import pydicom
 from dicom2nifti.convert_dicom import dicom_array_to_nifti
 from dicom2nifti.image_reorientation import reorient_image
-from pydicom.uid import ExplicitVRLittleEndian
 
 from .instances import Instance, as_float, as_text, private_value
-
-DCM2NIIX_TIMEOUT = 1800  # seconds; the caller's pool has its own, usually shorter, limit
-
-# Transfer syntaxes dcm2niix decodes itself; others are decoded by pydicom for it.
-_DCM2NIIX_SYNTAXES = frozenset(
-    {
-        "1.2.840.10008.1.2",
-        "1.2.840.10008.1.2.1",
-        "1.2.840.10008.1.2.2",
-        "1.2.840.10008.1.2.4.57",
-        "1.2.840.10008.1.2.4.70",
-        "1.2.840.10008.1.2.4.80",
-        "1.2.840.10008.1.2.4.81",
-        "1.2.840.10008.1.2.4.90",
-        "1.2.840.10008.1.2.4.91",
-        "1.2.840.10008.1.2.5",
-    }
-)
-_DCM2NIIX_SKIPPED = frozenset({0, 2})  # its exit codes: done; found no images it converts
-_CORRECTED_COPY = re.compile(r"^(?P<base>.*?)(?P<kind>_Tilt_Eq|_Tilt|_Eq)_\d+$")
-_CORRECTION_NOTES = {
-    "_Tilt": "gantry tilt corrected by dcm2niix (resampled)",
-    "_Eq": "unequal slice spacing equalised by dcm2niix (resampled)",
-    "_Tilt_Eq": "gantry tilt corrected and unequal slice spacing equalised by dcm2niix (resampled)",
-}
 
 
 class EngineError(Exception):
@@ -91,21 +61,8 @@ def dicom2nifti_version() -> str:
     return importlib.metadata.version("dicom2nifti")
 
 
-@lru_cache(maxsize=1)
-def dcm2niix_version() -> str:
-    result = subprocess.run(
-        [dcm2niix.bin, "--version"], capture_output=True, text=True, timeout=60, check=False
-    )
-    match = re.search(r"version (v\S+)", result.stdout + result.stderr)
-    return match.group(1) if match else f"v{importlib.metadata.version('dcm2niix')}"
-
-
 def dicom2nifti_name() -> str:
     return f"dicom2nifti {dicom2nifti_version()}"
-
-
-def dcm2niix_name() -> str:
-    return f"dcm2niix {dcm2niix_version()}"
 
 
 # dicom2nifti ------------------------------------------------------------------------------
@@ -388,116 +345,3 @@ def _finish_header(image: nib.Nifti1Image, ds: pydicom.Dataset) -> None:
         zooms[3] = tr / 1000.0 if tr else 1.0
         header.set_zooms(zooms)
     header["descrip"] = f"{dicom2nifti_name()}"[:79].encode()
-
-
-# dcm2niix ---------------------------------------------------------------------------------
-
-
-def run_dcm2niix(images: Sequence[Instance], scratch: Path) -> list[EngineOutput]:
-    """Convert `images` with `dcm2niix -i y`; an empty list when it ignores them all."""
-    source = scratch / "dicom"
-    target = scratch / "nifti"
-    source.mkdir(parents=True, exist_ok=True)
-    target.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(images):
-        try:
-            _stage_for_dcm2niix(image, source / f"{index:06d}.dcm")
-        except Exception as exc:  # noqa: BLE001 - pydicom failing to decode or write it
-            raise EngineError(
-                f"{image.path.name} could not be decoded for dcm2niix: {type(exc).__name__}: {exc}"
-            ) from exc
-    command = [
-        dcm2niix.bin,
-        "-i", "y",  # ignore derived, localizer and 2D images
-        "-b", "y",
-        "-ba", "y",  # no patient details in its sidecar
-        "-z", "n",  # we compress, reproducibly
-        "-d", "0",
-        "-f", "vol",
-        "-o", str(target),
-        str(source),
-    ]  # fmt: skip
-    # HOME points at scratch: no user's ~/.dcm2nii.ini changes the result.
-    environment = {**os.environ, "HOME": str(scratch)}
-    try:
-        completed = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=DCM2NIIX_TIMEOUT,
-            env=environment,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise EngineError(f"dcm2niix: no result within {DCM2NIIX_TIMEOUT} s") from exc
-    log = completed.stdout + completed.stderr
-    outputs = _collect_dcm2niix(target)
-    if not outputs:
-        # Nothing written, and success (0) or "no images it converts" (2): it skipped them.
-        # Anything else (a damaged file, a crash) failed.
-        log = log.replace(f"{source}{os.sep}", "").replace(str(scratch), "")
-        ignored = [line for line in log.splitlines() if re.match(r"\s*(Ignoring|Skipping)", line)]
-        if completed.returncode in _DCM2NIIX_SKIPPED:
-            raise IgnoredByDcm2niix(ignored[0].strip() if ignored else _tail(log))
-        raise EngineError(f"dcm2niix wrote nothing (exit {completed.returncode}): {_tail(log)}")
-    return outputs
-
-
-def _stage_for_dcm2niix(image: Instance, target: Path) -> None:
-    if image.transfer_syntax in _DCM2NIIX_SYNTAXES:
-        target.symlink_to(image.path.resolve())
-        return
-    # Deflated, JPEG baseline/extended, HTJ2K, ...: decode with pydicom's plugins first.
-    ds = pydicom.dcmread(image.path, force=True)
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax is not None and syntax.is_compressed:
-        ds.decompress()
-    else:
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.save_as(target, enforce_file_format=True)
-
-
-def _collect_dcm2niix(target: Path) -> list[EngineOutput]:
-    stems = sorted(p.name[: -len(".nii")] for p in target.glob("vol*.nii"))
-    corrected: dict[str, tuple[str, str]] = {}
-    for stem in stems:
-        match = _CORRECTED_COPY.match(stem)
-        if match and match.group("base") in stems:
-            corrected[match.group("base")] = (stem, match.group("kind"))
-    outputs = []
-    for stem in stems:
-        match = _CORRECTED_COPY.match(stem)
-        if match and match.group("base") in corrected:
-            continue  # the corrected copy, taken with its plain sibling below
-        metadata = _read_json(target / f"{stem}.json")
-        chosen = stem
-        notes: tuple[str, ...] = ()
-        if stem in corrected:
-            chosen, kind = corrected[stem]
-            notes = (_CORRECTION_NOTES[kind],)
-        suffix = stem[len("vol") :]
-        if suffix and not suffix.startswith("_"):
-            suffix = f"_{suffix}"
-        bval, bvec = target / f"{chosen}.bval", target / f"{chosen}.bvec"
-        gradients = (bval, bvec) if bval.is_file() and bvec.is_file() else (None, None)
-        outputs.append(
-            EngineOutput(
-                suffix, target / f"{chosen}.nii", metadata, notes, chosen != stem, *gradients
-            )
-        )
-    return outputs
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8", errors="replace"))
-    except (OSError, ValueError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
-
-
-def _tail(log: str, lines: int = 3) -> str:
-    kept = [line.strip() for line in log.splitlines() if line.strip()]
-    kept = [line for line in kept if not line.startswith("Chris Rorden")]
-    return " | ".join(kept[-lines:]) or "no message"

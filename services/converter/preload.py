@@ -24,19 +24,22 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from . import engines
 from .conversion import convert_series
+from .dcm2niix_engine import dcm2niix_version
 
 _SLICES, _SIZE = 3, 8
 
 
-def _practice_series(folder: Path) -> list[Path]:
-    """A tiny axial MR series: enough for the engines to take their usual path."""
+def _practice_series(folder: Path, modality: str) -> list[Path]:
+    """A tiny axial series: enough for the engines to take their usual path (an MR series
+    dcm2niix's, another modality's dicom2nifti's)."""
+    folder.mkdir(parents=True)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     files = []
     for index in range(_SLICES):
         ds = Dataset()
         ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.FrameOfReferenceUID, ds.Modality = frame, "MR"
+        ds.FrameOfReferenceUID, ds.Modality = frame, modality
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M"]
         ds.SeriesNumber, ds.InstanceNumber = 1, index + 1
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
@@ -58,17 +61,18 @@ def _practice_series(folder: Path) -> list[Path]:
 
 def _practice() -> None:
     engines.dicom2nifti_version()
-    engines.dcm2niix_version()
+    dcm2niix_version()
     with tempfile.TemporaryDirectory(prefix="dcmdb-preload-") as folder:
         root = Path(folder)
-        convert_series(
-            _practice_series(root),
-            root / "out",
-            "practice",
-            study_instance_uid="",
-            series_instance_uid="",
-            work_dir=root / "work",
-        )
+        for modality in ("MR", "CT"):
+            convert_series(
+                _practice_series(root / modality, modality),
+                root / "out",
+                modality,
+                study_instance_uid="",
+                series_instance_uid="",
+                work_dir=root / "work",
+            )
 
 
 # Only a head start: should the practice fail, the real conversions report the problem.

@@ -477,6 +477,11 @@ def test_ct_like_rescale_through_dicom2nifti(testdata: Path, tmp_path: Path) -> 
     references = dcm2niix_reference(source, tmp_path / "reference")
     matches, problems = _match(conversion, references)
     assert not problems and len(matches) == 1, problems
+    # dicom2nifti's volume, our sidecar: the keys dcm2niix writes have its values.
+    ours, theirs = _sidecar(output.sidecar), matches[0].reference.sidecar
+    compared = [key for key in DCM2NIIX_VALUES if key in theirs]
+    assert "ImageType" in compared
+    assert {key: ours.get(key) for key in compared} == {key: theirs[key] for key in compared}
 
 
 def _convert_folder(folder: Path, out: Path, base_name: str) -> Conversion:

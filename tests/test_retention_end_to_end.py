@@ -94,7 +94,15 @@ def test_the_oldest_unpinned_studies_go_as_the_dry_run_said(
     assert all((folders[uid] / "nifti").is_dir() for uid in uids)
 
     system.start("retention")  # a second retention process: it evicts at its start
-    wait_for(lambda: _listed(api) == set(uids) - set(planned), 60, "the planned evictions")
+    # A study leaves the listings as it is marked for eviction, before its folder goes.
+    wait_for(
+        lambda: (
+            _listed(api) == set(uids) - set(planned)
+            and not any(folders[uid].exists() for uid in planned)
+        ),
+        60,
+        "the planned evictions",
+    )
 
     for uid in planned:
         assert api.get(f"/studies/{uid}").status_code == 404

@@ -87,7 +87,13 @@ def plan_volumes(images: Sequence[Instance]) -> list[Volume]:
 
 
 def component(image: Instance) -> str:
-    """Magnitude, phase, real or imaginary, from the attributes vendors use for it."""
+    """Magnitude, phase, real or imaginary; magnitude where no attribute says."""
+    return stated_component(image) or MAGNITUDE
+
+
+def stated_component(image: Instance) -> str | None:
+    """Magnitude, phase, real or imaginary, from the attributes vendors use for it; None
+    when none says."""
     ds = image.ds
     explicit = as_text(ds.get("ComplexImageComponent")).upper()
     if explicit in (PHASE.upper(), REAL.upper(), IMAGINARY.upper(), MAGNITUDE.upper()):
@@ -102,7 +108,9 @@ def component(image: Instance) -> str:
         return REAL
     if tokens & {"I", "IMAGINARY"}:
         return IMAGINARY
-    return MAGNITUDE
+    if tokens & {"M", "MAGNITUDE"}:
+        return MAGNITUDE
+    return None
 
 
 def _key(image: Instance, orientations: list[tuple[float, ...]]) -> _Key:

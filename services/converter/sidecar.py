@@ -12,6 +12,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from .grouping import stated_component
 from .instances import Instance, as_float, as_int, as_list, as_text, find_attribute
 
 
@@ -130,6 +131,7 @@ def build_sidecar(
 ) -> dict[str, Any]:
     """The sidecar of one output made from `instances` (sorted) by `software`."""
     first = instances[0].ds
+    image_type = dcm2niix_image_type(instances[0])
     engine = {
         key: value
         for key, value in (engine_metadata or {}).items()
@@ -141,7 +143,7 @@ def build_sidecar(
         if key in overridden:
             sidecar[key] = engine[key]
             continue
-        value = convert(find_attribute(first, keyword))
+        value = image_type if key == "ImageType" else convert(find_attribute(first, keyword))
         if value is not None:
             sidecar[key] = value
     # The engine's, where it has one: reading every image's per-frame headers costs more
@@ -169,6 +171,16 @@ def build_sidecar(
     if kept_notes:
         sidecar["ConversionNotes"] = kept_notes
     return sidecar
+
+
+def dcm2niix_image_type(instance: Instance) -> list[str] | None:
+    """ImageType as dcm2niix writes it: values split at `_`, then the complex component
+    (MAGNITUDE, PHASE, REAL, IMAGINARY) where an attribute states it."""
+    values = [part for value in instance.image_type for part in value.split("_") if part]
+    stated = stated_component(instance)
+    if stated is not None and stated.upper() not in values:
+        values.append(stated.upper())
+    return values or None
 
 
 def acquisition_time(instances: Sequence[Instance]) -> str | None:

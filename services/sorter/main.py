@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.sorter import completion, metrics
 from services.sorter.filing import Filer
+from services.sorter.renaming import rename_hashed_instance_files
 from services.sorter.settings import SorterSettings
 from shared.broker import Publisher, connect, consume_batches, count_from_zero
 from shared.catalog.database import open_catalog
@@ -33,6 +34,9 @@ async def run(settings: SorterSettings, side: SidePort) -> None:
     catalog, broker = side.dependency("catalog"), side.dependency("broker")
     engine, sessions = await asyncio.to_thread(open_catalog, settings.catalog_url, writer=True)
     catalog.watch(lambda: catalog_status(engine))
+    renamed = await asyncio.to_thread(rename_hashed_instance_files, sessions, settings.archive_root)
+    if renamed:
+        log.info("renamed %d instance file(s) to <SOPInstanceUID>.dcm", renamed)
     filer = Filer(
         sessions, settings.data_dir, settings.archive_root, settings.quarantine_dir, aliases
     )

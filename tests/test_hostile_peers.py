@@ -296,8 +296,10 @@ def tls_echo(port: int, ca: Path, client: tuple[Path, Path] | None = None) -> bo
 def send_until_closed(sock: socket.socket, budget: int) -> int:
     """Send zeros until the peer closes or ``budget`` bytes are out; how many were sent."""
     sent, chunk = 0, bytes(MIB)
-    sock.settimeout(5)
     try:
+        # Inside: pynetdicom's own thread may have closed an association's socket already,
+        # on the receiver's abort.
+        sock.settimeout(5)
         while sent < budget:
             sent += sock.send(chunk)
     except OSError:

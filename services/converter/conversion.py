@@ -42,7 +42,7 @@ from .engines import EngineError, EngineOutput, IgnoredByDcm2niix
 from .grouping import Volume, plan_volumes
 from .guard import GeometryMismatch, check_volume
 from .instances import Instance, as_text, read_instances
-from .planes import UnknownGeometry, source_planes
+from .planes import Plane, UnknownGeometry, source_planes
 from .reading import read_file
 from .sidecar import DCM2NIIX_KEYS, build_sidecar, dumps
 
@@ -242,6 +242,10 @@ def _convert_volume(
 ) -> list[_Staged]:
     """The volume by the first engine whose outputs pass the geometry guard."""
     rejected: list[str] = []
+    try:
+        planes: list[Plane] | str = source_planes(volume.instances)
+    except UnknownGeometry as exc:
+        planes = f"the geometry cannot be checked: {exc}"
     for engine in engine_order(volume):
         try:
             results = _run(engine, volume, scratch, early)
@@ -250,7 +254,7 @@ def _convert_volume(
         except EngineError as exc:
             rejected.append(str(exc))
             continue
-        problem = _geometry_problem(volume, results)
+        problem = _geometry_problem(planes, results)
         if problem is None:
             notes = [*(f"not converted by the first engine: {r}" for r in rejected)]
             if volume.multiframe:
@@ -265,12 +269,11 @@ def _convert_volume(
     raise EngineError("; ".join(rejected))
 
 
-def _geometry_problem(volume: Volume, results: Sequence[EngineOutput]) -> str | None:
-    """Why the outputs disagree with the DICOM headers (see `guard`), or None."""
-    try:
-        planes = source_planes(volume.instances)
-    except UnknownGeometry as exc:
-        return f"the geometry cannot be checked: {exc}"
+def _geometry_problem(planes: list[Plane] | str, results: Sequence[EngineOutput]) -> str | None:
+    """Why the outputs disagree with the source images (see `guard`; a text: why their
+    geometry is unknown), or None."""
+    if isinstance(planes, str):
+        return planes
     for result in results:
         try:
             image = nib.load(result.nifti)
@@ -279,6 +282,8 @@ def _geometry_problem(volume: Volume, results: Sequence[EngineOutput]) -> str | 
             check_volume(image, planes, resampled=result.resampled)
         except GeometryMismatch as exc:
             return f"the volume disagrees with the DICOM headers: {exc}"
+        except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
+            return f"its volume does not read: {type(exc).__name__}: {exc}"
     return None
 
 

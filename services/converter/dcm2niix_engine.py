@@ -7,6 +7,7 @@ asked: the converter can start it on a whole series before it has read the heade
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import json
 import os
@@ -25,6 +26,7 @@ from .engines import EngineError, EngineOutput, IgnoredByDcm2niix
 from .instances import Instance
 
 DCM2NIIX_TIMEOUT = 1800  # seconds; the caller's pool has its own, usually shorter, limit
+_PROBE_BYTES = 1 << 20  # written to tell a full disk from images dcm2niix skips
 # Transfer syntaxes dcm2niix decodes itself; others are decoded by pydicom for it.
 DCM2NIIX_SYNTAXES = frozenset(
     {
@@ -117,6 +119,9 @@ class Dcm2niixRun:
                 line for line in log.splitlines() if re.match(r"\s*(Ignoring|Skipping)", line)
             ]
             code = self._process.returncode
+            full = _out_of_room(self._target)
+            if full is not None:  # the disk's fault, not the series': converted once there is room
+                raise EngineError(f"dcm2niix could not write: {full} ({_tail(log)})")
             if code in _DCM2NIIX_SKIPPED:
                 raise IgnoredByDcm2niix(ignored[0].strip() if ignored else _tail(log))
             raise EngineError(f"dcm2niix wrote nothing (exit {code}): {_tail(log)}")
@@ -127,6 +132,23 @@ class Dcm2niixRun:
         if self._process.returncode is None:
             self._process.kill()
             self._process.communicate()
+
+
+def _out_of_room(folder: Path) -> str | None:
+    """The system's words for a full disk or quota where `folder` is, or None: dcm2niix only
+    says "disk full?"."""
+    probe = folder / ".room"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"\0" * _PROBE_BYTES)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return os.strerror(exc.errno)
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
 
 
 def run_dcm2niix(images: Sequence[Instance], scratch: Path) -> list[EngineOutput]:

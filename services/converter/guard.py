@@ -81,7 +81,7 @@ def check_volume(image: nib.Nifti1Image, planes: Sequence[Plane], *, resampled: 
             voxels = _slice(image, layout, k, t)
             ordered = candidates if t == 0 else candidates[::-1]
             if not any(_equal_up_to_scaling(voxels, p.pixels()) for p in ordered[:_MAX_CANDIDATES]):
-                where = _mm(affine, _corner(k, layout, shape))
+                where = _mm(_origin(k, layout, shape, affine))
                 raise GeometryMismatch(
                     f"the voxels of slice {k} (volume {t}) are not the pixels of the image at "
                     f"its position {where}: mirrored or out of order"
@@ -184,16 +184,24 @@ def _corner(k: int, layout: _Layout, shape: tuple[int, int, int]) -> np.ndarray:
     return index
 
 
-def _mm(affine: np.ndarray, index: np.ndarray) -> str:
-    x, y, z = (affine @ np.append(index, 1.0))[:3]
+def _origin(k: int, layout: _Layout, shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+    """Where, in patient coordinates (LPS mm), an image lying in slice k has its first pixel."""
+    return (affine @ np.append(_corner(k, layout, shape), 1.0))[:3]
+
+
+def _mm(position: np.ndarray) -> str:
+    x, y, z = position
     return f"({x:.1f}, {y:.1f}, {z:.1f}) mm"
 
 
 def _images_at(
-    k: int, layout: _Layout, shape: tuple[int, int, int], affine: np.ndarray,
+    k: int,
+    layout: _Layout,
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
     planes: Sequence[Plane],
-) -> list[Plane]:  # fmt: skip
-    where = (affine @ np.append(_corner(k, layout, shape), 1.0))[:3]
+) -> list[Plane]:
+    where = _origin(k, layout, shape, affine)
     return [
         p
         for p in planes
@@ -203,14 +211,17 @@ def _images_at(
 
 
 def _no_image_reason(
-    k: int, layout: _Layout, shape: tuple[int, int, int], affine: np.ndarray,
+    k: int,
+    layout: _Layout,
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
     planes: Sequence[Plane],
-) -> str:  # fmt: skip
-    where = (affine @ np.append(_corner(k, layout, shape), 1.0))[:3]
+) -> str:
+    where = _origin(k, layout, shape, affine)
     nearest = min(float(np.linalg.norm(p.position - where)) for p in planes)
     return (
-        f"slice {k} of the volume lies at {_mm(affine, _corner(k, layout, shape))}, where no "
-        f"image lies (the nearest is {nearest:.2f} mm away)"
+        f"slice {k} of the volume lies at {_mm(where)}, where no image lies (the nearest is "
+        f"{nearest:.2f} mm away)"
     )
 
 

@@ -100,8 +100,10 @@ def _orientation(value: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
         raise UnknownGeometry(f"{where}: no ImageOrientationPatient")
     vector = np.array(numbers, dtype=np.float64)
     row, column = vector[:3], vector[3:]
-    if not (np.isclose(np.linalg.norm(row), 1, atol=1e-2)
-            and np.isclose(np.linalg.norm(column), 1, atol=1e-2)):  # fmt: skip
+    if not (
+        np.isclose(np.linalg.norm(row), 1, atol=1e-2)
+        and np.isclose(np.linalg.norm(column), 1, atol=1e-2)
+    ):
         raise UnknownGeometry(f"{where}: ImageOrientationPatient is not two unit vectors")
     return row / np.linalg.norm(row), column / np.linalg.norm(column)
 
@@ -121,9 +123,14 @@ def _single_plane(image: Instance, number: int, decoded: _Decoded) -> Plane:
     spacing = _vector(find_attribute(ds, "PixelSpacing"), 2, "PixelSpacing", where)
     shape = (as_int(ds.get("Rows")) or 0, as_int(ds.get("Columns")) or 0)
     return Plane(
-        position, row, column, (spacing[0], spacing[1]), shape, _time_order(ds, number),
+        position,
+        row,
+        column,
+        (spacing[0], spacing[1]),
+        shape,
+        _time_order(ds, number),
         decoded.part(lambda array: array),
-    )  # fmt: skip
+    )
 
 
 def _mosaic_planes(image: Instance, number: int, decoded: _Decoded) -> list[Plane]:
@@ -133,8 +140,9 @@ def _mosaic_planes(image: Instance, number: int, decoded: _Decoded) -> list[Plan
     count = _csa_number(header, "NumberOfImagesInMosaic")
     normal = _csa_numbers(header, "SliceNormalVector")
     if count is None or count < 1 or normal is None or len(normal) != 3:
-        raise UnknownGeometry(f"{where}: a mosaic without Siemens' NumberOfImagesInMosaic "
-                              "and SliceNormalVector")  # fmt: skip
+        raise UnknownGeometry(
+            f"{where}: a mosaic without Siemens' NumberOfImagesInMosaic and SliceNormalVector"
+        )
     row, column = _orientation(ds.get("ImageOrientationPatient"), where)
     corner = _vector(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", where)
     spacing = _vector(ds.get("PixelSpacing"), 2, "PixelSpacing", where)
@@ -182,7 +190,7 @@ def _mosaic_planes(image: Instance, number: int, decoded: _Decoded) -> list[Plan
             (tile_rows, tile_columns),
             _time_order(ds, number),
             tile(index),
-        )  # fmt: skip
+        )
         for index, position in enumerate(positions)
     ]
 
@@ -209,14 +217,22 @@ def _frame_planes(image: Instance, number: int, decoded: _Decoded) -> list[Plane
     planes = []
     for index, item in enumerate(frames):
         groups = [item, shared[0]] if shared else [item]
-        position = _vector(_group_value(groups, "PlanePositionSequence", "ImagePositionPatient"),
-                           3, f"ImagePositionPatient of frame {index + 1}", where)  # fmt: skip
+        position = _vector(
+            _group_value(groups, "PlanePositionSequence", "ImagePositionPatient"),
+            3,
+            f"ImagePositionPatient of frame {index + 1}",
+            where,
+        )
         row, column = _orientation(
             _group_value(groups, "PlaneOrientationSequence", "ImageOrientationPatient"),
             f"{where} frame {index + 1}",
         )
-        spacing = _vector(_group_value(groups, "PixelMeasuresSequence", "PixelSpacing"),
-                          2, f"PixelSpacing of frame {index + 1}", where)  # fmt: skip
+        spacing = _vector(
+            _group_value(groups, "PixelMeasuresSequence", "PixelSpacing"),
+            2,
+            f"PixelSpacing of frame {index + 1}",
+            where,
+        )
         planes.append(
             Plane(
                 position,
@@ -226,7 +242,7 @@ def _frame_planes(image: Instance, number: int, decoded: _Decoded) -> list[Plane
                 shape,
                 (number, index),
                 decoded.part(_frame(index)),
-            )  # fmt: skip
+            )
         )
     return planes
 
@@ -251,7 +267,7 @@ def _grid_planes(image: Instance, number: int, decoded: _Decoded) -> list[Plane]
             shape,
             (number, index),
             decoded.part(_frame(index)),
-        )  # fmt: skip
+        )
         for index, offset in enumerate(offsets)
     ]
 
@@ -269,8 +285,7 @@ def _group_value(groups: list[Dataset], sequence: str, keyword: str) -> Any:
 
 
 def _time_order(ds: Dataset, number: int) -> tuple[Any, ...]:
-    return (as_int(ds.get("AcquisitionNumber")) or 0, as_int(ds.get("InstanceNumber")) or 0,
-            number)  # fmt: skip
+    return (as_int(ds.get("AcquisitionNumber")) or 0, as_int(ds.get("InstanceNumber")) or 0, number)
 
 
 def _csa(ds: Dataset, kind: str) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 Series: a generated 200-slice 512x512 int16 CT (ct), siemens_xa30_t1w_3d_classic (t1),
 ge_fmri_epi_4d (fmri), a Siemens XA30 diffusion series (dwi: enhanced multi-frame, 21
-volumes) and a coronal Siemens mosaic (mosaic: VB17 EPI, descending slices). Ours is timed as the service runs it: `run_isolated` forks the
-conversion from a warm forkserver, in a fresh helper process per round whose process tree's
-max RSS (GNU time) is the peak memory. dcm2niix runs as `dcm2niix -z y -o OUT FOLDER`, timed
-and measured the same way. Best wall time of several rounds; output size = bytes of .nii.gz.
+volumes) and a coronal Siemens mosaic (mosaic: VB17 EPI, descending slices). Ours is timed
+as the service runs it: `run_isolated` forks the conversion from a warm forkserver, in a
+fresh helper process per round whose process tree's max RSS (GNU time) is the peak memory.
+dcm2niix runs as `dcm2niix -z y -o OUT FOLDER`, timed and measured the same way. Best wall
+time of several rounds; output size = bytes of .nii.gz.
 (e2e) starts `dcmdb up` (stable age 2 s), sends ge_fmri_epi_4d, then the T1, with DCMTK's
 storescu and prints the time from storescu's return to the .nii.gz in the archive, minus 2 s.
 """

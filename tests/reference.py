@@ -25,6 +25,8 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from services.converter.conversion import Conversion, convert_series
+
 AFFINE_TOLERANCE_MM = 0.05
 _CORRECTED = re.compile(r"^(?P<base>.*?)(_Tilt_Eq|_Tilt|_Eq)_\d+$")
 
@@ -53,6 +55,21 @@ def series_in(folder: Path) -> list[SeriesFiles]:
         found[uid].append(path)
         studies[uid] = str(ds.get("StudyInstanceUID", ""))
     return [SeriesFiles(studies[uid], uid, tuple(found[uid])) for uid in sorted(found)]
+
+
+def convert_folder(
+    folder: Path, out: Path, base_name: str, work_dir: Path | None = None
+) -> Conversion:
+    """The one series under `folder` converted by dcmdb into `out`/nifti."""
+    (series,) = series_in(folder)
+    return convert_series(
+        series.files,
+        out / "nifti",
+        base_name,
+        study_instance_uid=series.study_instance_uid,
+        series_instance_uid=series.series_instance_uid,
+        work_dir=work_dir or out / "work",
+    )
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from tests.reference import (
     ReferenceVolume,
     SeriesFiles,
     Volume,
+    convert_folder,
     copy_by_series,
     dcm2niix_reference,
     difference,
@@ -484,18 +485,6 @@ def test_ct_like_rescale_through_dicom2nifti(testdata: Path, tmp_path: Path) -> 
     assert {key: ours.get(key) for key in compared} == {key: theirs[key] for key in compared}
 
 
-def _convert_folder(folder: Path, out: Path, base_name: str) -> Conversion:
-    (series,) = series_in(folder)
-    return convert_series(
-        series.files,
-        out / "nifti",
-        base_name,
-        study_instance_uid=series.study_instance_uid,
-        series_instance_uid=series.series_instance_uid,
-        work_dir=out / "work",
-    )
-
-
 def test_several_orientations_in_one_series(testdata: Path, tmp_path: Path) -> None:
     """The GE 3-plane localizer, no longer marked as one (series plane 2, axial): three
     stacks of seven slices, which dcm2niix writes as three volumes (_i<first instance>)."""
@@ -505,7 +494,7 @@ def test_several_orientations_in_one_series(testdata: Path, tmp_path: Path) -> N
         ds = pydicom.dcmread(path)
         ds[0x0019, 0x1017].value = 2  # GEMS_ACQU_01 series plane
         ds.save_as(source / path.name)
-    conversion = _convert_folder(source, tmp_path, "planes")
+    conversion = convert_folder(source, tmp_path, "planes")
     assert conversion.status == "converted", conversion
     names = sorted(o.nifti.name for o in conversion.outputs)
     assert names == ["planes_i00001.nii.gz", "planes_i00008.nii.gz", "planes_i00015.nii.gz"]
@@ -525,7 +514,7 @@ def test_dcm2niix_gets_encodings_it_cannot_read_decoded(testdata: Path, tmp_path
         ds = pydicom.dcmread(path)
         ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
         ds.save_as(source / path.name, enforce_file_format=True)
-    conversion = _convert_folder(source, tmp_path, "deflated")
+    conversion = convert_folder(source, tmp_path, "deflated")
     assert conversion.status == "converted", conversion
     assert [o.engine.split()[0] for o in conversion.outputs] == ["dcm2niix"]
     references = dcm2niix_reference(original, tmp_path / "reference")

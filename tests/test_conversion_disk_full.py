@@ -8,9 +8,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from services.converter.conversion import Conversion, convert_series
+from services.converter.conversion import Conversion
 from services.converter.isolation import Job, run_isolated
-from tests.reference import series_in
+from tests.reference import convert_folder
 from tests.system import dicom_files, small_filesystem
 
 SERIES = "siemens_xa30_t1w_3d_classic"
@@ -34,16 +34,8 @@ def test_a_full_scratch_disk_fails_a_dcm2niix_conversion_as_out_of_space(
 ) -> None:
     """dcm2niix writes into the scratch folder and says only "disk full?" when it cannot (a
     multi-frame series has no other engine to try)."""
-    (series,) = series_in(testdata / folder / "dicom")
     with small_filesystem(tmp_path / "work", "64k") as work:
-        result = convert_series(
-            series.files,
-            tmp_path / "nifti",
-            "001_t1",
-            study_instance_uid=series.study_instance_uid,
-            series_instance_uid=series.series_instance_uid,
-            work_dir=work,
-        )
+        result = convert_folder(testdata / folder / "dicom", tmp_path, "001_t1", work_dir=work)
     assert result.status == "failed", result
     assert result.out_of_space(), result.reason
 

@@ -15,8 +15,8 @@ import pytest
 from services.converter import conversion
 from services.converter.guard import GeometryMismatch, check_volume
 from services.converter.instances import read_instances
-from services.converter.planes import Plane, source_planes
-from tests.reference import dcm2niix_reference, series_in
+from services.converter.planes import Plane, frames_left_out, source_planes
+from tests.reference import convert_folder, dcm2niix_reference, series_in
 
 pytestmark = pytest.mark.integration
 
@@ -111,18 +111,6 @@ def test_a_resampled_volume_with_reversed_slices_fails(testdata: Path, tmp_path:
         check_volume(_flip_slices(image), planes, resampled=True)
 
 
-def _convert(testdata: Path, folder: str, out: Path) -> conversion.Conversion:
-    (series,) = series_in(testdata / folder / "dicom")
-    return conversion.convert_series(
-        series.files,
-        out / "nifti",
-        "series",
-        study_instance_uid=series.study_instance_uid,
-        series_instance_uid=series.series_instance_uid,
-        work_dir=out / "work",
-    )
-
-
 @pytest.mark.parametrize(
     "folder", ["siemens_vb17_mosaic_cordesc35", "siemens_vb17_mosaic_sagdesc36"]
 )
@@ -132,15 +120,41 @@ def test_a_wrong_engine_is_never_published(
     """dicom2nifti mirrors coronal mosaics and misplaces sagittal ones. Tried first, its
     volume is caught and dcm2niix's published; as the only engine, the series fails."""
     monkeypatch.setattr(conversion, "engine_order", lambda volume: ("dicom2nifti", "dcm2niix"))
-    result = _convert(testdata, folder, tmp_path / "fallback")
+    result = convert_folder(testdata / folder / "dicom", tmp_path / "fallback", "series")
     assert result.status == "converted", result
     assert [o.engine.split()[0] for o in result.outputs] == ["dcm2niix"]
     notes = (tmp_path / "fallback" / "nifti" / "series.json").read_text()
     assert "dicom2nifti: the volume disagrees with the DICOM headers" in notes
 
     monkeypatch.setattr(conversion, "engine_order", lambda volume: ("dicom2nifti",))
-    result = _convert(testdata, folder, tmp_path / "alone")
+    result = convert_folder(testdata / folder / "dicom", tmp_path / "alone", "series")
     assert result.status == "failed", result
     assert "disagrees with the DICOM headers" in result.reason
     assert result.outputs == ()
     assert not list((tmp_path / "alone" / "nifti").glob("*.nii.gz"))
+
+
+def test_a_volume_of_an_object_not_read_at_first_is_found_among_every_frame(
+    testdata: Path, tmp_path: Path
+) -> None:
+    """Of a series of multi-frame objects only the first and last are read at first. A
+    volume made of another one (an echo of its own, say) matches none of those; read with
+    every frame, it passes, and only a wrong volume still fails."""
+    folder = "siemens_xa30_func_bold"  # one enhanced object per volume
+    (series,) = series_in(testdata / folder / "dicom")
+    instances, _ = read_instances(series.files)
+    (path,) = [
+        f
+        for v in dcm2niix_reference(testdata / folder / "dicom", tmp_path / "ref")
+        for f in v.files
+    ]
+    image = nib.load(path)
+    assert isinstance(image, nib.Nifti1Image)
+    middle = nib.Nifti1Image(np.asanyarray(image.dataobj)[..., 10], image.affine)
+    assert frames_left_out(instances)
+    with pytest.raises(GeometryMismatch):
+        check_volume(middle, source_planes(instances), resampled=False)
+    every = source_planes(instances, every_frame=True)
+    check_volume(middle, every, resampled=False)
+    with pytest.raises(GeometryMismatch):
+        check_volume(_flip_slices(middle), every, resampled=False)

@@ -42,7 +42,7 @@ from .engines import EngineError, EngineOutput, IgnoredByDcm2niix
 from .grouping import Volume, plan_volumes
 from .guard import GeometryMismatch, check_volume
 from .instances import Instance, as_text, read_instances
-from .planes import Plane, UnknownGeometry, source_planes
+from .planes import Plane, UnknownGeometry, frames_left_out, source_planes
 from .reading import read_file
 from .sidecar import DCM2NIIX_KEYS, build_sidecar, dumps
 
@@ -60,11 +60,6 @@ class Output:
     engine: str  # "dicom2nifti 2.6.2" or "dcm2niix v1.0.20260724"
     bval: Path | None = None  # diffusion: same name, .bval and .bvec
     bvec: Path | None = None
-
-    @property
-    def files(self) -> tuple[Path, ...]:
-        """Every file of the output: the volume, its sidecar and any gradient table."""
-        return tuple(p for p in (self.nifti, self.sidecar, self.bval, self.bvec) if p)
 
 
 @dataclass(frozen=True)
@@ -163,7 +158,8 @@ def _convert(
     staged: list[_Staged] = []
     failures: list[str] = []
     volumes = plan_volumes(convertible)
-    if not _is_whole_series(volumes, files):
+    if early is not None and not _is_whole_series(volumes, files):
+        early.cancel()  # its result is not this series' volumes: stop it taking a core
         early = None
     for index, volume in enumerate(volumes):
         reason = rules.single_slice_reason(volume.instances)
@@ -242,10 +238,7 @@ def _convert_volume(
 ) -> list[_Staged]:
     """The volume by the first engine whose outputs pass the geometry guard."""
     rejected: list[str] = []
-    try:
-        planes: list[Plane] | str = source_planes(volume.instances)
-    except UnknownGeometry as exc:
-        planes = f"the geometry cannot be checked: {exc}"
+    planes = _planes(volume.instances)
     for engine in engine_order(volume):
         try:
             results = _run(engine, volume, scratch, early)
@@ -255,6 +248,9 @@ def _convert_volume(
             rejected.append(str(exc))
             continue
         problem = _geometry_problem(planes, results)
+        if problem is not None and frames_left_out(volume.instances):
+            # Objects not read may hold what the volume shows (another echo): read them all.
+            problem = _geometry_problem(_planes(volume.instances, every_frame=True), results)
         if problem is None:
             notes = [*(f"not converted by the first engine: {r}" for r in rejected)]
             if volume.multiframe:
@@ -267,6 +263,14 @@ def _convert_volume(
             rejected.append("no other engine writes this diffusion series' gradient table")
             break
     raise EngineError("; ".join(rejected))
+
+
+def _planes(images: Sequence[Instance], *, every_frame: bool = False) -> list[Plane] | str:
+    """The source images' planes, or why their geometry is unknown."""
+    try:
+        return source_planes(images, every_frame=every_frame)
+    except UnknownGeometry as exc:
+        return f"the geometry cannot be checked: {exc}"
 
 
 def _geometry_problem(planes: list[Plane] | str, results: Sequence[EngineOutput]) -> str | None:

@@ -119,11 +119,11 @@ class Dcm2niixRun:
                 line for line in log.splitlines() if re.match(r"\s*(Ignoring|Skipping)", line)
             ]
             code = self._process.returncode
+            if code in _DCM2NIIX_SKIPPED:
+                raise IgnoredByDcm2niix(ignored[0].strip() if ignored else _tail(log))
             full = _out_of_room(self._target)
             if full is not None:  # the disk's fault, not the series': converted once there is room
                 raise EngineError(f"dcm2niix could not write: {full} ({_tail(log)})")
-            if code in _DCM2NIIX_SKIPPED:
-                raise IgnoredByDcm2niix(ignored[0].strip() if ignored else _tail(log))
             raise EngineError(f"dcm2niix wrote nothing (exit {code}): {_tail(log)}")
         return outputs
 

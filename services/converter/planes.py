@@ -54,14 +54,17 @@ class Plane:
     pixels: Callable[[], np.ndarray]  # the stored values, rows x columns
 
 
-def source_planes(images: Sequence[Instance]) -> list[Plane]:
-    """Every 2D image of `images` with where it lies; UnknownGeometry when a header lacks it."""
+def source_planes(images: Sequence[Instance], *, every_frame: bool = False) -> list[Plane]:
+    """Every 2D image of `images` with where it lies; UnknownGeometry when a header lacks it.
+
+    Per-frame headers cost more to parse than the conversion: of a series of multi-frame
+    objects (one per volume, as Siemens XA writes fMRI and DWI), only the first and the last
+    are read unless `every_frame`. They give the positions and the volumes the guard looks
+    at, except where the objects make several volumes (echoes, say): see `frames_left_out`.
+    """
     planes: list[Plane] = []
     multiframe = [number for number, image in enumerate(images) if _multiframe(image)]
-    # Per-frame headers cost more to parse than the conversion: of a series of multi-frame
-    # objects (one per volume, as Siemens XA writes fMRI and DWI), the first and the last
-    # give the positions and the volumes the guard looks at.
-    parsed = set(multiframe[:1] + multiframe[-1:])
+    parsed = set(multiframe) if every_frame else set(multiframe[:1] + multiframe[-1:])
     for number, image in enumerate(images):
         decoded = _Decoded(image)
         if image.is_mosaic:
@@ -72,6 +75,11 @@ def source_planes(images: Sequence[Instance]) -> list[Plane]:
         else:
             planes.append(_single_plane(image, number, decoded))
     return planes
+
+
+def frames_left_out(images: Sequence[Instance]) -> bool:
+    """Whether `source_planes` leaves multi-frame objects out unless asked for every frame."""
+    return sum(1 for image in images if _multiframe(image)) > 2
 
 
 def _multiframe(image: Instance) -> bool:

@@ -146,15 +146,12 @@ def build_sidecar(
         value = image_type if key == "ImageType" else convert(find_attribute(first, keyword))
         if value is not None:
             sidecar[key] = value
-    # The engine's, where it has one: reading every image's per-frame headers costs more
-    # than the conversion of a series of multi-frame objects.
-    acquisition = (
-        engine["AcquisitionTime"]
-        if "AcquisitionTime" in overridden
-        else (acquisition_time(instances))
-    )
-    if acquisition is not None:
-        sidecar["AcquisitionTime"] = acquisition
+    # The engine's, where it has one (set below): reading every image's per-frame headers
+    # costs more than the conversion of a series of multi-frame objects.
+    if "AcquisitionTime" not in overridden:
+        acquisition = acquisition_time(instances)
+        if acquisition is not None:
+            sidecar["AcquisitionTime"] = acquisition
     for key, value in engine.items():
         if key not in sidecar or key in overridden:
             sidecar[key] = value

@@ -27,7 +27,9 @@ def rename_hashed_instance_files(sessions: sessionmaker[Session], archive: Path)
     with sessions() as session:
         rows = session.execute(
             select(Instance.id, Instance.sop_instance_uid, Instance.path).where(
-                func.length(Instance.sop_instance_uid) >= _HASHED_FROM
+                func.length(Instance.sop_instance_uid) >= _HASHED_FROM,
+                # Only files not named after their UID: once renamed, a start reads nothing.
+                ~Instance.path.endswith(Instance.sop_instance_uid + ".dcm"),
             )
         ).all()
     renamed = 0

@@ -69,22 +69,29 @@ def check_volume(image: nib.Nifti1Image, planes: Sequence[Plane], *, resampled: 
     if resampled:
         _check_resampled(image, layout, inverse, same)
         return
-    at_slice = {
-        k: _images_at(k, layout, shape, affine, same) for k in range(shape[layout.slice_axis])
-    }
-    for k, found in at_slice.items():
-        if not found:
-            raise GeometryMismatch(_no_image_reason(k, layout, shape, affine, same))
+    sized = [p for p in same if p.shape == (shape[layout.row_axis], shape[layout.column_axis])]
+    positions = np.array([p.position for p in sized]).reshape(-1, 3)
+    at_slice: dict[int, list[Plane]] = {}
+    for k in range(shape[layout.slice_axis]):
+        where = _origin(k, layout, shape, affine)
+        distances = np.linalg.norm(positions - where, axis=1)
+        at_slice[k] = [sized[i] for i in np.flatnonzero(distances <= POSITION_TOLERANCE_MM)]
+        if not at_slice[k]:
+            nearest = f"{distances.min():.2f} mm" if len(distances) else "none"
+            raise GeometryMismatch(
+                f"slice {k} of the volume lies at {_mm(where)}, where no image of its size "
+                f"lies (the nearest: {nearest} away)"
+            )
     for k in sorted({0, (len(at_slice) - 1) // 2, len(at_slice) - 1}):
         candidates = sorted(at_slice[k], key=lambda p: p.order)
         for t in sorted({0, _volumes(image) - 1}):
             voxels = _slice(image, layout, k, t)
             ordered = candidates if t == 0 else candidates[::-1]
             if not any(_equal_up_to_scaling(voxels, p.pixels()) for p in ordered[:_MAX_CANDIDATES]):
-                where = _mm(_origin(k, layout, shape, affine))
                 raise GeometryMismatch(
                     f"the voxels of slice {k} (volume {t}) are not the pixels of the image at "
-                    f"its position {where}: mirrored or out of order"
+                    f"its position {_mm(_origin(k, layout, shape, affine))}: mirrored or out "
+                    "of order"
                 )
 
 
@@ -192,37 +199,6 @@ def _origin(k: int, layout: _Layout, shape: tuple[int, int, int], affine: np.nda
 def _mm(position: np.ndarray) -> str:
     x, y, z = position
     return f"({x:.1f}, {y:.1f}, {z:.1f}) mm"
-
-
-def _images_at(
-    k: int,
-    layout: _Layout,
-    shape: tuple[int, int, int],
-    affine: np.ndarray,
-    planes: Sequence[Plane],
-) -> list[Plane]:
-    where = _origin(k, layout, shape, affine)
-    return [
-        p
-        for p in planes
-        if p.shape == (shape[layout.row_axis], shape[layout.column_axis])
-        and np.linalg.norm(p.position - where) <= POSITION_TOLERANCE_MM
-    ]
-
-
-def _no_image_reason(
-    k: int,
-    layout: _Layout,
-    shape: tuple[int, int, int],
-    affine: np.ndarray,
-    planes: Sequence[Plane],
-) -> str:
-    where = _origin(k, layout, shape, affine)
-    nearest = min(float(np.linalg.norm(p.position - where)) for p in planes)
-    return (
-        f"slice {k} of the volume lies at {_mm(where)}, where no image lies (the nearest is "
-        f"{nearest:.2f} mm away)"
-    )
 
 
 def _slice(image: nib.Nifti1Image, layout: _Layout, k: int, t: int) -> np.ndarray:

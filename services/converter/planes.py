@@ -57,33 +57,36 @@ class Plane:
 def source_planes(images: Sequence[Instance], *, every_frame: bool = False) -> list[Plane]:
     """Every 2D image of `images` with where it lies; UnknownGeometry when a header lacks it.
 
-    Per-frame headers cost more to parse than the conversion: of a series of multi-frame
-    objects (one per volume, as Siemens XA writes fMRI and DWI), only the first and the last
-    are read unless `every_frame`. They give the positions and the volumes the guard looks
-    at, except where the objects make several volumes (echoes, say): see `frames_left_out`.
+    Per-frame and Siemens' private headers cost more to parse than the conversion: of a
+    series of mosaics or multi-frame objects (one per volume, as Siemens writes fMRI and
+    DWI), only the first and the last are read unless `every_frame`. They give the
+    positions and the volumes the guard looks at, except where the objects make several
+    volumes (echoes, say): see `frames_left_out`.
     """
     planes: list[Plane] = []
-    multiframe = [number for number, image in enumerate(images) if _multiframe(image)]
-    parsed = set(multiframe) if every_frame else set(multiframe[:1] + multiframe[-1:])
+    many = [number for number, image in enumerate(images) if _many_planes(image)]
+    parsed = set(many) if every_frame else set(many[:1] + many[-1:])
     for number, image in enumerate(images):
         decoded = _Decoded(image)
-        if image.is_mosaic:
-            planes.extend(_mosaic_planes(image, number, decoded))
-        elif _multiframe(image):
-            if number in parsed:
-                planes.extend(_frame_planes(image, number, decoded))
-        else:
+        if not _many_planes(image):
             planes.append(_single_plane(image, number, decoded))
+        elif number not in parsed:
+            continue
+        elif image.is_mosaic:
+            planes.extend(_mosaic_planes(image, number, decoded))
+        else:
+            planes.extend(_frame_planes(image, number, decoded))
     return planes
 
 
 def frames_left_out(images: Sequence[Instance]) -> bool:
-    """Whether `source_planes` leaves multi-frame objects out unless asked for every frame."""
-    return sum(1 for image in images if _multiframe(image)) > 2
+    """Whether `source_planes` leaves objects out unless asked for every frame."""
+    return sum(1 for image in images if _many_planes(image)) > 2
 
 
-def _multiframe(image: Instance) -> bool:
-    return image.frames > 1 and not image.is_mosaic
+def _many_planes(image: Instance) -> bool:
+    """A mosaic or a multi-frame object: more than one plane in one object."""
+    return image.frames > 1 or image.is_mosaic
 
 
 class _Decoded:

@@ -4,45 +4,29 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
-from sqlalchemy import create_engine, select
+from sqlalchemy import Engine, create_engine, inspect, select
 from sqlalchemy.orm import Session, selectinload
 
 from shared.catalog.models import COMPLETE, PENDING, Instance, Series
 from shared.settings import METRICS_PORTS
 from tests.conftest import REPO, require_tool
+from tests.support import free_port, wait_for
 
 AE_TITLE = "DCMDB"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def dcmtk_env() -> dict[str, str]:
     # Without it DCMTK waits for Nagle's algorithm on every message on loopback.
     return {**os.environ, "TCP_NODELAY": "1"}
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @contextmanager
@@ -265,15 +249,22 @@ def send_raw(port: int, path: Path, *, calling_ae: str = "RAWSCU") -> int:
         assoc.release()
 
 
+def migrated(engine: Engine) -> bool:
+    """Whether the services have created the catalog's tables yet. They migrate in one
+    transaction, so once a table is there, every table and column is; any other error
+    while reading the catalog is a failure of the test, not a reason to wait."""
+    return inspect(engine).has_table("alembic_version")
+
+
 def catalog(url: str) -> tuple[list[Series], list[Instance]]:
     """The series (with their NIfTI outputs) and the instances the catalog at ``url`` holds."""
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     try:
+        if not migrated(engine):
+            return [], []
         with Session(engine) as session:
             series = list(session.scalars(select(Series).options(selectinload(Series.outputs))))
             return series, list(session.scalars(select(Instance)))
-    except Exception:
-        return [], []  # not migrated yet
     finally:
         engine.dispose()
 

@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import logging
 import shutil
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
@@ -49,6 +48,7 @@ from shared.messages import (
     InstanceReceived,
 )
 from tests.conftest import JsonLog
+from tests.support import eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -144,19 +144,6 @@ async def settled(
 
 
 FINAL_HOLD = 0.3  # after the consumer's connection closed: time for a return to show
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        outcome = check()
-        if not isinstance(outcome, bool):
-            outcome = await outcome
-        if outcome:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def ready_count(connection: AbstractRobustConnection, name: str) -> int:
@@ -821,12 +808,6 @@ def test_a_cancelled_consumer_takes_no_more_messages(broker_url: str) -> None:
 
 
 # -- connect ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_connect_keeps_retrying_and_never_logs_the_password(

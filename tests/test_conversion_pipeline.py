@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from shared.catalog.models import COMPLETE, PENDING, Series
 from tests.reference import dcm2niix_reference, difference, load
-from tests.system import Dcmdb, dicom_files, send_dicom, wait_for
+from tests.system import Dcmdb, dicom_files, migrated, send_dicom, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -29,13 +29,13 @@ def system(tmp_path: Path, broker_url: str, catalog_url: str) -> Iterator[Dcmdb]
 def catalog_series(url: str) -> list[Series]:
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     try:
+        if not migrated(engine):
+            return []
         with Session(engine) as session:
             query = select(Series).options(
                 selectinload(Series.instances), selectinload(Series.outputs)
             )
             return list(session.scalars(query))
-    except Exception:
-        return []  # not migrated yet
     finally:
         engine.dispose()
 

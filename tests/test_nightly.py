@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,18 +104,12 @@ def test_the_nightly_run_fetches_yesterdays_studies_once_per_slot(night: tuple) 
     assert done["query"] == {"study_date": YESTERDAY}
     assert [s["study_uid"] for s in done["studies"]] == [wanted]
     assert done["gaps"] == []  # the check at the end found nothing missing
-    study = client.get(f"/studies/{wanted}").json()
-    assert study["conversion"]["pending"] == 0 or _eventually_converted(client, wanted)
+    wait_for(
+        lambda: client.get(f"/studies/{wanted}").json()["conversion"]["pending"] == 0,
+        120,
+        "the study's conversion",
+    )
     assert client.get(f"/studies/{other}").status_code == 404  # another day's study
-
-
-def _eventually_converted(client: httpx.Client, uid: str) -> bool:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if client.get(f"/studies/{uid}").json()["conversion"]["pending"] == 0:
-            return True
-        time.sleep(0.5)
-    return False
 
 
 def test_each_slot_gets_one_job_and_a_missed_slot_runs_within_the_grace(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ C-GET over TLS is handed on to dcmdb's own receiver over TLS."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from shared.pacs import PacsError, StudyQuery, find_studies
 from shared.peers import PacsSettings, Peer
 from tests.conftest import TESTDATA, fresh_vhost
 from tests.pacs_peers import Orthanc
+from tests.support import finished_job
 from tests.system import Dcmdb, dicom_files, self_signed, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -101,13 +101,9 @@ def retrieve(dcmdb: Dcmdb, **body: Any) -> dict[str, Any]:
         answer = client.post("/retrievals", json=body, headers=headers)
         assert answer.status_code == 202, answer.text
         job_id = answer.json()["id"]
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            job = client.get(f"/retrievals/{job_id}", headers=headers).json()
-            if job["state"] not in ("queued", "running"):
-                return dict(job)
-            time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
+        return finished_job(
+            lambda: client.get(f"/retrievals/{job_id}", headers=headers).json(), 180
+        )
 
 
 def _answers(client: httpx.Client) -> bool:

@@ -11,7 +11,6 @@ import datetime as dt
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 
 from tests.conftest import REPO, TESTDATA, fresh_vhost
 from tests.pacs_peers import Dcmqrscp, Orthanc
+from tests.support import finished_job
 from tests.system import Dcmdb, dicom_files, send_dicom, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -54,13 +54,7 @@ class Site:
         return self.client.get(path, params=params, headers={"Authorization": f"Bearer {key}"})
 
     def finished(self, job_id: int, timeout: float = 180) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.get(f"/retrievals/{job_id}").json()
-            if job["state"] not in ("queued", "running"):
-                return job
-            time.sleep(0.3)
-        raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s: {job}")
+        return finished_job(lambda: self.get(f"/retrievals/{job_id}").json(), timeout)
 
     def study(self, uid: str) -> dict[str, Any] | None:
         answer = self.get(f"/studies/{uid}")

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 
 from tests.conftest import TESTDATA, fresh_vhost
 from tests.pacs_peers import Dcmqrscp
+from tests.support import finished_job
 from tests.system import Dcmdb, dicom_files, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -103,13 +103,7 @@ class Site:
         return self.client.get(f"/retrievals/{job_id}").json()  # type: ignore[no-any-return]
 
     def finished(self, job_id: int, timeout: float = 240) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.job(job_id)
-            if job["state"] not in ("queued", "running"):
-                return job
-            time.sleep(0.2)
-        raise AssertionError(f"job {job_id} did not end: {self.job(job_id)}")
+        return finished_job(lambda: self.job(job_id), timeout)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,64 @@
+"""Small helpers every kind of test uses: a free port, and waiting for a condition.
+
+A test waits for what it expects, never for a fixed time: the condition is polled
+until it holds or the time is up, and then the test fails saying what it waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(
+    condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
+) -> T:
+    """Poll ``condition`` until it returns something true, and return that; fail the test
+    after ``timeout`` seconds, naming ``what`` it waited for. Exceptions propagate: a
+    condition that cannot be evaluated is a failure, not a reason to wait longer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        outcome = condition()
+        if outcome:
+            return outcome
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool], timeout: float = 15, what: str = "a condition"
+) -> None:
+    """``wait_for`` for asyncio tests; ``check`` may be a coroutine function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        outcome = check()
+        if not isinstance(outcome, bool):
+            outcome = await outcome
+        if outcome:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def finished_job(fetch: Callable[[], dict[str, Any]], timeout: float) -> dict[str, Any]:
+    """A retrieval job, as ``fetch`` reads it from the API, once it has ended."""
+    return wait_for(
+        lambda: job if (job := fetch())["state"] not in ("queued", "running") else None,
+        timeout,
+        "the retrieval job to end",
+        interval=0.2,
+    )

@@ -135,3 +135,11 @@ def json_log() -> Iterator[JsonLog]:
         logger.handlers[:] = handlers
         logger.setLevel(level)
     logging.captureWarnings(False)
+
+
+@pytest.fixture(autouse=True)
+def _alone_when_restarting_the_broker(request: pytest.FixtureRequest) -> None:
+    """A test that restarts RabbitMQ would break every test running beside it."""
+    alongside = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
+    if alongside and request.node.get_closest_marker("restarts_broker"):
+        pytest.fail("this test restarts RabbitMQ: run it alone, as scripts/test does")

@@ -13,7 +13,8 @@ import pytest
 from tests.reliability.fault_run import Pipeline, generate, run
 from tests.system import Dcmdb
 
-pytestmark = pytest.mark.e2e
+# It restarts RabbitMQ: scripts/test runs it alone, after the parallel round.
+pytestmark = [pytest.mark.e2e, pytest.mark.restarts_broker]
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 
 from shared.dimse_status import SUCCESS, is_pending
-from shared.pacs import FIND_MODEL, PacsError, Peer, associate, lost_association, query_identifier
+from shared.pacs import FIND_MODEL, PacsError, associate, lost_association, query_identifier
 from shared.pacs_retrieve import Progress, failure_reason
+from shared.peers import Peer
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,12 @@ from shared.pacs import (
     GET_MODEL,
     MOVE_MODEL,
     SERVICES,
-    Peer,
     StoreInstance,
     associate,
     lost_association,
     query_identifier,
 )
+from shared.peers import Peer
 
 log = logging.getLogger("dcmdb.retriever")
 

@@ -13,7 +13,8 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog.models import ExpectedSeries, Series
-from shared.pacs import Peer, count_instances, find_series
+from shared.pacs import Peer
+from shared.pacs_find import count_instances, find_series
 from shared.retrievals import catalog_series_counts
 
 

@@ -20,8 +20,10 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import pynetdicom
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -30,13 +32,15 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from services.receiver import transport
 from services.receiver.transport import (
     DEFAULT_MAXIMUM_PDU_SIZE,
+    check_pynetdicom_version,
     decode_c_store_rq,
+    dul,
     encode_c_store_rsp,
     start_storage_server,
 )
+from shared.settings import ConfigurationError
 from tests.conftest import require_tool
 from tests.support import free_port, wait_for
 from tests.system import self_signed
@@ -148,7 +152,7 @@ def never_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     Every state change wakes the receiver's threads; the cap only bounds the cost of
     a wake-up that was missed. Raised, one missed wake-up times the peer out.
     """
-    monkeypatch.setattr(transport, "_MAX_WAIT", 30.0)
+    monkeypatch.setattr(dul, "MAX_WAIT", 30.0)
 
 
 def _dcmtk(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -581,3 +585,42 @@ def test_other_commands_are_left_to_pynetdicom() -> None:
     assert decode_c_store_rq(good) is not None
     assert decode_c_store_rq(bad_uid) is None
     assert decode_c_store_rq(truncated) is None
+
+
+def test_c_find_is_served_by_pynetdicom_through_its_bound_handler() -> None:
+    """The fast path takes over C-STORE only: a service that later work adds (here
+    C-FIND) needs nothing but its handler, and pynetdicom serves it as ever."""
+    find_model = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root C-FIND
+
+    def on_find(event: evt.Event) -> Iterator[tuple[int, Any]]:
+        for uid in ("1.2.3", "1.2.4"):
+            match = Dataset()
+            match.QueryRetrieveLevel = "STUDY"
+            match.StudyInstanceUID = uid
+            yield 0xFF00, match
+
+    ae = AE(ae_title=AET)
+    ae.add_supported_context(find_model)
+    server = start_storage_server(ae, ("127.0.0.1", 0), [(evt.EVT_C_FIND, on_find)])
+    try:
+        scu = AE()
+        scu.add_requested_context(find_model)
+        assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title=AET)
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        answers = [
+            (int(status.Status), found) for status, found in assoc.send_c_find(query, find_model)
+        ]
+        assoc.release()
+    finally:
+        ae.shutdown()
+    assert [status for status, _ in answers] == [0xFF00, 0xFF00, 0x0000]
+    assert [found.StudyInstanceUID for _, found in answers[:2]] == ["1.2.3", "1.2.4"]
+
+
+def test_the_transport_refuses_any_other_pynetdicom_version() -> None:
+    check_pynetdicom_version(pynetdicom.__version__)  # the installed, pinned one
+    with pytest.raises(ConfigurationError, match=r"pynetdicom 3\.0\.5 .* pynetdicom 3\.0\.4"):
+        check_pynetdicom_version("3.0.5")

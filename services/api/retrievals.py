@@ -29,8 +29,9 @@ from services.api.schemas import (
 from services.api.settings import ApiSettings
 from shared import retrievals
 from shared.catalog.models import RetrievalJob, Study
-from shared.pacs import PacsError, StudyQuery
+from shared.pacs import PacsError
 from shared.pacs_check import StudyCheck, check_study
+from shared.pacs_find import StudyQuery
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "No such job or study"}

@@ -36,16 +36,21 @@ from services.receiver import metrics
 from services.receiver.announcer import Announcer
 from services.receiver.settings import ReceiverSettings
 from services.receiver.storage import FileMeta, IncomingStore, SpaceFloor, StorageFailed
+from shared.dimse_status import (
+    CANNOT_UNDERSTAND,
+    CANNOT_UNDERSTAND_OTHER,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+)
 from shared.errors import MissingIdentifier, UnreadableObject
 from shared.headers import read_identifiers
 from shared.messages import AssociationClosed, InstanceReceived
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-CANNOT_PARSE = 0xC210
-MISSING_UID = 0xC211
+# The two "cannot understand" outcomes of the table above, by what went wrong.
+CANNOT_PARSE = CANNOT_UNDERSTAND
+MISSING_UID = CANNOT_UNDERSTAND_OTHER
 
 _REJECTED_PERMANENT = 0x01
 _SERVICE_USER = 0x01
@@ -162,7 +167,8 @@ class Receiver:
         except StorageFailed as exc:
             record.failed += 1
             log.error(
-                "answering 0xA700 to %s: %s",
+                "answering 0x%04X to %s: %s",
+                OUT_OF_RESOURCES,
                 record.calling_ae,
                 exc,
                 extra={"study_uid": uids.study_instance_uid},

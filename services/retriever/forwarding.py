@@ -20,6 +20,7 @@ from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom.association import Association
 
+from shared.dimse_status import SUCCESS
 from shared.pacs import PacsError, tuned_requestor
 
 
@@ -49,7 +50,7 @@ class Forwarder:
         finally:
             path.unlink(missing_ok=True)
         code = getattr(status, "Status", None)
-        if code != 0x0000:
+        if code != SUCCESS:
             shown = "no answer" if code is None else f"0x{code:04X}"
             raise OSError(f"dcmdb's receiver did not store it ({shown})")
 

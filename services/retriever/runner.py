@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.retriever.forwarding import Forwarder
 from services.retriever.settings import RetrieverSettings
-from shared import retrievals
+from shared import dimse_status, retrievals
 from shared.catalog.models import (
     CANCELLED,
     COMPLETED,
@@ -34,21 +34,14 @@ from shared.catalog.models import (
     RetrievalJob,
     RetrievalStudy,
 )
-from shared.pacs import (
-    PacsError,
-    Peer,
-    Progress,
-    RetrieveResult,
-    StudyQuery,
-    find_studies,
-    retrieve,
-)
+from shared.pacs import PacsError, Peer
 from shared.pacs_check import StudyCheck, check_study, record_expectations
+from shared.pacs_find import StudyQuery, find_studies
+from shared.pacs_retrieve import Progress, RetrieveResult, retrieve
 
 log = logging.getLogger("dcmdb.retriever")
 
 ALREADY_COMPLETE = "already complete"
-CANCEL_STATUS = 0xFE00
 _WRITE_EVERY = 0.5  # seconds between progress writes
 _CANCEL_EVERY = 0.2  # seconds between looks at the cancel flag during a move
 T = TypeVar("T")
@@ -168,7 +161,7 @@ class JobRunner:
         finally:
             if to_us is not None:
                 to_us.close()
-        if result.status == CANCEL_STATUS or watch.cancel:
+        if result.status == dimse_status.CANCEL or watch.cancel:
             state = CANCELLED
         elif result.succeeded:
             state = COMPLETED

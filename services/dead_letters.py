@@ -17,7 +17,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from shared.broker import connect, dead_letter_counts
-from shared.messages import ALL_QUEUES, EVENTS_EXCHANGE
+from shared.messages import ALL_QUEUES, Topology
 from shared.settings import CommonSettings, load_settings
 
 
@@ -27,18 +27,18 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--requeue", action="store_true", help="send them back for a retry")
     args = parser.parse_args(argv)
     settings = load_settings(CommonSettings)
-    asyncio.run(_report(settings.broker_url, args.show, args.requeue))
+    asyncio.run(_report(settings.broker_url, settings.topology, args.show, args.requeue))
 
 
-async def _report(broker_url: str, show: int, requeue: bool) -> None:
+async def _report(broker_url: str, topology: Topology, show: int, requeue: bool) -> None:
     connection = await connect(broker_url, name="dcmdb-dead-letters")
     try:
-        for name, count in (await dead_letter_counts(connection)).items():
+        for name, count in (await dead_letter_counts(connection, topology)).items():
             print(f"{name}: {count} message(s)")
         channel = await connection.channel()
-        events = await channel.get_exchange(EVENTS_EXCHANGE)
+        events = await channel.get_exchange(topology.events_exchange)
         for queue in ALL_QUEUES:
-            dead = await channel.get_queue(queue.dead_letter_name)
+            dead = await channel.get_queue(topology.dead_letter_name(queue))
             if show:
                 await _show(dead, show)
             if requeue:
@@ -47,7 +47,7 @@ async def _report(broker_url: str, show: int, requeue: bool) -> None:
                     await events.publish(_again(message), routing_key=message.type or "")
                     await message.ack()
                     moved += 1
-                print(f"{queue.dead_letter_name}: {moved} message(s) sent back")
+                print(f"{dead.name}: {moved} message(s) sent back")
     finally:
         await connection.close()
 

@@ -1,11 +1,12 @@
 """The RabbitMQ layer: topology, confirmed publishing, and the ack policy.
 
-Topology (declared by every service that connects, so that no event is ever
-published before its queue exists):
+Topology of an installation (declared by every service that connects, so that no event
+is ever published before its queue exists), named by ``messages.Topology``; with the
+default installation ``dcmdb``:
 
 - ``dcmdb.events``: a durable topic exchange, routing key = event name;
-- one durable quorum queue per consumer (``messages.ALL_QUEUES``), with a
-  delivery limit and a dead-letter exchange;
+- one durable quorum queue per consumer (``messages.ALL_QUEUES``: ``dcmdb.sorter``,
+  ``dcmdb.converter``), with a delivery limit and a dead-letter exchange;
 - ``dcmdb.dead-letter``: a direct exchange routing each dead letter to
   ``<queue>.dead``, where it stays until an admin looks at it.
 
@@ -38,13 +39,7 @@ from pydantic import ValidationError
 
 from shared.errors import PermanentError, TransientError
 from shared.logs import about
-from shared.messages import (
-    ALL_QUEUES,
-    DEAD_LETTER_EXCHANGE,
-    EVENTS_EXCHANGE,
-    Event,
-    Queue,
-)
+from shared.messages import ALL_QUEUES, Event, Queue, Topology
 
 log = logging.getLogger(__name__)
 
@@ -99,33 +94,34 @@ def _redact(url: str) -> str:
     return url
 
 
-async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
-    """Declare exchanges, queues and dead-letter queues; return the events exchange."""
+async def declare_topology(channel: AbstractChannel, topology: Topology) -> AbstractExchange:
+    """Declare the installation's exchanges, queues and dead-letter queues; return its
+    events exchange."""
     events = await channel.declare_exchange(
-        EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        topology.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
     )
     dead = await channel.declare_exchange(
-        DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+        topology.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
     )
     for queue in ALL_QUEUES:
         dlq = await channel.declare_queue(
-            queue.dead_letter_name, durable=True, arguments={"x-queue-type": "quorum"}
+            topology.dead_letter_name(queue), durable=True, arguments={"x-queue-type": "quorum"}
         )
-        await dlq.bind(dead, routing_key=queue.name)
+        await dlq.bind(dead, routing_key=topology.queue_name(queue))
         declared = await channel.declare_queue(
-            queue.name, durable=True, arguments=queue_arguments(queue)
+            topology.queue_name(queue), durable=True, arguments=queue_arguments(topology, queue)
         )
         for key in queue.routing_keys:
             await declared.bind(events, routing_key=key)
     return events
 
 
-def queue_arguments(queue: Queue) -> dict[str, Any]:
+def queue_arguments(topology: Topology, queue: Queue) -> dict[str, Any]:
     return {
         "x-queue-type": "quorum",
         "x-delivery-limit": queue.delivery_limit,
-        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-        "x-dead-letter-routing-key": queue.name,
+        "x-dead-letter-exchange": topology.dead_letter_exchange,
+        "x-dead-letter-routing-key": topology.queue_name(queue),
     }
 
 
@@ -137,13 +133,14 @@ class Publisher:
     building an aio-pika ``Message`` and going through ``Exchange.publish`` does.
     """
 
-    def __init__(self, connection: AbstractRobustConnection) -> None:
+    def __init__(self, connection: AbstractRobustConnection, topology: Topology) -> None:
         self._connection = connection
+        self._topology = topology
         self._channel: AbstractChannel | None = None
 
     async def start(self) -> None:
         self._channel = await self._connection.channel(publisher_confirms=True)
-        await declare_topology(self._channel)
+        await declare_topology(self._channel, self._topology)
 
     async def publish(self, event: Event) -> None:
         """Return once the broker has confirmed the message; raise if it did not."""
@@ -159,7 +156,7 @@ class Publisher:
         try:
             confirmation = await channel.basic_publish(
                 event.to_bytes(),
-                exchange=EVENTS_EXCHANGE,
+                exchange=self._topology.events_exchange,
                 routing_key=event.routing_key,
                 properties=properties,
             )
@@ -177,22 +174,27 @@ BatchHandler = Callable[[list[EventT]], Awaitable[None]]
 
 async def consume(
     connection: AbstractRobustConnection,
+    topology: Topology,
     queue: Queue,
     model: type[EventT],
     handler: Handler[EventT],
     *,
     prefetch: int = 16,
 ) -> None:
-    """Deliver each message of ``queue`` to ``handler``; run until cancelled."""
+    """Deliver each message of the installation's ``queue`` to ``handler``; run until
+    cancelled."""
 
     async def one_at_a_time(events: list[EventT]) -> None:
         await handler(events[0])
 
-    await consume_batches(connection, queue, model, one_at_a_time, prefetch=prefetch, max_batch=1)
+    await consume_batches(
+        connection, topology, queue, model, one_at_a_time, prefetch=prefetch, max_batch=1
+    )
 
 
 async def consume_batches(
     connection: AbstractRobustConnection,
+    topology: Topology,
     queue: Queue,
     model: type[EventT],
     handler: BatchHandler[EventT],
@@ -201,7 +203,8 @@ async def consume_batches(
     max_batch: int = 32,
     max_wait: float = 0.01,
 ) -> None:
-    """Deliver the messages of ``queue`` to ``handler`` in batches; run until cancelled.
+    """Deliver the messages of the installation's ``queue`` to ``handler`` in batches; run
+    until cancelled.
 
     A batch is what has arrived, up to ``max_batch`` messages, waiting at most
     ``max_wait`` seconds after the first. Cancelling stops the consumer between
@@ -211,10 +214,10 @@ async def consume_batches(
     """
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=max(prefetch, max_batch))
-    await declare_topology(channel)
+    await declare_topology(channel, topology)
     # ensure=True hands back the queue the robust channel tracks, so the
     # consumer is restored when the connection comes back.
-    declared = await channel.get_queue(queue.name)
+    declared = await channel.get_queue(topology.queue_name(queue))
     arrivals: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
     await declared.consume(arrivals.put)
     stopping = asyncio.Event()
@@ -337,24 +340,27 @@ async def _reject_or_requeue(
         await message.nack(requeue=True)
 
 
-async def dead_letter_counts(connection: AbstractRobustConnection) -> dict[str, int]:
-    """How many messages wait in each dead-letter queue."""
-    depths = await queue_depths(connection)
-    return {queue.dead_letter_name: depths[queue.dead_letter_name] for queue in ALL_QUEUES}
+async def dead_letter_counts(
+    connection: AbstractRobustConnection, topology: Topology
+) -> dict[str, int]:
+    """How many messages wait in each dead-letter queue of the installation."""
+    depths = await queue_depths(connection, topology)
+    return {name: depths[name] for name in topology.dead_letter_names}
 
 
-async def queue_depths(connection: AbstractRobustConnection) -> dict[str, int]:
-    """How many messages wait in each queue and dead-letter queue, by queue name.
+async def queue_depths(connection: AbstractRobustConnection, topology: Topology) -> dict[str, int]:
+    """How many messages wait in each queue and dead-letter queue of the installation, by
+    queue name.
 
     A passive declare answers with the ready messages: those not yet delivered to a
     consumer (a consumer's prefetched, unacknowledged ones are not counted).
     """
     channel = await connection.channel()
     try:
-        await declare_topology(channel)
+        await declare_topology(channel, topology)
         depths = {}
         for queue in ALL_QUEUES:
-            for name in (queue.name, queue.dead_letter_name):
+            for name in (topology.queue_name(queue), topology.dead_letter_name(queue)):
                 declared = await channel.declare_queue(name, durable=True, passive=True)
                 depths[name] = declared.declaration_result.message_count or 0
         return depths

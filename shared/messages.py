@@ -2,21 +2,21 @@
 
 Payloads carry UIDs and paths, never pixel data and never patient identifiers.
 Every event names its routing key; the queues that consume them are declared
-next to the models so that one file answers "who listens to what".
+next to the models so that one file answers "who listens to what". The names of
+exchanges and queues on the broker belong to one installation (``Topology``), so that
+several dcmdb installations can share one RabbitMQ virtual host.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = 1
-
-EVENTS_EXCHANGE = "dcmdb.events"
-DEAD_LETTER_EXCHANGE = "dcmdb.dead-letter"
 
 
 def _now() -> datetime:
@@ -146,23 +146,68 @@ class StudyEvicted(Event):
 
 
 class Queue(BaseModel):
-    """A durable consumer queue bound to some routing keys."""
+    """A durable consumer queue bound to some routing keys; its name on the broker is the
+    installation's (``Topology.queue_name``)."""
 
     model_config = ConfigDict(frozen=True)
 
-    name: str
+    consumer: str
     routing_keys: tuple[str, ...]
     delivery_limit: int = 5
 
-    @property
-    def dead_letter_name(self) -> str:
-        return f"{self.name}.dead"
 
-
-SORTER_QUEUE = Queue(name="dcmdb.sorter", routing_keys=(InstanceReceived.routing_key,))
+SORTER_QUEUE = Queue(consumer="sorter", routing_keys=(InstanceReceived.routing_key,))
 # A conversion that fails three times in a row is not worth a fourth.
 CONVERTER_QUEUE = Queue(
-    name="dcmdb.converter", routing_keys=(SeriesCompleted.routing_key,), delivery_limit=3
+    consumer="converter", routing_keys=(SeriesCompleted.routing_key,), delivery_limit=3
 )
 
 ALL_QUEUES: tuple[Queue, ...] = (SORTER_QUEUE, CONVERTER_QUEUE)
+
+# The installation of a deployment that never set one: its names are those dcmdb always had,
+# so that its queues, and the messages waiting in them, stay where they are.
+DEFAULT_INSTALLATION = "dcmdb"
+# No '.': it separates the installation from the rest of a name, so two installations
+# can never form the same name.
+_INSTALLATION_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def installation_name(value: str) -> str:
+    """``value`` if it may name an installation; a ValueError saying what may otherwise."""
+    if not _INSTALLATION_NAME.fullmatch(value):
+        raise ValueError(
+            "must be 1 to 32 letters, digits, '-' or '_': it begins the name of each RabbitMQ"
+            " exchange and queue of the installation"
+        )
+    return value
+
+
+class Topology(BaseModel):
+    """The exchanges and queues of one installation on the broker, all named
+    ``<installation>.<what>``: another installation on the same virtual host shares none."""
+
+    model_config = ConfigDict(frozen=True)
+
+    installation: str = DEFAULT_INSTALLATION
+
+    _valid_installation = field_validator("installation")(installation_name)
+
+    @property
+    def events_exchange(self) -> str:
+        """The topic exchange every event is published to."""
+        return f"{self.installation}.events"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        """The direct exchange routing each dead letter to its queue's dead-letter queue."""
+        return f"{self.installation}.dead-letter"
+
+    def queue_name(self, queue: Queue) -> str:
+        return f"{self.installation}.{queue.consumer}"
+
+    def dead_letter_name(self, queue: Queue) -> str:
+        return f"{self.queue_name(queue)}.dead"
+
+    @property
+    def dead_letter_names(self) -> tuple[str, ...]:
+        return tuple(self.dead_letter_name(queue) for queue in ALL_QUEUES)

@@ -15,6 +15,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.disk import Threshold
+from shared.messages import DEFAULT_INSTALLATION, Topology, installation_name
 from shared.tls import check_pair, unset_if_empty
 
 ENV_PREFIX = "DCMDB_"
@@ -52,6 +53,9 @@ class CommonSettings(BaseSettings):
     archive_dir: Path | None = None
     database_url: str | None = None
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # Begins the name of each exchange and queue on the broker: installations sharing one
+    # RabbitMQ virtual host never see each other's events.
+    installation: str = DEFAULT_INSTALLATION
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     # DICOM TLS on the receiver's port (see shared/tls.py); client certificates
@@ -117,6 +121,12 @@ class CommonSettings(BaseSettings):
         if not value.startswith(("amqp://", "amqps://")):
             raise ValueError("must start with amqp:// or amqps://")
         return value
+
+    valid_installation = field_validator("installation")(installation_name)
+
+    @property
+    def topology(self) -> Topology:
+        return Topology(installation=self.installation)
 
     @property
     def incoming_dir(self) -> Path:

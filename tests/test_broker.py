@@ -40,12 +40,10 @@ from shared.broker import (
 )
 from shared.errors import PermanentError, TransientError
 from shared.messages import (
-    ALL_QUEUES,
-    DEAD_LETTER_EXCHANGE,
-    EVENTS_EXCHANGE,
     SORTER_QUEUE,
     AssociationClosed,
     InstanceReceived,
+    Topology,
 )
 from tests.conftest import JsonLog
 from tests.support import eventually, free_port
@@ -54,8 +52,11 @@ pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
 
-SORTER = SORTER_QUEUE.name
-SORTER_DEAD = SORTER_QUEUE.dead_letter_name
+TOPOLOGY = Topology()  # the default installation's
+EVENTS_EXCHANGE = TOPOLOGY.events_exchange
+DEAD_LETTER_EXCHANGE = TOPOLOGY.dead_letter_exchange
+SORTER = TOPOLOGY.queue_name(SORTER_QUEUE)
+SORTER_DEAD = TOPOLOGY.dead_letter_name(SORTER_QUEUE)
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
@@ -195,7 +196,7 @@ async def running(
 async def broker(url: str) -> AsyncIterator[tuple[AbstractRobustConnection, Publisher]]:
     connection = await connect(url, name="test")
     try:
-        publisher = Publisher(connection)
+        publisher = Publisher(connection, TOPOLOGY)
         await publisher.start()
         yield connection, publisher
     finally:
@@ -219,7 +220,7 @@ def test_topology_declares_durable_quorum_queues_with_dead_lettering(broker_url:
     async def scenario() -> None:
         async with broker(broker_url) as (connection, _):
             # declaring again (every service does at start) must agree with what exists
-            await declare_topology(await connection.channel())
+            await declare_topology(await connection.channel(), TOPOLOGY)
             assert await ready_count(connection, SORTER) == 0
             assert await ready_count(connection, SORTER_DEAD) == 0
             channel = await connection.channel()
@@ -313,26 +314,26 @@ ONE_DEAD = {SORTER: 0, SORTER_DEAD: 1}
 def consumer_of(
     handler: Callable[[InstanceReceived], Awaitable[None]],
 ) -> Callable[[AbstractRobustConnection], Coroutine[Any, Any, None]]:
-    return lambda connection: consume(connection, SORTER_QUEUE, InstanceReceived, handler)
+    return lambda connection: consume(connection, TOPOLOGY, SORTER_QUEUE, InstanceReceived, handler)
 
 
 def batch_consumer_of(
     handler: Callable[[list[InstanceReceived]], Awaitable[None]], **options: Any
 ) -> Callable[[AbstractRobustConnection], Coroutine[Any, Any, None]]:
     return lambda connection: consume_batches(
-        connection, SORTER_QUEUE, InstanceReceived, handler, **options
+        connection, TOPOLOGY, SORTER_QUEUE, InstanceReceived, handler, **options
     )
 
 
 def with_other_queues_empty(counts: dict[str, int]) -> dict[str, int]:
     """``counts`` for the queues named, zero for every other dead-letter queue."""
-    return {queue.dead_letter_name: 0 for queue in ALL_QUEUES} | counts
+    return dict.fromkeys(TOPOLOGY.dead_letter_names, 0) | counts
 
 
 async def dead_letter_counts_are(
     connection: AbstractRobustConnection, expected: dict[str, int]
 ) -> bool:
-    return await dead_letter_counts(connection) == with_other_queues_empty(expected)
+    return await dead_letter_counts(connection, TOPOLOGY) == with_other_queues_empty(expected)
 
 
 def test_a_handled_event_is_acked(broker_url: str) -> None:
@@ -350,7 +351,9 @@ def test_a_handled_event_is_acked(broker_url: str) -> None:
                 await settled(connection, SETTLED_OK)
             # the consumer's connection is closed: an unacked message would be back
             await settled(connection, SETTLED_OK, hold=FINAL_HOLD)
-            assert await dead_letter_counts(connection) == with_other_queues_empty({SORTER_DEAD: 0})
+            assert await dead_letter_counts(connection, TOPOLOGY) == with_other_queues_empty(
+                {SORTER_DEAD: 0}
+            )
 
     run(scenario())
     assert handled == [event]
@@ -484,7 +487,7 @@ def test_undecodable_messages_are_dead_lettered_without_calling_the_handler(
                 await eventually(lambda: len(handled) == 1)
                 await settled(connection, expected)
             await settled(connection, expected, hold=FINAL_HOLD)
-            assert await dead_letter_counts(connection) == with_other_queues_empty(
+            assert await dead_letter_counts(connection, TOPOLOGY) == with_other_queues_empty(
                 {SORTER_DEAD: len(bad_bodies)}
             )
             return await get_all(connection, SORTER_DEAD)
@@ -501,13 +504,17 @@ def test_dead_letter_counts_reports_each_dead_letter_queue(broker_url: str) -> N
 
     async def scenario() -> None:
         async with broker(broker_url) as (connection, _):
-            assert await dead_letter_counts(connection) == with_other_queues_empty({SORTER_DEAD: 0})
+            assert await dead_letter_counts(connection, TOPOLOGY) == with_other_queues_empty(
+                {SORTER_DEAD: 0}
+            )
             for n in range(3):
                 await publish_raw(connection, f"junk {n}".encode(), InstanceReceived.routing_key)
             async with running(broker_url, consumer_of(never)):
                 await eventually(lambda: dead_letter_counts_are(connection, {SORTER_DEAD: 3}))
             # counting does not consume them
-            assert await dead_letter_counts(connection) == with_other_queues_empty({SORTER_DEAD: 3})
+            assert await dead_letter_counts(connection, TOPOLOGY) == with_other_queues_empty(
+                {SORTER_DEAD: 3}
+            )
             assert await ready_count(connection, SORTER_DEAD) == 3
 
     run(scenario())

@@ -11,11 +11,15 @@ import aio_pika
 import pytest
 
 from shared.broker import Publisher, connect, declare_topology
-from shared.messages import SORTER_QUEUE, InstanceReceived
+from shared.messages import SORTER_QUEUE, InstanceReceived, Topology
 from tests.conftest import REPO
 from tests.test_messages import SAMPLES
 
 pytestmark = pytest.mark.integration
+
+TOPOLOGY = Topology()  # the default installation's
+SORTER = TOPOLOGY.queue_name(SORTER_QUEUE)
+SORTER_DEAD = TOPOLOGY.dead_letter_name(SORTER_QUEUE)
 
 
 def dead_letters(broker_url: str, *args: str) -> str:
@@ -30,12 +34,12 @@ def dead_letters(broker_url: str, *args: str) -> str:
 
 async def reject_one(broker_url: str, event: InstanceReceived) -> None:
     connection = await connect(broker_url, name="test")
-    publisher = Publisher(connection)
+    publisher = Publisher(connection, TOPOLOGY)
     await publisher.start()
     await publisher.publish(event)
     channel = await connection.channel()
-    await declare_topology(channel)
-    queue = await channel.get_queue(SORTER_QUEUE.name)
+    await declare_topology(channel, TOPOLOGY)
+    queue = await channel.get_queue(SORTER)
     for _ in range(50):
         message = await queue.get(fail=False)
         if message:
@@ -58,9 +62,9 @@ def test_dead_letters_are_counted_shown_and_requeued(broker_url: str) -> None:
     assert isinstance(event, InstanceReceived)
     asyncio.run(reject_one(broker_url, event))
     shown = dead_letters(broker_url, "--show", "5")
-    assert f"{SORTER_QUEUE.dead_letter_name}: 1 message(s)" in shown
+    assert f"{SORTER_DEAD}: 1 message(s)" in shown
     assert str(event.message_id) in shown and "rejected" in shown
-    assert asyncio.run(depth(broker_url, SORTER_QUEUE.dead_letter_name)) == 1  # only looked at
+    assert asyncio.run(depth(broker_url, SORTER_DEAD)) == 1  # only looked at
     dead_letters(broker_url, "--requeue")
-    assert asyncio.run(depth(broker_url, SORTER_QUEUE.dead_letter_name)) == 0
-    assert asyncio.run(depth(broker_url, SORTER_QUEUE.name)) == 1
+    assert asyncio.run(depth(broker_url, SORTER_DEAD)) == 0
+    assert asyncio.run(depth(broker_url, SORTER)) == 1

@@ -31,6 +31,7 @@ from shared.messages import (
     SeriesFailed,
     SeriesSkipped,
     StudyEvicted,
+    Topology,
 )
 
 
@@ -277,15 +278,16 @@ def test_routing_key_is_not_a_field(sample: Event) -> None:
 def test_every_queue_listens_to_existing_events_only() -> None:
     known = {cls.routing_key for cls in EVENT_CLASSES}
     for queue in ALL_QUEUES:
-        assert queue.routing_keys, queue.name
+        assert queue.routing_keys, queue.consumer
         assert set(queue.routing_keys) <= known, queue
 
 
 def test_queue_names_and_dead_letter_names_are_distinct() -> None:
-    names = [queue.name for queue in ALL_QUEUES] + [q.dead_letter_name for q in ALL_QUEUES]
+    topology = Topology()
+    names = [topology.queue_name(q) for q in ALL_QUEUES] + list(topology.dead_letter_names)
     assert len(set(names)) == len(names), names
     assert SORTER_QUEUE in ALL_QUEUES
-    assert SORTER_QUEUE.dead_letter_name == "dcmdb.sorter.dead"
+    assert topology.dead_letter_name(SORTER_QUEUE) == "dcmdb.sorter.dead"
     assert InstanceReceived.routing_key in SORTER_QUEUE.routing_keys
     assert SORTER_QUEUE.delivery_limit > 0
 

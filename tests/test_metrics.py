@@ -28,7 +28,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import write_file_meta_info
 
 from shared.catalog.models import JOB_STATES
-from shared.messages import EVENTS_EXCHANGE, SORTER_QUEUE, InstanceReceived
+from shared.messages import SORTER_QUEUE, InstanceReceived, Topology
 from shared.settings import METRICS_PORTS
 from tests.conftest import REPO
 from tests.system import Dcmdb, dicom_files, echo, free_port, send_dicom, send_raw, wait_for
@@ -103,7 +103,7 @@ async def publish_undecodable(broker_url: str) -> None:
     connection = await aio_pika.connect(broker_url)
     async with connection:
         channel = await connection.channel()
-        exchange = await channel.get_exchange(EVENTS_EXCHANGE)
+        exchange = await channel.get_exchange(Topology().events_exchange)
         message = aio_pika.Message(b"{not an event", content_type="application/json")
         await exchange.publish(message, routing_key=InstanceReceived.routing_key)
 
@@ -184,8 +184,10 @@ def test_each_service_counts_what_was_sent(system: Dcmdb, testdata: Path, tmp_pa
     assert value(sorter, "dcmdb_events_published_total", event="instance.filed") == sent
     assert value(sorter, "dcmdb_series_completed_total", reason="stable") == 1
     assert value(sorter, "dcmdb_events_published_total", event="series.completed") == 1
-    assert value(sorter, "dcmdb_queue_messages", queue=SORTER_QUEUE.name) == 0
-    assert value(sorter, "dcmdb_dead_letter_messages", queue=SORTER_QUEUE.dead_letter_name) == 1
+    topology = Topology()  # the default installation's
+    assert value(sorter, "dcmdb_queue_messages", queue=topology.queue_name(SORTER_QUEUE)) == 0
+    dead = topology.dead_letter_name(SORTER_QUEUE)
+    assert value(sorter, "dcmdb_dead_letter_messages", queue=dead) == 1
 
     converter = samples["converter"]
     assert total(converter, "dcmdb_conversions_total", outcome="converted") == 1

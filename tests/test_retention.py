@@ -27,7 +27,7 @@ from shared.catalog.models import (
 )
 from shared.disk import DiskUsage
 from shared.errors import TransientError
-from shared.messages import EVENTS_EXCHANGE, StudyEvicted
+from shared.messages import StudyEvicted, Topology
 from shared.retention import STALLED_CONVERSION, Policy, candidates, plan_evictions
 from tests.arrivals import Sorter, arrive, dicom_files, next_stamp, with_new_uids
 from tests.filed_studies import DAY, SERIES, Archive
@@ -273,11 +273,12 @@ def test_evictions_are_announced_once(archive: Archive, broker_url: str) -> None
 
     async def announced_twice() -> list[StudyEvicted]:
         connection = await connect(broker_url, name="test")
-        publisher = Publisher(connection)
+        topology = Topology()
+        publisher = Publisher(connection, topology)
         await publisher.start()
         channel = await connection.channel()
         queue = await channel.declare_queue(exclusive=True)
-        await queue.bind(EVENTS_EXCHANGE, routing_key=StudyEvicted.routing_key)
+        await queue.bind(topology.events_exchange, routing_key=StudyEvicted.routing_key)
         await announce(archive.sessions, publisher)
         await announce(archive.sessions, publisher)  # nothing left to announce
         received: list[StudyEvicted] = []

@@ -17,10 +17,12 @@ import pydicom
 import pytest
 
 from shared.broker import dead_letter_counts, declare_topology
-from shared.messages import EVENTS_EXCHANGE, SeriesCompleted
+from shared.messages import SeriesCompleted, Topology
 from tests.system import Dcmdb, catalog, dicom_files, free_port, send_dicom, settled, wait_for
 
 pytestmark = pytest.mark.e2e
+
+TOPOLOGY = Topology()  # the default installation's
 
 RECEIVERS = {"receiver-a": "incoming-a", "receiver-b": "incoming-b"}  # name: incoming folder
 SORTERS = ("sorter-1", "sorter-2")
@@ -49,10 +51,10 @@ async def observe(url: str) -> None:
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
-        await declare_topology(channel)
+        await declare_topology(channel, TOPOLOGY)
         queue = await channel.declare_queue(OBSERVER, durable=True)
         for key in (SeriesCompleted.routing_key, *OUTCOMES):
-            await queue.bind(EVENTS_EXCHANGE, routing_key=key)
+            await queue.bind(TOPOLOGY.events_exchange, routing_key=key)
 
 
 async def observed(url: str) -> list[tuple[str, SeriesCompleted | dict[str, object]]]:
@@ -78,7 +80,7 @@ async def waiting_and_dead(url: str) -> tuple[int, dict[str, int]]:
         for name in ("dcmdb.sorter", "dcmdb.converter"):
             queue = await channel.declare_queue(name, passive=True)
             waiting += queue.declaration_result.message_count or 0
-        return waiting, await dead_letter_counts(connection)
+        return waiting, await dead_letter_counts(connection, TOPOLOGY)
 
 
 def split_by_folder(files: list[Path]) -> tuple[list[Path], list[Path]]:

@@ -38,7 +38,7 @@ async def run(settings: ConverterSettings, side: SidePort) -> None:
     await asyncio.to_thread(warm_up)
     archive = settings.archive_root
     connection = await connect(settings.broker_url, name="dcmdb-converter")
-    publisher = Publisher(connection)
+    publisher = Publisher(connection, settings.topology)
     await publisher.start()
     count_from_zero(SeriesConverted, SeriesSkipped, SeriesFailed)
     broker.watch(lambda: broker_status(connection))
@@ -68,7 +68,14 @@ async def run(settings: ConverterSettings, side: SidePort) -> None:
     # number of conversions in flight, each in a process of its own.
     consumers = [
         asyncio.create_task(
-            consume(connection, CONVERTER_QUEUE, SeriesCompleted, on_series_completed, prefetch=1)
+            consume(
+                connection,
+                settings.topology,
+                CONVERTER_QUEUE,
+                SeriesCompleted,
+                on_series_completed,
+                prefetch=1,
+            )
         )
         for _ in range(settings.workers)
     ]

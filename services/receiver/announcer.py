@@ -41,7 +41,7 @@ from shared.broker import EVENTS_FAILED, EVENTS_PUBLISHED, Publisher, connect, c
 from shared.errors import UnreadableObject
 from shared.headers import Header
 from shared.logs import about, configure_logging
-from shared.messages import AssociationClosed, Event, InstanceReceived
+from shared.messages import AssociationClosed, Event, InstanceReceived, Topology
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,7 @@ def run_announcer(pipe: Connection, settings: ReceiverSettings, counts: Publishi
     configure_logging("receiver", settings.log_level, settings.log_format)
     publishing = _Publishing(
         settings.broker_url,
+        settings.topology,
         settings.data_dir,
         settings.incoming_folder,
         settings.quarantine_dir,
@@ -200,6 +201,7 @@ class _Publishing:
     def __init__(
         self,
         broker_url: str,
+        topology: Topology,
         data_dir: Path,
         incoming_folder: str,
         quarantine_dir: Path,
@@ -207,6 +209,7 @@ class _Publishing:
         counts: PublishingCounts,
     ) -> None:
         self._broker_url = broker_url
+        self._topology = topology
         self._data_dir = data_dir
         self._incoming_folder = incoming_folder
         self._quarantine = quarantine_dir
@@ -225,7 +228,7 @@ class _Publishing:
         )
         reader.start()
         connection = await connect(self._broker_url, name="dcmdb-receiver")
-        publisher = Publisher(connection)
+        publisher = Publisher(connection, self._topology)
         await publisher.start()
         log.info("connected to RabbitMQ; announcing arrivals")
         workers = [asyncio.create_task(self._publish_loop(publisher)) for _ in range(PUBLISHERS)]

@@ -30,6 +30,7 @@ from shared.broker import Publisher, connect
 from shared.catalog.database import open_catalog
 from shared.disk import DiskUsage, disk_usage
 from shared.logs import configure_logging
+from shared.messages import Topology
 from shared.monitoring import SidePort, catalog_status
 from shared.retention import Plan, Policy, plan_evictions
 from shared.settings import load_settings
@@ -145,7 +146,7 @@ async def run(settings: RetentionSettings, side: SidePort) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping)
     # Evicting does not wait for the broker: it connects meanwhile.
-    connecting = asyncio.create_task(_connect(settings.broker_url))
+    connecting = asyncio.create_task(_connect(settings.broker_url, settings.topology))
     while not stop.is_set():
         try:
             await asyncio.to_thread(retention.round, stop)
@@ -165,9 +166,9 @@ async def run(settings: RetentionSettings, side: SidePort) -> None:
     log.info("retention stopped")
 
 
-async def _connect(url: str) -> tuple[AbstractRobustConnection, Publisher]:
+async def _connect(url: str, topology: Topology) -> tuple[AbstractRobustConnection, Publisher]:
     connection = await connect(url, name="dcmdb-retention")
-    publisher = Publisher(connection)
+    publisher = Publisher(connection, topology)
     await publisher.start()
     return connection, publisher
 

@@ -41,7 +41,7 @@ async def run(settings: SorterSettings, side: SidePort) -> None:
         sessions, settings.data_dir, settings.archive_root, settings.quarantine_dir, aliases
     )
     connection = await connect(settings.broker_url, name="dcmdb-sorter")
-    publisher = Publisher(connection)
+    publisher = Publisher(connection, settings.topology)
     await publisher.start()
     count_from_zero(InstanceFiled, SeriesCompleted)
     broker.watch(lambda: broker_status(connection))
@@ -60,10 +60,11 @@ async def run(settings: SorterSettings, side: SidePort) -> None:
     completing = asyncio.create_task(
         announce_completions(sessions, publisher, settings.stable_age, filed)
     )
-    sampling = asyncio.create_task(metrics.sample_queues(connection))
+    sampling = asyncio.create_task(metrics.sample_queues(connection, settings.topology))
     consumer = asyncio.create_task(
         consume_batches(
             connection,
+            settings.topology,
             SORTER_QUEUE,
             InstanceReceived,
             on_instances_received,

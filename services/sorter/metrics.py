@@ -16,7 +16,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.sorter.filing import Outcome
 from shared.broker import queue_depths
-from shared.messages import ALL_QUEUES, SeriesCompleted
+from shared.messages import SeriesCompleted, Topology
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,12 @@ def count(outcomes: list[Outcome]) -> None:
             INSTANCES.labels("quarantined").inc()
 
 
-async def sample_queues(connection: AbstractRobustConnection) -> None:
-    """Keep the queue gauges current, forever."""
-    dead_letter_names = {queue.dead_letter_name for queue in ALL_QUEUES}
+async def sample_queues(connection: AbstractRobustConnection, topology: Topology) -> None:
+    """Keep the gauges of the installation's queues current, forever."""
+    dead_letter_names = set(topology.dead_letter_names)
     while True:
         try:
-            for name, depth in (await queue_depths(connection)).items():
+            for name, depth in (await queue_depths(connection, topology)).items():
                 gauge = DEAD_LETTERS if name in dead_letter_names else QUEUE_MESSAGES
                 gauge.labels(name).set(depth)
         except asyncio.CancelledError:

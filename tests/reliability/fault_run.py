@@ -41,6 +41,7 @@ from pynetdicom import AE
 from sqlalchemy import create_engine, text
 
 from shared.broker import connect, dead_letter_counts
+from shared.messages import Topology
 from shared.pacs import tuned_requestor
 from tests.conftest import require_tool
 from tests.system import AE_TITLE, Dcmdb
@@ -305,7 +306,7 @@ class Pipeline:
         async def count() -> int:
             connection = await connect(self.dcmdb.broker_url, name="fault-run")
             try:
-                return sum((await dead_letter_counts(connection)).values())
+                return sum((await dead_letter_counts(connection, Topology())).values())
             finally:
                 await connection.close()
 

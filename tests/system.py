@@ -18,7 +18,8 @@ from pydicom.filereader import read_file_meta_info
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, selectinload
 
-from shared.catalog.models import COMPLETE, PENDING, Instance, Series
+from shared.catalog.models import Instance, Series
+from shared.catalog.states import Completion, ConversionState
 from shared.settings import METRICS_PORTS
 from tests.conftest import REPO, require_tool
 
@@ -284,8 +285,8 @@ def settled(url: str, sop_uids: set[str]) -> bool:
     return (
         {i.sop_instance_uid for i in instances} == sop_uids
         and all(
-            s.completion == COMPLETE
-            and s.conversion != PENDING
+            s.completion == Completion.COMPLETE
+            and s.conversion != ConversionState.PENDING
             and s.converted_generation == s.generation
             for s in series
         )

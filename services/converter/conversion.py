@@ -32,9 +32,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import nibabel as nib
+
+from shared.catalog.states import ConversionState
 
 from . import engines, rules
 from .dcm2niix_engine import DCM2NIIX_SYNTAXES, Dcm2niixRun, dcm2niix_version, run_dcm2niix
@@ -46,7 +47,6 @@ from .planes import Plane, UnknownGeometry, frames_left_out, source_planes
 from .reading import read_file
 from .sidecar import DCM2NIIX_KEYS, build_sidecar, dumps
 
-Status = Literal["converted", "skipped", "failed"]
 # zlib level 3: a third of level 6's time; on the test data at most 1.06 x the size of
 # dcm2niix's level-6 output (level 1: up to 1.13 x, over the 1.1 x budget).
 GZIP_LEVEL = 3
@@ -64,14 +64,14 @@ class Output:
 
 @dataclass(frozen=True)
 class Conversion:
-    status: Status
+    status: ConversionState  # never PENDING
     outputs: tuple[Output, ...] = ()
     reason: str = ""  # why skipped or failed; "" when converted
 
     def out_of_space(self) -> bool:
         """Failed for want of disk space: the disk's fault, not the series'; it can be
         converted once there is room again."""
-        return self.status == "failed" and any(
+        return self.status == ConversionState.FAILED and any(
             os.strerror(code) in self.reason for code in (errno.ENOSPC, errno.EDQUOT)
         )
 
@@ -140,11 +140,11 @@ def _convert(
     instances, problems = read_instances(files)
     if not instances:
         detail = "; ".join(problems[:3]) if problems else "no files"
-        return Conversion("failed", reason=f"no readable DICOM instance ({detail})")
+        return Conversion(ConversionState.FAILED, reason=f"no readable DICOM instance ({detail})")
 
     images = [i for i in instances if i.has_pixels]
     if not images:
-        return Conversion("skipped", reason=rules.non_image_reason(instances))
+        return Conversion(ConversionState.SKIPPED, reason=rules.non_image_reason(instances))
 
     skip_reasons: list[str] = []
     convertible: list[Instance] = []
@@ -179,10 +179,12 @@ def _convert(
 
     outputs = _file_outputs(staged, out_dir)
     if failures:
-        return Conversion("failed", outputs, "; ".join(failures))
+        return Conversion(ConversionState.FAILED, outputs, "; ".join(failures))
     if outputs:
-        return Conversion("converted", outputs)
-    return Conversion("skipped", reason="; ".join(dict.fromkeys(skip_reasons)) or "no images")
+        return Conversion(ConversionState.CONVERTED, outputs)
+    return Conversion(
+        ConversionState.SKIPPED, reason="; ".join(dict.fromkeys(skip_reasons)) or "no images"
+    )
 
 
 # dcm2niix reads the vendors' private headers that MR analysis needs (slice timing, phase

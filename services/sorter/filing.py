@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.sorter.rows import BatchRows, as_utc
+from services.sorter.rows import BatchRows
 from shared.catalog.counts import recount_series
 from shared.catalog.models import Instance, Series, Study
 from shared.errors import TransientError
@@ -183,7 +183,7 @@ class Filer:
     ) -> Outcome:
         event, header, uids = arrival.event, arrival.header, arrival.uids
         existing = rows.instances.get(uids.sop_instance_uid)
-        if existing and as_utc(existing.received_at) > event.received_at:
+        if existing and existing.received_at > event.received_at:
             log.info("discarding an older copy of an instance already filed")
             return Outcome(filed=None, duplicate=True)
         study = rows.study(uids.study_instance_uid, header, event.received_at)
@@ -235,7 +235,7 @@ class Filer:
                 .join(Study, Series.study_pk == Study.id)
                 .where(Instance.sop_instance_uid == event.sop_instance_uid)
             ).first()
-        if row is None or as_utc(row.Instance.received_at) != event.received_at:
+        if row is None or row.Instance.received_at != event.received_at:
             log.info("nothing to file: the file of this event was filed or superseded earlier")
             return Outcome(filed=None, duplicate=True)
         instance, study = row.Instance, row.Study

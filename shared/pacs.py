@@ -30,6 +30,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.status import QR_GET_SERVICE_CLASS_STATUS, QR_MOVE_SERVICE_CLASS_STATUS
 
+from shared.errors import PacsError
 from shared.headers import STORED_TRANSFER_SYNTAXES
 from shared.peers import Peer
 
@@ -81,10 +82,6 @@ def tuned_requestor(assoc: Association) -> Association:
 
     assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
     return assoc
-
-
-class PacsError(Exception):
-    """The PACS could not be asked: unreachable, rejected, aborted or silent."""
 
 
 @dataclass(frozen=True)

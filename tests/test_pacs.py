@@ -25,8 +25,8 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from shared.errors import PacsError
 from shared.pacs import (
-    PacsError,
     Progress,
     StudyQuery,
     count_instances,

@@ -13,7 +13,8 @@ import httpx
 import pydicom
 import pytest
 
-from shared.pacs import PacsError, StudyQuery, find_studies
+from shared.errors import PacsError
+from shared.pacs import StudyQuery, find_studies
 from shared.peers import PacsSettings, Peer
 from tests.conftest import TESTDATA, fresh_vhost
 from tests.pacs_peers import Orthanc

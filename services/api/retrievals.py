@@ -29,7 +29,8 @@ from services.api.settings import ApiSettings
 from shared import retrievals
 from shared.catalog.models import RetrievalJob, Study
 from shared.catalog.states import JobState
-from shared.pacs import PacsError, StudyQuery
+from shared.errors import PacsError
+from shared.pacs import StudyQuery
 from shared.pacs_check import StudyCheck, check_study
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {

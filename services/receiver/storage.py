@@ -38,18 +38,13 @@ from pathlib import Path
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from shared.disk import DiskUsage, Threshold, disk_usage
-from shared.errors import UnreadableObject
+from shared.errors import ConfigurationError, StorageFailed, UnreadableObject
 from shared.headers import Header
-from shared.settings import ConfigurationError
 
 log = logging.getLogger(__name__)
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 SUFFIX = ".dcm"
-
-
-class StorageFailed(OSError):
-    """The instance could not be made durable (disk full, I/O error)."""
 
 
 @dataclass(frozen=True)

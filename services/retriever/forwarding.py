@@ -20,7 +20,8 @@ from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from shared.pacs import PacsError, tuned_requestor
+from shared.errors import PacsError
+from shared.pacs import tuned_requestor
 
 
 class Forwarder:

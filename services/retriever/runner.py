@@ -26,8 +26,8 @@ from services.retriever.settings import RetrieverSettings
 from shared import retrievals
 from shared.catalog.models import RetrievalJob, RetrievalStudy
 from shared.catalog.states import JobState, StudyRetrievalState
+from shared.errors import PacsError
 from shared.pacs import (
-    PacsError,
     Peer,
     Progress,
     RetrieveResult,

@@ -22,7 +22,6 @@ How a series is handled:
 
 from __future__ import annotations
 
-import errno
 import gzip
 import os
 import shutil
@@ -67,13 +66,9 @@ class Conversion:
     status: ConversionState  # never PENDING
     outputs: tuple[Output, ...] = ()
     reason: str = ""  # why skipped or failed; "" when converted
-
-    def out_of_space(self) -> bool:
-        """Failed for want of disk space: the disk's fault, not the series'; it can be
-        converted once there is room again."""
-        return self.status == ConversionState.FAILED and any(
-            os.strerror(code) in self.reason for code in (errno.ENOSPC, errno.EDQUOT)
-        )
+    # Failed for want of disk space or quota: the disk's fault, not the series'; it can be
+    # converted once there is room again.
+    out_of_space: bool = False
 
 
 @dataclass(frozen=True)
@@ -157,6 +152,7 @@ def _convert(
 
     staged: list[_Staged] = []
     failures: list[str] = []
+    out_of_space = False
     volumes = plan_volumes(convertible)
     if early is not None and not _is_whole_series(volumes, files):
         early.cancel()  # its result is not this series' volumes: stop it taking a core
@@ -176,10 +172,11 @@ def _convert(
             skip_reasons.append(f"ignored by dcm2niix -i y: {exc}")
         except EngineError as exc:
             failures.append(f"{base_name}{volume.suffix}: {exc}")
+            out_of_space = out_of_space or exc.out_of_space
 
     outputs = _file_outputs(staged, out_dir)
     if failures:
-        return Conversion(ConversionState.FAILED, outputs, "; ".join(failures))
+        return Conversion(ConversionState.FAILED, outputs, "; ".join(failures), out_of_space)
     if outputs:
         return Conversion(ConversionState.CONVERTED, outputs)
     return Conversion(
@@ -240,6 +237,7 @@ def _convert_volume(
 ) -> list[_Staged]:
     """The volume by the first engine whose outputs pass the geometry guard."""
     rejected: list[str] = []
+    out_of_space = False
     planes = _planes(volume.instances)
     for engine in engine_order(volume):
         try:
@@ -248,6 +246,7 @@ def _convert_volume(
             raise  # dcm2niix -i y skips it: skipped, whatever dicom2nifti made of it
         except EngineError as exc:
             rejected.append(str(exc))
+            out_of_space = out_of_space or exc.out_of_space
             continue
         problem = _geometry_problem(planes, results)
         if problem is not None and frames_left_out(volume.instances):
@@ -264,7 +263,7 @@ def _convert_volume(
             # volume without one is worse than none.
             rejected.append("no other engine writes this diffusion series' gradient table")
             break
-    raise EngineError("; ".join(rejected))
+    raise EngineError("; ".join(rejected), out_of_space=out_of_space)
 
 
 def _planes(images: Sequence[Instance], *, every_frame: bool = False) -> list[Plane] | str:

@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from services.converter.conversion import Conversion, convert_series, temporary_owner
+from services.converter.engines import is_out_of_space
 from shared.catalog.states import ConversionState
 from shared.logs import ChildLogging
 
@@ -108,9 +109,11 @@ def _convert(job: Job, work_dir: Path, result: Connection, logs: ChildLogging | 
             series_instance_uid=job.series_instance_uid,
             work_dir=work_dir,
         )
-    except Exception as exc:  # a bug in the engines: fail the series, say which
+    except Exception as exc:  # a full disk, or a bug in the engines: fail the series, say which
         conversion = Conversion(
-            status=ConversionState.FAILED, reason=f"{exc.__class__.__name__}: {exc}"
+            status=ConversionState.FAILED,
+            reason=f"{exc.__class__.__name__}: {exc}",
+            out_of_space=is_out_of_space(exc),
         )
     result.send(conversion)
     result.close()

@@ -31,10 +31,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import nibabel as nib
 
 from shared.catalog.states import ConversionState
+from shared.durable import fsync_directory, replace_durably
 
 from . import engines, rules
 from .dcm2niix_engine import DCM2NIIX_SYNTAXES, Dcm2niixRun, dcm2niix_version, run_dcm2niix
@@ -347,7 +349,7 @@ def _file_outputs(staged: Sequence[_Staged], out_dir: Path) -> tuple[Output, ...
             _replace_with_bytes(bval, item.gradients[0].read_bytes())
             _replace_with_bytes(bvec, item.gradients[1].read_bytes())
         outputs.append(Output(nifti, sidecar, item.engine, bval, bvec))
-    _fsync_directory(out_dir)
+    fsync_directory(out_dir)
     return tuple(outputs)
 
 
@@ -365,46 +367,18 @@ def temporary_owner(pid: int) -> str:
 
 
 def _replace_with_gzip(path: Path, source: Path) -> None:
-    temporary = _temporary(path)
-    try:
-        with open(temporary, "wb") as raw:
-            # mtime=0 and no file name in the gzip header: the same input, the same bytes.
-            with (
-                gzip.GzipFile(
-                    filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0
-                ) as compressed,
-                open(source, "rb") as data,
-            ):
-                shutil.copyfileobj(data, compressed, _COPY_CHUNK)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    def compress(raw: BinaryIO) -> None:
+        # mtime=0 and no file name in the gzip header: the same input, the same bytes.
+        with (
+            gzip.GzipFile(
+                filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0
+            ) as compressed,
+            open(source, "rb") as data,
+        ):
+            shutil.copyfileobj(data, compressed, _COPY_CHUNK)
+
+    replace_durably(path, _temporary(path), compress)
 
 
 def _replace_with_bytes(path: Path, data: bytes) -> None:
-    temporary = _temporary(path)
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+    replace_durably(path, _temporary(path), data)

@@ -22,6 +22,8 @@ import dcm2niix
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian
 
+from shared.durable import write_synced
+
 from .engines import EngineError, EngineOutput, IgnoredByDcm2niix, is_out_of_space
 from .instances import Instance
 
@@ -142,10 +144,7 @@ def _out_of_room(folder: Path) -> str | None:
     says "disk full?"."""
     probe = folder / ".room"
     try:
-        with open(probe, "wb") as handle:
-            handle.write(b"\0" * _PROBE_BYTES)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_synced(probe, bytes(_PROBE_BYTES))  # synced: a full disk may show only then
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return os.strerror(exc.errno)

@@ -17,6 +17,6 @@ DISK_FREE = Gauge(
     "dcmdb_disk_free_bytes", "Free bytes on the filesystem of a data directory", ["directory"]
 ).labels("archive")
 
-for _reason in (EvictionReason.SPACE, EvictionReason.AGE):  # both series exist from the start, at 0
+for _reason in EvictionReason:  # every series exists from the start, at 0
     EVICTIONS.labels(_reason)
     EVICTED_BYTES.labels(_reason)

@@ -89,9 +89,8 @@ class BatchRows:
     def series(self, uid: str, study: Study, header: Header, received_at: datetime) -> Series:
         series = self._series.get(uid) or self._create_series(uid, study, header, received_at)
         series.last_received_at = max(series.last_received_at, received_at)
-        if (
-            series.completion == Completion.COMPLETE
-        ):  # a late arrival: complete and convert it again
+        # A late arrival: complete and convert it again.
+        if series.completion == Completion.COMPLETE:
             series.completion = Completion.RECEIVING
             series.generation += 1
             series.completed_at = None

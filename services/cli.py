@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from shared.settings import ConfigurationError
+from shared.errors import ConfigurationError
 
 SERVICES = {
     "receiver": "services.receiver.main",

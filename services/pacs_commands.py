@@ -16,6 +16,7 @@ import time
 from services.api.client import Client
 from services.api.schemas import PacsCheck, Retrieval
 from services.lab_commands import client_for, connection_options, reporting, table
+from shared.catalog.states import JobState
 
 INCOMPLETE = 3
 _FOLLOW_EVERY = 1.0  # seconds
@@ -53,7 +54,7 @@ def retrieve(argv: list[str]) -> None:
             )
             sys.exit(130)
     print(_summary(job))
-    if job.state != "completed":
+    if job.state != JobState.COMPLETED:
         sys.exit(INCOMPLETE)
 
 
@@ -64,7 +65,7 @@ def _follow(client: Client, job: Retrieval) -> Retrieval:
         if line != shown:
             print(line, file=sys.stderr)
             shown = line
-        if job.state not in ("queued", "running"):
+        if job.state.finished:
             return job
         time.sleep(_FOLLOW_EVERY)
         job = client.retrieval(job.id)
@@ -72,7 +73,7 @@ def _follow(client: Client, job: Retrieval) -> Retrieval:
 
 def _progress(job: Retrieval) -> str:
     studies = job.studies
-    done = sum(s.state not in ("queued", "running") for s in studies)
+    done = sum(s.state.finished for s in studies)
     moved = sum(s.completed for s in studies)
     expected = sum(s.expected_instances or 0 for s in studies)
     filed = sum(s.filed for s in studies)

@@ -16,6 +16,8 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared.catalog.states import EvictionReason
+
 SCHEMA_VERSION = 1
 
 
@@ -137,7 +139,7 @@ class StudyEvicted(Event):
     study_instance_uid: str
     physician_folder: str
     folder: str  # the study folder it had, relative to the archive root
-    reason: Literal["space", "age"]  # free space below the low mark; older than the maximum age
+    reason: EvictionReason
     series: int
     instances: int
     size_bytes: int

@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import Engine
 
 from shared.catalog.database import ping
-from shared.settings import ConfigurationError
+from shared.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractConnection

@@ -30,6 +30,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 
 from shared.dimse_status import OUT_OF_RESOURCES, SUCCESS
+from shared.errors import PacsError
 from shared.headers import STORED_TRANSFER_SYNTAXES
 from shared.peers import Peer
 
@@ -82,10 +83,6 @@ def tuned_requestor(assoc: Association) -> Association:
 
     assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
     return assoc
-
-
-class PacsError(Exception):
-    """The PACS could not be asked: unreachable, rejected, aborted or silent."""
 
 
 def query_identifier(level: str, keys: dict[str, str | None]) -> Dataset:

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, Select, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.catalog.models import COMPLETE, CONVERTED, FAILED, PENDING, Series, Study
+from shared.catalog.models import Series, Study
+from shared.catalog.states import Completion, ConversionState
 
 CONVERSION_POLICY = 2
 
@@ -54,13 +55,16 @@ class Queued:
 def bring_up_to_date(sessions: sessionmaker[Session]) -> list[Queued]:
     """Queue the series an older policy converted wrongly; mark the rest as current."""
     older = or_(Series.conversion_policy.is_(None), Series.conversion_policy < CONVERSION_POLICY)
-    done = and_(Series.completion == COMPLETE, Series.conversion.in_((CONVERTED, FAILED)))
-    changed = or_(Series.modality == "MR", Series.conversion == FAILED)
+    done = and_(
+        Series.completion == Completion.COMPLETE,
+        Series.conversion.in_((ConversionState.CONVERTED, ConversionState.FAILED)),
+    )
+    changed = or_(Series.modality == "MR", Series.conversion == ConversionState.FAILED)
     with sessions.begin() as session:
         queued = _queue(session, _listed().where(older, done, changed))
         session.execute(
             update(Series)
-            .where(older, Series.conversion != PENDING)
+            .where(older, Series.conversion != ConversionState.PENDING)
             .values(conversion_policy=CONVERSION_POLICY)
             .execution_options(synchronize_session=False)
         )
@@ -72,8 +76,8 @@ def reconvert(
 ) -> list[Queued]:
     """Queue every complete, converted (or skipped or failed) series `selection` names."""
     query = _listed().where(
-        Series.completion == COMPLETE,
-        Series.conversion != PENDING,
+        Series.completion == Completion.COMPLETE,
+        Series.conversion != ConversionState.PENDING,
         *_criteria(selection),
     )
     with sessions.begin() as session:
@@ -110,7 +114,7 @@ def _queue(session: Session, query: Select[Series, Study]) -> list[Queued]:
     queued = []
     for series, study in session.execute(query.with_for_update(of=Series)):
         queued.append(_queued(series, study))
-        series.conversion = PENDING
+        series.conversion = ConversionState.PENDING
         series.conversion_reason = ""
         series.completion_announced = False  # the sorter announces the completion again
     return queued

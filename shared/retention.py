@@ -16,19 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from shared.catalog.models import (
-    COMPLETE,
-    FOR_AGE,
-    FOR_SPACE,
     LISTED,
-    PENDING,
-    QUEUED,
-    RUNNING,
     Eviction,
     NiftiOutput,
     RetrievalJob,
@@ -36,6 +30,7 @@ from shared.catalog.models import (
     Series,
     Study,
 )
+from shared.catalog.states import Completion, ConversionState, EvictionReason, JobState
 from shared.disk import DiskUsage, Threshold
 from shared.settings import StorageSettings
 
@@ -77,7 +72,7 @@ class Candidate:
 @dataclass(frozen=True)
 class Planned:
     candidate: Candidate
-    reason: str  # FOR_SPACE or FOR_AGE
+    reason: EvictionReason
 
 
 @dataclass(frozen=True)
@@ -132,9 +127,9 @@ def plan(
     short = low is not None and free < low
     for candidate in candidates:
         if too_old is not None and candidate.received_at < too_old:
-            reason = FOR_AGE
+            reason = EvictionReason.AGE
         elif short and target is not None and free < target:
-            reason = FOR_SPACE
+            reason = EvictionReason.SPACE
         else:
             break  # the rest are younger, and the space is back
         result.evictions.append(Planned(candidate, reason))
@@ -180,7 +175,7 @@ def candidates(
                     physician_folder=row.physician_folder,
                     folder=row.folder,
                     study_date=row.study_date,
-                    received_at=utc(row.received_at),
+                    received_at=row.received_at,
                     size_bytes=sizes.get(row.id, 0),
                 )
         after = (rows[-1].received_at, rows[-1].id)
@@ -202,9 +197,9 @@ def in_flight(session: Session, study_pks: list[int], now: datetime, stable_age:
             select(Series.study_pk).where(
                 Series.study_pk.in_(study_pks),
                 or_(
-                    Series.completion != COMPLETE,  # receiving
+                    Series.completion != Completion.COMPLETE,  # receiving
                     and_(  # completing (not yet announced) or converting
-                        Series.conversion == PENDING,
+                        Series.conversion == ConversionState.PENDING,
                         Series.completed_at >= now - STALLED_CONVERSION,
                     ),
                     Series.last_received_at >= recent,
@@ -222,7 +217,9 @@ def in_flight(session: Session, study_pks: list[int], now: datetime, stable_age:
             select(Study.id)
             .join(RetrievalStudy, RetrievalStudy.study_uid == Study.study_instance_uid)
             .join(RetrievalJob, RetrievalJob.id == RetrievalStudy.job_id)
-            .where(Study.id.in_(study_pks), RetrievalJob.state.in_((QUEUED, RUNNING)))
+            .where(
+                Study.id.in_(study_pks), RetrievalJob.state.in_((JobState.QUEUED, JobState.RUNNING))
+            )
         )
     )
     return busy
@@ -265,8 +262,3 @@ def plan_evictions(
         select(func.coalesce(func.sum(Eviction.size_bytes), 0)).where(Eviction.evicted_at.is_(None))
     )
     return plan(measure(), policy, candidates(session, now, stable_age), now, int(freeing or 0))
-
-
-def utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every time dcmdb stores is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -12,38 +12,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, overload
+from typing import Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.catalog.models import (
-    CANCELLED,
-    FINISHED_STATES,
-    JOB_STATES,
-    LISTED,
-    QUEUED,
-    RUNNING,
-    RetrievalJob,
-    RetrievalStudy,
-    Series,
-    Study,
-)
+from shared.catalog.models import LISTED, RetrievalJob, RetrievalStudy, Series, Study
+from shared.catalog.states import JobState
 
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-@overload
-def as_utc(moment: datetime) -> datetime: ...
-@overload
-def as_utc(moment: datetime | None) -> datetime | None: ...
-def as_utc(moment: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; every time dcmdb stores is UTC.
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def new_job(
@@ -57,7 +36,7 @@ def new_job(
 ) -> RetrievalJob:
     """A queued job; `studies` (study UID, only these series) when known already (repair)."""
     job = RetrievalJob(
-        state=QUEUED,
+        state=JobState.QUEUED,
         origin=origin,
         pacs=pacs,
         query=json.dumps(query, sort_keys=True),
@@ -78,7 +57,7 @@ def new_job(
 def _study_row(study_uid: str, series_uids: list[str] | None = None) -> RetrievalStudy:
     return RetrievalStudy(
         study_uid=study_uid,
-        state=QUEUED,
+        state=JobState.QUEUED,
         series_uids=json.dumps(series_uids or []),
         completed=0,
         failed=0,
@@ -109,8 +88,8 @@ def claim(sessions: sessionmaker[Session], lease: float) -> int | None:
             select(RetrievalJob.id, RetrievalJob.state, RetrievalJob.heartbeat_at)
             .where(
                 or_(
-                    RetrievalJob.state == QUEUED,
-                    (RetrievalJob.state == RUNNING) & (RetrievalJob.heartbeat_at < stale),
+                    RetrievalJob.state == JobState.QUEUED,
+                    (RetrievalJob.state == JobState.RUNNING) & (RetrievalJob.heartbeat_at < stale),
                 )
             )
             .order_by(RetrievalJob.id)
@@ -128,7 +107,7 @@ def claim(sessions: sessionmaker[Session], lease: float) -> int | None:
                     else RetrievalJob.heartbeat_at.is_(None),
                 )
                 .values(
-                    state=RUNNING,
+                    state=JobState.RUNNING,
                     heartbeat_at=moment,
                     started_at=func.coalesce(RetrievalJob.started_at, moment),
                     attempts=RetrievalJob.attempts + 1,
@@ -145,7 +124,7 @@ def touch(sessions: sessionmaker[Session], job_id: int) -> bool:
     with sessions.begin() as session:
         session.execute(
             update(RetrievalJob)
-            .where(RetrievalJob.id == job_id, RetrievalJob.state == RUNNING)
+            .where(RetrievalJob.id == job_id, RetrievalJob.state == JobState.RUNNING)
             .values(heartbeat_at=now())
             .execution_options(synchronize_session=False)
         )
@@ -167,7 +146,7 @@ def update_study(sessions: sessionmaker[Session], row_id: int, **values: Any) ->
 def finish(
     sessions: sessionmaker[Session],
     job_id: int,
-    state: str,
+    state: JobState,
     reason: str = "",
     gaps: list[dict[str, Any]] | None = None,
 ) -> None:
@@ -183,9 +162,9 @@ def finish(
         )
 
 
-def jobs_by_state(session: Session) -> dict[str, int]:
+def jobs_by_state(session: Session) -> dict[JobState, int]:
     """How many jobs the catalog holds in each state (every state, 0 included)."""
-    counts = dict.fromkeys(JOB_STATES, 0)
+    counts = dict.fromkeys(JobState, 0)
     query = select(RetrievalJob.state, func.count()).group_by(RetrievalJob.state)
     for state, count in session.execute(query):
         counts[state] = count
@@ -195,10 +174,14 @@ def jobs_by_state(session: Session) -> dict[str, int]:
 def request_cancel(session: Session, job_id: int) -> RetrievalJob | None:
     """A queued job is cancelled at once; a running one when its worker next looks."""
     job = session.get(RetrievalJob, job_id)
-    if job is None or job.state in FINISHED_STATES:
+    if job is None or job.state.finished:
         return job
-    if job.state == QUEUED:
-        job.state, job.finished_at, job.reason = CANCELLED, now(), "cancelled before it ran"
+    if job.state == JobState.QUEUED:
+        job.state, job.finished_at, job.reason = (
+            JobState.CANCELLED,
+            now(),
+            "cancelled before it ran",
+        )
     else:
         job.cancel_requested = True
     return job

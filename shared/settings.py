@@ -15,6 +15,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.disk import Threshold
+from shared.errors import ConfigurationError
 from shared.messages import DEFAULT_INSTALLATION, Topology, installation_name
 from shared.tls import check_pair, unset_if_empty
 
@@ -28,10 +29,6 @@ METRICS_PORTS = {
     "retriever": 9104,
     "retention": 9105,
 }
-
-
-class ConfigurationError(Exception):
-    """A setting has a value the service cannot run with."""
 
 
 class CommonSettings(BaseSettings):

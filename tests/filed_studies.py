@@ -18,15 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.retention.settings import RetentionSettings
 from services.sorter.completion import complete_stable_series
-from shared.catalog.models import (
-    CONVERTED,
-    Eviction,
-    Instance,
-    NiftiOutput,
-    Patient,
-    Series,
-    Study,
-)
+from shared.catalog.models import Eviction, Instance, NiftiOutput, Patient, Series, Study
+from shared.catalog.states import ConversionState
 from shared.retention import Candidate, candidates, study_sizes
 from tests.arrivals import Sorter, arrive, dicom_files, with_new_uids
 
@@ -85,7 +78,7 @@ class Archive:
                     created_at=datetime.now(UTC),
                 )
             )
-            series.conversion = CONVERTED
+            series.conversion = ConversionState.CONVERTED
             series.converted_generation = series.generation
 
     def pk(self, study_uid: str) -> int:

@@ -16,7 +16,8 @@ from pydicom.filereader import read_file_meta_info
 from sqlalchemy import Engine, create_engine, inspect, select
 from sqlalchemy.orm import Session, selectinload
 
-from shared.catalog.models import COMPLETE, PENDING, Instance, Series
+from shared.catalog.models import Instance, Series
+from shared.catalog.states import Completion, ConversionState
 from shared.settings import METRICS_PORTS
 from tests.conftest import REPO, require_tool
 from tests.support import free_port, wait_for
@@ -275,8 +276,8 @@ def settled(url: str, sop_uids: set[str]) -> bool:
     return (
         {i.sop_instance_uid for i in instances} == sop_uids
         and all(
-            s.completion == COMPLETE
-            and s.conversion != PENDING
+            s.completion == Completion.COMPLETE
+            and s.conversion != ConversionState.PENDING
             and s.converted_generation == s.generation
             for s in series
         )

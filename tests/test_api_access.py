@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 from services.api.access import Keys, require
 from services.api.app import create_app
 from services.api.settings import ApiSettings
-from shared.settings import ConfigurationError, load_settings
+from shared.errors import ConfigurationError
+from shared.settings import load_settings
 from tests.system import free_port
 
 READ_KEY = "read-key-0123456789abcdef"

@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 
 from services.api.client import ApiError, ApiUnreachable, Client, extract_zip
 from shared.catalog.database import open_catalog
-from shared.catalog.models import CONVERTED, Instance, NiftiOutput, Patient, Series, Study
+from shared.catalog.models import Instance, NiftiOutput, Patient, Series, Study
+from shared.catalog.states import ConversionState
 from tests.conftest import REPO, TESTDATA
 from tests.system import free_port, wait_for
 
@@ -148,7 +149,7 @@ def _add_files(session: Session, archive: Path) -> dict[str, bytes]:
         )
     series.instance_count = len(sources)
     series.size_bytes = sum(len(c) for c in files.values())
-    series.conversion = CONVERTED
+    series.conversion = ConversionState.CONVERTED
     nifti, sidecar = (
         f"{folder}/nifti/{SERIES_FOLDER}.nii.gz",
         f"{folder}/nifti/{SERIES_FOLDER}.json",

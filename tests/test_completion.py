@@ -15,7 +15,8 @@ from sqlalchemy import select
 
 from services.sorter.completion import announce_next, complete_stable_series, unannounced
 from shared.catalog.database import open_catalog
-from shared.catalog.models import COMPLETE, RECEIVING, ExpectedSeries, Series
+from shared.catalog.models import ExpectedSeries, Series
+from shared.catalog.states import Completion
 from shared.messages import SeriesCompleted
 from tests.arrivals import Sorter, arrive, dicom_files
 
@@ -79,7 +80,11 @@ def test_a_late_instance_reopens_a_complete_series_as_a_new_generation(
 
     sorter.filer.file_batch([arrive(path, sorter.data) for path in files[40:]])
     [series] = series_rows(sorter).values()
-    assert (series.completion, series.generation, series.conversion) == (RECEIVING, 2, "pending")
+    assert (series.completion, series.generation, series.conversion) == (
+        Completion.RECEIVING,
+        2,
+        "pending",
+    )
     assert unannounced(sorter.sessions) == []
     complete_stable_series(sorter.sessions, stable_age=60, now=LATER)
     second = announce_next(sorter.sessions, lambda _event: None)
@@ -122,7 +127,7 @@ def test_sorters_completing_at_once_complete_each_series_exactly_once(
     counts = [results.get(timeout=5) for _ in range(3)]
     assert sum(counts) == 3, counts  # each series completed by exactly one of them
     rows = series_rows(sorter)
-    assert len(rows) == 3 and all(s.completion == COMPLETE for s in rows.values())
+    assert len(rows) == 3 and all(s.completion == Completion.COMPLETE for s in rows.values())
     assert len(unannounced(sorter.sessions)) == 3
 
 

@@ -25,7 +25,7 @@ def test_a_full_disk_fails_a_conversion_as_out_of_space(testdata: Path, tmp_path
         )
         result = run_isolated(job, timeout=120)
     assert result.status == "failed", result
-    assert result.out_of_space(), result.reason
+    assert result.out_of_space, result.reason
 
 
 @pytest.mark.parametrize("folder", [SERIES, "siemens_xa30_func_bold"])  # classic; multi-frame
@@ -37,9 +37,9 @@ def test_a_full_scratch_disk_fails_a_dcm2niix_conversion_as_out_of_space(
     with small_filesystem(tmp_path / "work", "64k") as work:
         result = convert_folder(testdata / folder / "dicom", tmp_path, "001_t1", work_dir=work)
     assert result.status == "failed", result
-    assert result.out_of_space(), result.reason
+    assert result.out_of_space, result.reason
 
 
 def test_other_failures_are_the_series_own() -> None:
-    assert not Conversion(status="failed", reason="EngineError: no slices").out_of_space()
-    assert not Conversion(status="skipped", reason="No space left on device").out_of_space()
+    assert not Conversion(status="failed", reason="EngineError: no slices").out_of_space
+    assert not Conversion(status="skipped", reason="No space left on device").out_of_space

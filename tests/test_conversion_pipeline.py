@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, selectinload
 
-from shared.catalog.models import COMPLETE, PENDING, Series
+from shared.catalog.models import Series
+from shared.catalog.states import Completion, ConversionState
 from tests.reference import dcm2niix_reference, difference, load
 from tests.system import Dcmdb, dicom_files, migrated, send_dicom, wait_for
 
@@ -42,7 +43,11 @@ def catalog_series(url: str) -> list[Series]:
 
 def all_converted(url: str, expected: int) -> bool:
     rows = catalog_series(url)
-    done = [s for s in rows if s.completion == COMPLETE and s.conversion != PENDING]
+    done = [
+        s
+        for s in rows
+        if s.completion == Completion.COMPLETE and s.conversion != ConversionState.PENDING
+    ]
     return len(rows) >= expected and len(done) == len(rows)
 
 

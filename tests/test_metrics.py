@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import write_file_meta_info
 
-from shared.catalog.models import JOB_STATES
+from shared.catalog.states import JobState
 from shared.messages import SORTER_QUEUE, InstanceReceived, Topology
 from shared.settings import METRICS_PORTS
 from tests.conftest import REPO
@@ -200,8 +200,10 @@ def test_each_service_counts_what_was_sent(system: Dcmdb, testdata: Path, tmp_pa
     assert abs(free - disk.free) < 0.05 * disk.total
 
     retriever = samples["retriever"]
-    jobs = {state: value(retriever, "dcmdb_retrieval_jobs", state=state) for state in JOB_STATES}
-    assert jobs == {**dict.fromkeys(JOB_STATES, 0), "failed": 1}
+    jobs = {
+        state: value(retriever, "dcmdb_retrieval_jobs", state=state) for state in tuple(JobState)
+    }
+    assert jobs == {**dict.fromkeys(tuple(JobState), 0), "failed": 1}
 
     assert value(
         samples["api"], "dcmdb_api_requests_total", method="POST", route="/retrievals",

@@ -17,8 +17,9 @@ import pytest
 from prometheus_client import Counter
 
 from services.supervisor import child_environments
+from shared.errors import ConfigurationError
 from shared.monitoring import OK, SidePort
-from shared.settings import METRICS_PORTS, ConfigurationError
+from shared.settings import METRICS_PORTS
 from tests.system import free_port
 
 PROBE = Counter("dcmdb_test_side_port_probes_total", "Counted by the side port's tests")

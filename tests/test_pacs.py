@@ -25,7 +25,8 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from shared.pacs import PacsError, tuned_requestor
+from shared.errors import PacsError
+from shared.pacs import tuned_requestor
 from shared.pacs_find import StudyQuery, count_instances, find_series, find_studies
 from shared.pacs_retrieve import Progress, retrieve
 from shared.peers import Peer, load_peers_file, parse_peers

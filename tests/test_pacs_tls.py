@@ -12,7 +12,7 @@ import httpx
 import pydicom
 import pytest
 
-from shared.pacs import PacsError
+from shared.errors import PacsError
 from shared.pacs_find import StudyQuery, find_studies
 from shared.peers import PacsSettings, Peer
 from tests.conftest import TESTDATA, fresh_vhost

@@ -25,7 +25,8 @@ from services.converter.conversion import Conversion, Output
 from services.converter.engines import run_dicom2nifti
 from services.converter.instances import read_instances
 from services.sorter.completion import unannounced
-from shared.catalog.models import CONVERTED, FAILED, PENDING, SKIPPED, NiftiOutput, Series, Study
+from shared.catalog.models import NiftiOutput, Series, Study
+from shared.catalog.states import ConversionState
 from shared.messages import SeriesCompleted
 from shared.reconversion import CONVERSION_POLICY, Selection, bring_up_to_date, reconvert
 from tests.arrivals import Sorter
@@ -69,8 +70,8 @@ def test_an_upgrade_converts_again_what_the_old_policy_got_wrong_once(archive: A
     ct = archive.study(Modality="CT")
     failed = archive.study(Modality="CT")
     skipped = archive.study()
-    _set(archive, failed, conversion=FAILED, conversion_reason="dicom2nifti: ...")
-    _set(archive, skipped, conversion=SKIPPED, conversion_reason="localizer")
+    _set(archive, failed, conversion=ConversionState.FAILED, conversion_reason="dicom2nifti: ...")
+    _set(archive, skipped, conversion=ConversionState.SKIPPED, conversion_reason="localizer")
     _announced(archive)
     assert unannounced(archive.sessions) == []
 
@@ -79,12 +80,12 @@ def test_an_upgrade_converts_again_what_the_old_policy_got_wrong_once(archive: A
     assert sorted(q.study_uid for q in queued) == sorted([mr, failed])
     for uid in (mr, failed):
         series = _series(archive, uid)
-        assert (series.conversion, series.completion_announced) == (PENDING, False)
+        assert (series.conversion, series.completion_announced) == (ConversionState.PENDING, False)
     # The sorter's outbox announces their completions again, for the same generation.
     again = unannounced(archive.sessions)
     assert sorted(e.study_instance_uid for e in again) == sorted([mr, failed])
     assert {e.generation for e in again} == {1}
-    for uid, state in ((ct, CONVERTED), (skipped, SKIPPED)):
+    for uid, state in ((ct, ConversionState.CONVERTED), (skipped, ConversionState.SKIPPED)):
         series = _series(archive, uid)
         assert (series.conversion, series.conversion_policy) == (state, CONVERSION_POLICY)
 
@@ -136,7 +137,7 @@ def test_reconvert_selects_by_study_series_physician_and_date(archive: Archive) 
 
     queued = reconvert(archive.sessions, Selection(physician_folder="DOE_JANE"))
     assert [q.study_uid for q in queued] == [c]
-    assert _series(archive, c).conversion == PENDING
+    assert _series(archive, c).conversion == ConversionState.PENDING
     assert [e.study_instance_uid for e in unannounced(archive.sessions)] == [c]
     # Pending already: not queued twice.
     assert reconvert(archive.sessions, Selection(physician_folder="DOE_JANE")) == []
@@ -163,12 +164,12 @@ def test_dcmdb_reconvert(archive: Archive) -> None:
     assert dry.returncode == 0, dry.stderr
     assert "would convert again: SMITH_JOHN/" in dry.stdout
     assert "1 series would convert again" in dry.stderr
-    assert _series(archive, study).conversion == CONVERTED
+    assert _series(archive, study).conversion == ConversionState.CONVERTED
 
     done = _command(archive, "--study", study)
     assert done.returncode == 0, done.stderr
     assert "queued: SMITH_JOHN/" in done.stdout
-    assert _series(archive, study).conversion == PENDING
+    assert _series(archive, study).conversion == ConversionState.PENDING
 
     for args, message in (
         ((), "name what to convert again"),
@@ -279,7 +280,8 @@ def _outputs(url: str) -> list[tuple[str, str]]:
                 select(NiftiOutput.path, NiftiOutput.engine)
                 .join(Series)
                 .where(
-                    Series.conversion == CONVERTED, Series.conversion_policy == CONVERSION_POLICY
+                    Series.conversion == ConversionState.CONVERTED,
+                    Series.conversion_policy == CONVERSION_POLICY,
                 )
             )
             return [(p, e) for p, e in rows]

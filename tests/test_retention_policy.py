@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.disk import DiskUsage, Threshold, disk_usage
+from shared.errors import ConfigurationError
 from shared.retention import Candidate, Policy, plan
-from shared.settings import ConfigurationError, StorageSettings, load_settings
+from shared.settings import StorageSettings, load_settings
 from tests.system import small_filesystem
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

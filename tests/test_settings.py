@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from services.receiver.settings import ReceiverSettings
-from shared.settings import CommonSettings, ConfigurationError, load_settings
+from shared.errors import ConfigurationError
+from shared.settings import CommonSettings, load_settings
 from tests.conftest import REPO
 from tests.system import free_port, wait_for
 

@@ -22,14 +22,14 @@ from services.api.schemas import (
     Problem,
     Retrieval,
     RetrievalRequest,
-    RetrievalState,
     RetrievalStudyProgress,
     SeriesComparison,
 )
 from services.api.settings import ApiSettings
 from shared import retrievals
 from shared.catalog.models import RetrievalJob, Study
-from shared.pacs import PacsError
+from shared.catalog.states import JobState
+from shared.errors import PacsError
 from shared.pacs_check import StudyCheck, check_study
 from shared.pacs_find import StudyQuery
 
@@ -86,7 +86,7 @@ def start_retrieval(
 @router.get("/retrievals", dependencies=READ, response_model=list[Retrieval])
 def list_retrievals(
     session: SessionDep,
-    state: Annotated[RetrievalState | None, Query()] = None,
+    state: Annotated[JobState | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[Retrieval]:
     """The newest jobs first."""
@@ -203,14 +203,14 @@ def _job_view(session: Session, job_id: int) -> Retrieval:
     filed = retrievals.filed_instances(session, [s.study_uid for s in job.studies])
     return Retrieval(
         id=job.id,
-        state=job.state,  # type: ignore[arg-type]
+        state=job.state,
         origin=job.origin,  # type: ignore[arg-type]
         pacs=job.pacs,
         query=json.loads(job.query),
         nightly_slot=job.nightly_slot,
-        created_at=retrievals.as_utc(job.created_at),
-        started_at=retrievals.as_utc(job.started_at),
-        finished_at=retrievals.as_utc(job.finished_at),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
         attempts=job.attempts,
         cancel_requested=job.cancel_requested,
         reason=job.reason,

@@ -11,7 +11,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ConversionStatus = Literal["pending", "converted", "skipped", "failed"]
+from shared.catalog.states import (
+    Completion,
+    ConversionState,
+    EvictionReason,
+    JobState,
+    StudyRetrievalState,
+)
 
 
 class _Model(BaseModel):
@@ -66,7 +72,7 @@ class NiftiFile(_Model):
 
 
 class Nifti(_Model):
-    status: ConversionStatus
+    status: ConversionState
     reason: str = Field(description="Why skipped or failed; '' otherwise")
     outputs: list[NiftiFile]
 
@@ -80,7 +86,7 @@ class SeriesSummary(_Model):
     instance_count: int
     size_bytes: int
     folder: str = Field(description="Series folder, relative to the archive root")
-    completion: Literal["receiving", "complete"]
+    completion: Completion
     received_at: datetime
     last_received_at: datetime
     nifti: Nifti
@@ -128,7 +134,7 @@ class PlannedEviction(_Model):
     study_date: str | None
     received_at: datetime
     size_bytes: int
-    reason: Literal["space", "age"] = Field(
+    reason: EvictionReason = Field(
         description="Free space below the low mark, or older than the maximum age"
     )
 
@@ -162,9 +168,6 @@ class Problem(_Model):
     detail: str
 
 
-RetrievalState = Literal["queued", "running", "completed", "partial", "failed", "cancelled"]
-
-
 # A UID as the PACS must get it: a C-FIND key where a backslash would make a list and
 # some PACS match * as a wildcard.
 UID_PATTERN = r"^[0-9.]{1,64}$"
@@ -191,9 +194,7 @@ class RetrievalRequest(_Model):
 
 class RetrievalStudyProgress(_Model):
     study_uid: str
-    state: str = Field(
-        description="queued, running, completed, failed, cancelled or already complete"
-    )
+    state: StudyRetrievalState
     series_uids: list[str] = Field(description="Only these series (a repair); [] = the study")
     expected_series: int | None
     expected_instances: int | None
@@ -207,7 +208,7 @@ class RetrievalStudyProgress(_Model):
 
 class Retrieval(_Model):
     id: int
-    state: RetrievalState
+    state: JobState
     origin: Literal["request", "nightly", "repair"]
     pacs: str
     query: dict[str, str]

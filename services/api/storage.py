@@ -159,7 +159,7 @@ def _next_eviction(plan: Plan, limit: int) -> NextEviction:
                 study_date=p.candidate.study_date or None,
                 received_at=p.candidate.received_at,
                 size_bytes=p.candidate.size_bytes,
-                reason=p.reason,  # type: ignore[arg-type]
+                reason=p.reason,
             )
             for p in plan.evictions[:limit]
         ],

@@ -29,10 +29,10 @@ from services.api.schemas import (
     StudySummary,
 )
 from shared.catalog.models import LISTED, Instance, Patient, Series, Study
+from shared.catalog.states import ConversionState
 from shared.naming import physician_folder
 
 SORT_KEYS = {"received": Study.received_at, "study_date": Study.study_date}
-_CONVERSION_STATES = ("converted", "skipped", "failed", "pending")
 
 
 @dataclass(frozen=True)
@@ -133,24 +133,19 @@ def list_studies(
 
 def _cursor_text(value: Any) -> str:
     if isinstance(value, dt.datetime):
-        return _utc(value).isoformat()
+        return value.isoformat()
     return str(value)
 
 
 def _cursor_key(sort: str, text: str) -> Any:
     if sort == "received":
         try:
-            return _utc(dt.datetime.fromisoformat(text))
+            return dt.datetime.fromisoformat(text)  # a naive one is UTC, as the column says
         except ValueError:
             raise ValueError(
                 "not a cursor from this API: pass the 'next' value of a page"
             ) from None
     return text
-
-
-def _utc(moment: dt.datetime) -> dt.datetime:
-    # SQLite hands back naive datetimes; every time dcmdb stores is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def _summaries(session: Session, rows: Sequence[Any]) -> list[StudySummary]:
@@ -196,9 +191,9 @@ def _summary(row: Any, total: dict[str, Any]) -> StudySummary:
         series_count=total["series"],
         instance_count=total["instances"],
         size_bytes=total["size"],
-        received_at=_utc(row.received_at),
+        received_at=row.received_at,
         pinned=row.pinned,
-        conversion=ConversionSummary(**{s: states.get(s, 0) for s in _CONVERSION_STATES}),
+        conversion=ConversionSummary(**{s.value: states.get(s, 0) for s in ConversionState}),
     )
 
 
@@ -248,11 +243,11 @@ def _series_summary(series: Series, study_uid: str, study_folder: str) -> Series
         instance_count=series.instance_count,
         size_bytes=series.size_bytes,
         folder=f"{study_folder}/{series.folder}",
-        completion=series.completion,  # type: ignore[arg-type]
-        received_at=_utc(series.received_at),
-        last_received_at=_utc(series.last_received_at),
+        completion=series.completion,
+        received_at=series.received_at,
+        last_received_at=series.last_received_at,
         nifti=Nifti(
-            status=series.conversion,  # type: ignore[arg-type]
+            status=series.conversion,
             reason=series.conversion_reason,
             outputs=[
                 NiftiFile(

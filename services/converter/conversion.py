@@ -22,7 +22,6 @@ How a series is handled:
 
 from __future__ import annotations
 
-import errno
 import gzip
 import os
 import shutil
@@ -32,9 +31,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO
 
 import nibabel as nib
+
+from shared.catalog.states import ConversionState
+from shared.durable import fsync_directory, replace_durably
 
 from . import engines, rules
 from .dcm2niix_engine import DCM2NIIX_SYNTAXES, Dcm2niixRun, dcm2niix_version, run_dcm2niix
@@ -46,7 +48,6 @@ from .planes import Plane, UnknownGeometry, frames_left_out, source_planes
 from .reading import read_file
 from .sidecar import DCM2NIIX_KEYS, build_sidecar, dumps
 
-Status = Literal["converted", "skipped", "failed"]
 # zlib level 3: a third of level 6's time; on the test data at most 1.06 x the size of
 # dcm2niix's level-6 output (level 1: up to 1.13 x, over the 1.1 x budget).
 GZIP_LEVEL = 3
@@ -64,16 +65,12 @@ class Output:
 
 @dataclass(frozen=True)
 class Conversion:
-    status: Status
+    status: ConversionState  # never PENDING
     outputs: tuple[Output, ...] = ()
     reason: str = ""  # why skipped or failed; "" when converted
-
-    def out_of_space(self) -> bool:
-        """Failed for want of disk space: the disk's fault, not the series'; it can be
-        converted once there is room again."""
-        return self.status == "failed" and any(
-            os.strerror(code) in self.reason for code in (errno.ENOSPC, errno.EDQUOT)
-        )
+    # Failed for want of disk space or quota: the disk's fault, not the series'; it can be
+    # converted once there is room again.
+    out_of_space: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,11 +137,11 @@ def _convert(
     instances, problems = read_instances(files)
     if not instances:
         detail = "; ".join(problems[:3]) if problems else "no files"
-        return Conversion("failed", reason=f"no readable DICOM instance ({detail})")
+        return Conversion(ConversionState.FAILED, reason=f"no readable DICOM instance ({detail})")
 
     images = [i for i in instances if i.has_pixels]
     if not images:
-        return Conversion("skipped", reason=rules.non_image_reason(instances))
+        return Conversion(ConversionState.SKIPPED, reason=rules.non_image_reason(instances))
 
     skip_reasons: list[str] = []
     convertible: list[Instance] = []
@@ -157,6 +154,7 @@ def _convert(
 
     staged: list[_Staged] = []
     failures: list[str] = []
+    out_of_space = False
     volumes = plan_volumes(convertible)
     if early is not None and not _is_whole_series(volumes, files):
         early.cancel()  # its result is not this series' volumes: stop it taking a core
@@ -176,13 +174,16 @@ def _convert(
             skip_reasons.append(f"ignored by dcm2niix -i y: {exc}")
         except EngineError as exc:
             failures.append(f"{base_name}{volume.suffix}: {exc}")
+            out_of_space = out_of_space or exc.out_of_space
 
     outputs = _file_outputs(staged, out_dir)
     if failures:
-        return Conversion("failed", outputs, "; ".join(failures))
+        return Conversion(ConversionState.FAILED, outputs, "; ".join(failures), out_of_space)
     if outputs:
-        return Conversion("converted", outputs)
-    return Conversion("skipped", reason="; ".join(dict.fromkeys(skip_reasons)) or "no images")
+        return Conversion(ConversionState.CONVERTED, outputs)
+    return Conversion(
+        ConversionState.SKIPPED, reason="; ".join(dict.fromkeys(skip_reasons)) or "no images"
+    )
 
 
 # dcm2niix reads the vendors' private headers that MR analysis needs (slice timing, phase
@@ -238,6 +239,7 @@ def _convert_volume(
 ) -> list[_Staged]:
     """The volume by the first engine whose outputs pass the geometry guard."""
     rejected: list[str] = []
+    out_of_space = False
     planes = _planes(volume.instances)
     for engine in engine_order(volume):
         try:
@@ -246,6 +248,7 @@ def _convert_volume(
             raise  # dcm2niix -i y skips it: skipped, whatever dicom2nifti made of it
         except EngineError as exc:
             rejected.append(str(exc))
+            out_of_space = out_of_space or exc.out_of_space
             continue
         problem = _geometry_problem(planes, results)
         if problem is not None and frames_left_out(volume.instances):
@@ -262,7 +265,7 @@ def _convert_volume(
             # volume without one is worse than none.
             rejected.append("no other engine writes this diffusion series' gradient table")
             break
-    raise EngineError("; ".join(rejected))
+    raise EngineError("; ".join(rejected), out_of_space=out_of_space)
 
 
 def _planes(images: Sequence[Instance], *, every_frame: bool = False) -> list[Plane] | str:
@@ -346,7 +349,7 @@ def _file_outputs(staged: Sequence[_Staged], out_dir: Path) -> tuple[Output, ...
             _replace_with_bytes(bval, item.gradients[0].read_bytes())
             _replace_with_bytes(bvec, item.gradients[1].read_bytes())
         outputs.append(Output(nifti, sidecar, item.engine, bval, bvec))
-    _fsync_directory(out_dir)
+    fsync_directory(out_dir)
     return tuple(outputs)
 
 
@@ -364,46 +367,18 @@ def temporary_owner(pid: int) -> str:
 
 
 def _replace_with_gzip(path: Path, source: Path) -> None:
-    temporary = _temporary(path)
-    try:
-        with open(temporary, "wb") as raw:
-            # mtime=0 and no file name in the gzip header: the same input, the same bytes.
-            with (
-                gzip.GzipFile(
-                    filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0
-                ) as compressed,
-                open(source, "rb") as data,
-            ):
-                shutil.copyfileobj(data, compressed, _COPY_CHUNK)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    def compress(raw: BinaryIO) -> None:
+        # mtime=0 and no file name in the gzip header: the same input, the same bytes.
+        with (
+            gzip.GzipFile(
+                filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0
+            ) as compressed,
+            open(source, "rb") as data,
+        ):
+            shutil.copyfileobj(data, compressed, _COPY_CHUNK)
+
+    replace_durably(path, _temporary(path), compress)
 
 
 def _replace_with_bytes(path: Path, data: bytes) -> None:
-    temporary = _temporary(path)
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+    replace_durably(path, _temporary(path), data)

@@ -22,7 +22,9 @@ import dcm2niix
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian
 
-from .engines import EngineError, EngineOutput, IgnoredByDcm2niix
+from shared.durable import write_synced
+
+from .engines import EngineError, EngineOutput, IgnoredByDcm2niix, is_out_of_space
 from .instances import Instance
 
 DCM2NIIX_TIMEOUT = 1800  # seconds; the caller's pool has its own, usually shorter, limit
@@ -79,7 +81,8 @@ class Dcm2niixRun:
             except Exception as exc:  # noqa: BLE001 - pydicom failing to decode or write it
                 raise EngineError(
                     f"{item.path.name} could not be decoded for dcm2niix: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{type(exc).__name__}: {exc}",
+                    out_of_space=is_out_of_space(exc),
                 ) from exc
         command = [
             dcm2niix.bin,
@@ -123,7 +126,9 @@ class Dcm2niixRun:
                 raise IgnoredByDcm2niix(ignored[0].strip() if ignored else _tail(log))
             full = _out_of_room(self._target)
             if full is not None:  # the disk's fault, not the series': converted once there is room
-                raise EngineError(f"dcm2niix could not write: {full} ({_tail(log)})")
+                raise EngineError(
+                    f"dcm2niix could not write: {full} ({_tail(log)})", out_of_space=True
+                )
             raise EngineError(f"dcm2niix wrote nothing (exit {code}): {_tail(log)}")
         return outputs
 
@@ -139,10 +144,7 @@ def _out_of_room(folder: Path) -> str | None:
     says "disk full?"."""
     probe = folder / ".room"
     try:
-        with open(probe, "wb") as handle:
-            handle.write(b"\0" * _PROBE_BYTES)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_synced(probe, bytes(_PROBE_BYTES))  # synced: a full disk may show only then
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return os.strerror(exc.errno)

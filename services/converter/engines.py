@@ -12,6 +12,7 @@ point scaling (0x2005,0x100E), the default of the reference converter.
 from __future__ import annotations
 
 import copy
+import errno
 import importlib.metadata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +32,30 @@ from .instances import Instance, as_float, as_text, private_value
 
 
 class EngineError(Exception):
-    """An engine could not convert the images; the message says why."""
+    """An engine could not convert the images; the message says why.
+
+    `out_of_space` when it could not write for want of disk space or quota: the disk's
+    fault, not the images'.
+    """
+
+    def __init__(self, message: str, *, out_of_space: bool = False) -> None:
+        super().__init__(message)
+        self.out_of_space = out_of_space
+
+
+_FULL_DISK = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_out_of_space(error: BaseException) -> bool:
+    """Whether `error`, or an error that led to it, is a full disk or quota."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError) and cause.errno in _FULL_DISK:
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 class IgnoredByDcm2niix(EngineError):
@@ -103,7 +127,9 @@ def run_dicom2nifti(images: Sequence[Instance], scratch: Path) -> EngineOutput:
             datasets = _datasets_for_dicom2nifti(images)
             converted = _dicom2nifti_volume(datasets, scratch)
         except Exception as exc:  # noqa: BLE001 - any failure of the engine means "fall back"
-            raise EngineError(f"dicom2nifti: {type(exc).__name__}: {exc}") from exc
+            raise EngineError(
+                f"dicom2nifti: {type(exc).__name__}: {exc}", out_of_space=is_out_of_space(exc)
+            ) from exc
     _check_voxel_count(converted, images)
     image, notes, metadata = restore_stored_type(converted, images)
     path = scratch / "volume.nii"

@@ -22,6 +22,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from services.converter.conversion import Conversion, convert_series, temporary_owner
+from services.converter.engines import is_out_of_space
+from shared.catalog.states import ConversionState
 from shared.logs import ChildLogging
 
 _GC_THRESHOLD = 100_000  # allocations between collections of the youngest generation
@@ -57,12 +59,16 @@ def run_isolated(job: Job, timeout: float, logs: ChildLogging | None = None) -> 
         child.start()
         sending.close()
         if not receiving.poll(timeout):
-            return Conversion(status="failed", reason=f"conversion took over {timeout:.0f} s")
+            return Conversion(
+                status=ConversionState.FAILED, reason=f"conversion took over {timeout:.0f} s"
+            )
         try:
             result: Conversion = receiving.recv()
         except EOFError:
             child.join(5)
-            return Conversion(status="failed", reason=f"the converter crashed ({_how(child)})")
+            return Conversion(
+                status=ConversionState.FAILED, reason=f"the converter crashed ({_how(child)})"
+            )
         return result
     finally:
         if child.is_alive() and child.pid is not None:
@@ -103,8 +109,12 @@ def _convert(job: Job, work_dir: Path, result: Connection, logs: ChildLogging | 
             series_instance_uid=job.series_instance_uid,
             work_dir=work_dir,
         )
-    except Exception as exc:  # a bug in the engines: fail the series, say which
-        conversion = Conversion(status="failed", reason=f"{exc.__class__.__name__}: {exc}")
+    except Exception as exc:  # a full disk, or a bug in the engines: fail the series, say which
+        conversion = Conversion(
+            status=ConversionState.FAILED,
+            reason=f"{exc.__class__.__name__}: {exc}",
+            out_of_space=is_out_of_space(exc),
+        )
     result.send(conversion)
     result.close()
     # Skip the interpreter's teardown (tens of milliseconds of freeing modules a

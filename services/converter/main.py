@@ -51,7 +51,7 @@ async def run(settings: ConverterSettings, side: SidePort) -> None:
         logs = ChildLogging.now("converter", settings.log_level, settings.log_format)
         started = time.perf_counter()
         result = await asyncio.to_thread(run_isolated, job, settings.conversion_timeout, logs)
-        if result.out_of_space():  # retried, then requeued: it converts once there is room
+        if result.out_of_space:  # retried, then requeued: it converts once there is room
             raise TransientError(f"series {event.series_instance_uid}: {result.reason}")
         metrics.count(result, time.perf_counter() - started)
         log.info(

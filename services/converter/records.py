@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.converter.conversion import Conversion
 from services.converter.isolation import Job
-from shared.catalog.models import COMPLETE, PENDING, Instance, NiftiOutput, Series
+from shared.catalog.models import Instance, NiftiOutput, Series
+from shared.catalog.states import Completion, ConversionState
 from shared.errors import TransientError
 from shared.messages import (
     Event,
@@ -49,9 +50,12 @@ def job_for(sessions: sessionmaker[Session], archive: Path, event: SeriesComplet
             series = _series(session, event.series_instance_uid)
             if series is None or series.generation != event.generation:
                 return None
-            if series.completion != COMPLETE:
+            if series.completion != Completion.COMPLETE:
                 return None
-            if series.converted_generation == event.generation and series.conversion != PENDING:
+            if (
+                series.converted_generation == event.generation
+                and series.conversion != ConversionState.PENDING
+            ):
                 return None
             paths = session.scalars(select(Instance.path).where(Instance.series_pk == series.id))
             study = series.study
@@ -111,11 +115,11 @@ def outcome(event: SeriesCompleted, result: Conversion, archive: Path) -> Event:
         "series_instance_uid": event.series_instance_uid,
         "generation": event.generation,
     }
-    if result.status == "converted":
+    if result.status == ConversionState.CONVERTED:
         outputs = tuple(_relative(o.nifti, archive) for o in result.outputs)
         engines = tuple(sorted({o.engine for o in result.outputs}))
         return SeriesConverted.model_validate({**series, "outputs": outputs, "engines": engines})
-    kind = SeriesSkipped if result.status == "skipped" else SeriesFailed
+    kind = SeriesSkipped if result.status == ConversionState.SKIPPED else SeriesFailed
     return kind.model_validate({**series, "reason": result.reason})
 
 

@@ -35,14 +35,14 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from services.receiver import metrics
 from services.receiver.announcer import Announcer
 from services.receiver.settings import ReceiverSettings
-from services.receiver.storage import FileMeta, IncomingStore, SpaceFloor, StorageFailed
+from services.receiver.storage import FileMeta, IncomingStore, SpaceFloor
 from shared.dimse_status import (
     CANNOT_UNDERSTAND,
     CANNOT_UNDERSTAND_OTHER,
     OUT_OF_RESOURCES,
     SUCCESS,
 )
-from shared.errors import MissingIdentifier, UnreadableObject
+from shared.errors import MissingIdentifier, StorageFailed, UnreadableObject
 from shared.headers import read_identifiers
 from shared.messages import AssociationClosed, InstanceReceived
 

@@ -38,18 +38,14 @@ from pathlib import Path
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from shared.disk import DiskUsage, Threshold, disk_usage
-from shared.errors import UnreadableObject
+from shared.durable import write_synced
+from shared.errors import ConfigurationError, StorageFailed, UnreadableObject
 from shared.headers import Header
-from shared.settings import ConfigurationError
 
 log = logging.getLogger(__name__)
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 SUFFIX = ".dcm"
-
-
-class StorageFailed(OSError):
-    """The instance could not be made durable (disk full, I/O error)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +104,7 @@ class IncomingStore:
         name = f"{stamp:020d}-{uuid.uuid4().hex[:12]}-{size}{SUFFIX}"
         partial, final = self._spares.take(), self._incoming_prefix + name
         try:
-            _write_synced(partial, header, dataset, create=False)
+            write_synced(partial, header, dataset, create=False)
             os.rename(partial, final)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -126,8 +122,8 @@ class IncomingStore:
             "received_at": datetime.now(UTC).isoformat(),
         }
         try:
-            _write_synced(target, PREAMBLE + meta.encode(), dataset)
-            _write_synced(self.quarantine / f"{stem}.json", json.dumps(note).encode())
+            write_synced(target, PREAMBLE + meta.encode(), dataset)
+            write_synced(self.quarantine / f"{stem}.json", json.dumps(note).encode())
         except OSError as exc:
             log.error("cannot quarantine an unreadable object: %s", exc)
             target.unlink(missing_ok=True)
@@ -288,16 +284,3 @@ def _uid(value: str) -> bytes:
 def _text(value: str) -> bytes:
     raw = value.encode("ascii", "replace")
     return raw + b" " if len(raw) % 2 else raw
-
-
-def _write_synced(path: Path | str, *parts: bytes, create: bool = True) -> None:
-    flags = os.O_WRONLY | (os.O_CREAT | os.O_EXCL if create else 0)
-    fd = os.open(path, flags, 0o640)
-    try:
-        for part in parts:
-            view = memoryview(part)
-            while view:
-                view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -42,7 +42,7 @@ from shared.catalog.models import (
 )
 from shared.messages import StudyEvicted
 from shared.naming import resolve_under
-from shared.retention import Candidate, in_flight, study_sizes, utc
+from shared.retention import Candidate, in_flight, study_sizes
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +207,10 @@ def _event(row: Eviction) -> StudyEvicted:
         study_instance_uid=row.study_instance_uid,
         physician_folder=row.physician_folder,
         folder=f"{row.physician_folder}/{row.folder}",
-        reason=row.reason,  # type: ignore[arg-type]
+        reason=row.reason,
         series=row.series_count,
         instances=row.instance_count,
         size_bytes=row.size_bytes,
-        received_at=utc(row.received_at),
-        evicted_at=utc(row.evicted_at),
+        received_at=row.received_at,
+        evicted_at=row.evicted_at,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-from shared.catalog.models import FOR_AGE, FOR_SPACE
+from shared.catalog.states import EvictionReason
 
 EVICTIONS = Counter("dcmdb_evictions_total", "Studies evicted", ["reason"])
 EVICTED_BYTES = Counter(
@@ -17,6 +17,6 @@ DISK_FREE = Gauge(
     "dcmdb_disk_free_bytes", "Free bytes on the filesystem of a data directory", ["directory"]
 ).labels("archive")
 
-for _reason in (FOR_SPACE, FOR_AGE):  # both series exist from the start, at 0
+for _reason in EvictionReason:  # every series exists from the start, at 0
     EVICTIONS.labels(_reason)
     EVICTED_BYTES.labels(_reason)

@@ -21,7 +21,8 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from shared.dimse_status import SUCCESS
-from shared.pacs import PacsError, tuned_requestor
+from shared.errors import PacsError
+from shared.pacs import tuned_requestor
 
 
 class Forwarder:

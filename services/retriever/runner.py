@@ -24,24 +24,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.retriever.forwarding import Forwarder
 from services.retriever.settings import RetrieverSettings
 from shared import dimse_status, retrievals
-from shared.catalog.models import (
-    CANCELLED,
-    COMPLETED,
-    JOB_FAILED,
-    PARTIAL,
-    QUEUED,
-    RUNNING,
-    RetrievalJob,
-    RetrievalStudy,
-)
-from shared.pacs import PacsError, Peer
+from shared.catalog.models import RetrievalJob, RetrievalStudy
+from shared.catalog.states import JobState, StudyRetrievalState
+from shared.errors import PacsError
+from shared.pacs import Peer
 from shared.pacs_check import StudyCheck, check_study, record_expectations
 from shared.pacs_find import StudyQuery, find_studies
 from shared.pacs_retrieve import Progress, RetrieveResult, retrieve
 
 log = logging.getLogger("dcmdb.retriever")
 
-ALREADY_COMPLETE = "already complete"
 _WRITE_EVERY = 0.5  # seconds between progress writes
 _CANCEL_EVERY = 0.2  # seconds between looks at the cancel flag during a move
 T = TypeVar("T")
@@ -67,7 +59,7 @@ class JobRunner:
         try:
             peer = self._settings.peer(pacs)
         except ValueError as exc:
-            retrievals.finish(self._sessions, job_id, JOB_FAILED, str(exc))
+            retrievals.finish(self._sessions, job_id, JobState.FAILED, str(exc))
             return
         if origin != "repair":
             try:
@@ -75,7 +67,7 @@ class JobRunner:
                     lambda: find_studies(peer, StudyQuery(**query)), f"C-FIND on {peer}"
                 )
             except PacsError as exc:
-                retrievals.finish(self._sessions, job_id, JOB_FAILED, str(exc))
+                retrievals.finish(self._sessions, job_id, JobState.FAILED, str(exc))
                 log.warning("retrieval job %d failed: %s", job_id, exc)
                 return
             retrievals.add_studies(self._sessions, job_id, [m.study_uid for m in matches])
@@ -85,7 +77,11 @@ class JobRunner:
                 break
             self._study(job_id, peer, row_id, study_uid, only)
         state, reason = self._outcome(job_id)
-        gaps = self._gaps(job_id, peer) if origin == "nightly" and state != CANCELLED else None
+        gaps = (
+            self._gaps(job_id, peer)
+            if origin == "nightly" and state != JobState.CANCELLED
+            else None
+        )
         retrievals.finish(self._sessions, job_id, state, reason, gaps)
         log.info("retrieval job %d %s%s", job_id, state, f": {reason}" if reason else "")
 
@@ -95,7 +91,9 @@ class JobRunner:
                 select(RetrievalStudy.id, RetrievalStudy.study_uid, RetrievalStudy.series_uids)
                 .where(
                     RetrievalStudy.job_id == job_id,
-                    RetrievalStudy.state.in_((QUEUED, RUNNING)),
+                    RetrievalStudy.state.in_(
+                        (StudyRetrievalState.QUEUED, StudyRetrievalState.RUNNING)
+                    ),
                 )
                 .order_by(RetrievalStudy.id)
             ).all()
@@ -107,7 +105,9 @@ class JobRunner:
                 lambda: check_study(peer, self._sessions, study_uid), f"C-FIND on {peer}"
             )
         except PacsError as exc:
-            retrievals.update_study(self._sessions, row_id, state=JOB_FAILED, reason=str(exc))
+            retrievals.update_study(
+                self._sessions, row_id, state=StudyRetrievalState.FAILED, reason=str(exc)
+            )
             return
         record_expectations(self._sessions, study_uid, check)
         expected = {
@@ -116,16 +116,25 @@ class JobRunner:
         }
         if not check.series:
             retrievals.update_study(
-                self._sessions, row_id, state=JOB_FAILED, reason="the PACS lists no series of it"
+                self._sessions,
+                row_id,
+                state=StudyRetrievalState.FAILED,
+                reason="the PACS lists no series of it",
             )
             return
         wanted = only or _what_to_move(check)
         if not only and check.complete:
             retrievals.update_study(
-                self._sessions, row_id, state=ALREADY_COMPLETE, remaining=0, **expected
+                self._sessions,
+                row_id,
+                state=StudyRetrievalState.ALREADY_COMPLETE,
+                remaining=0,
+                **expected,
             )
             return
-        retrievals.update_study(self._sessions, row_id, state=RUNNING, **expected)
+        retrievals.update_study(
+            self._sessions, row_id, state=StudyRetrievalState.RUNNING, **expected
+        )
         watch = _Watch(self._sessions, job_id, row_id)
         settings = self._settings
         to_us = (
@@ -156,17 +165,19 @@ class JobRunner:
         try:
             result = self._with_retries(attempt, f"C-{peer.retrieve.upper()} from {peer}")
         except PacsError as exc:
-            retrievals.update_study(self._sessions, row_id, state=JOB_FAILED, reason=str(exc))
+            retrievals.update_study(
+                self._sessions, row_id, state=StudyRetrievalState.FAILED, reason=str(exc)
+            )
             return
         finally:
             if to_us is not None:
                 to_us.close()
         if result.status == dimse_status.CANCEL or watch.cancel:
-            state = CANCELLED
+            state = StudyRetrievalState.CANCELLED
         elif result.succeeded:
-            state = COMPLETED
+            state = StudyRetrievalState.COMPLETED
         else:
-            state = JOB_FAILED
+            state = StudyRetrievalState.FAILED
         retrievals.update_study(
             self._sessions,
             row_id,
@@ -193,23 +204,27 @@ class JobRunner:
 
     def _cancel_rest(self, job_id: int) -> None:
         for row_id, _uid, _only in self._open_studies(job_id):
-            retrievals.update_study(self._sessions, row_id, state=CANCELLED)
+            retrievals.update_study(self._sessions, row_id, state=StudyRetrievalState.CANCELLED)
 
-    def _outcome(self, job_id: int) -> tuple[str, str]:
+    def _outcome(self, job_id: int) -> tuple[JobState, str]:
         with self._sessions() as session:
             job = session.get(RetrievalJob, job_id)
             assert job is not None
             states = [row.state for row in job.studies]
-            failures = [f"{r.study_uid}: {r.reason}" for r in job.studies if r.state == JOB_FAILED]
-        if CANCELLED in states:
-            return CANCELLED, "cancelled on request"
+            failures = [
+                f"{r.study_uid}: {r.reason}"
+                for r in job.studies
+                if r.state == StudyRetrievalState.FAILED
+            ]
+        if StudyRetrievalState.CANCELLED in states:
+            return JobState.CANCELLED, "cancelled on request"
         if not states:
-            return COMPLETED, "no study matched on the PACS"
+            return JobState.COMPLETED, "no study matched on the PACS"
         if not failures:
-            return COMPLETED, ""
+            return JobState.COMPLETED, ""
         more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
         reason = "; ".join(failures[:5]) + more
-        return (JOB_FAILED if len(failures) == len(states) else PARTIAL), reason
+        return (JobState.FAILED if len(failures) == len(states) else JobState.PARTIAL), reason
 
     def _gaps(self, job_id: int, peer: Peer) -> list[dict[str, object]]:
         """The nightly run ends with the check: what the catalog still lacks, per study,

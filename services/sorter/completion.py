@@ -20,7 +20,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Select, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.catalog.models import COMPLETE, RECEIVING, Series, Study
+from shared.catalog.models import Series, Study
+from shared.catalog.states import Completion
 from shared.messages import SeriesCompleted
 
 
@@ -34,13 +35,13 @@ def complete_stable_series(
         result = session.execute(
             update(Series)
             .where(
-                Series.completion == RECEIVING,
+                Series.completion == Completion.RECEIVING,
                 or_(
                     Series.last_received_at < now - timedelta(seconds=stable_age),
                     Series.instance_count >= Series.expected_instances,
                 ),
             )
-            .values(completion=COMPLETE, completed_at=now, completion_announced=False)
+            .values(completion=Completion.COMPLETE, completed_at=now, completion_announced=False)
             .execution_options(synchronize_session=False)
         )
         return int(getattr(result, "rowcount", 0) or 0)
@@ -80,7 +81,7 @@ def _unannounced() -> Select[Series, str]:
         select(Series, Study.study_instance_uid)
         .join(Study, Series.study_pk == Study.id)
         .where(
-            Series.completion == COMPLETE,
+            Series.completion == Completion.COMPLETE,
             Series.completion_announced.is_(False),
             Series.instance_count > 0,
         )

@@ -33,9 +33,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.sorter.rows import BatchRows, as_utc
+from services.sorter.rows import BatchRows
 from shared.catalog.counts import recount_series
 from shared.catalog.models import Instance, Series, Study
+from shared.durable import copy_synced, fsync_directory
 from shared.errors import TransientError
 from shared.headers import Header, Identifiers
 from shared.logs import about
@@ -157,7 +158,7 @@ class Filer:
                     for source, destination in placements:
                         _place(source, destination)
                     for folder in {d.parent for _, d in placements}:  # durable before the commit
-                        _fsync_directory(folder)
+                        fsync_directory(folder)
                 break
             except IntegrityError as exc:
                 if attempt == ATTEMPTS:
@@ -183,7 +184,7 @@ class Filer:
     ) -> Outcome:
         event, header, uids = arrival.event, arrival.header, arrival.uids
         existing = rows.instances.get(uids.sop_instance_uid)
-        if existing and as_utc(existing.received_at) > event.received_at:
+        if existing and existing.received_at > event.received_at:
             log.info("discarding an older copy of an instance already filed")
             return Outcome(filed=None, duplicate=True)
         study = rows.study(uids.study_instance_uid, header, event.received_at)
@@ -235,7 +236,7 @@ class Filer:
                 .join(Study, Series.study_pk == Study.id)
                 .where(Instance.sop_instance_uid == event.sop_instance_uid)
             ).first()
-        if row is None or as_utc(row.Instance.received_at) != event.received_at:
+        if row is None or row.Instance.received_at != event.received_at:
             log.info("nothing to file: the file of this event was filed or superseded earlier")
             return Outcome(filed=None, duplicate=True)
         instance, study = row.Instance, row.Study
@@ -268,25 +269,10 @@ def _place(source: Path, destination: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        _copy_synced(source, temporary)  # the archive is on another filesystem
+        copy_synced(source, temporary)  # the archive is on another filesystem
     try:
         os.replace(temporary, destination)
     finally:
         # rename() does nothing when both names are links to one file (the source was placed
         # already: a redelivery after a crash, a batch retried): the temporary name stays.
         temporary.unlink(missing_ok=True)
-
-
-def _copy_synced(source: Path, target: Path) -> None:
-    with open(source, "rb") as reader, open(target, "xb") as writer:
-        shutil.copyfileobj(reader, writer, 1 << 20)
-        writer.flush()
-        os.fsync(writer.fileno())
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -9,21 +9,13 @@ another folder in the same place (case-insensitively, for SMB shares).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.catalog.models import (
-    COMPLETE,
-    PENDING,
-    RECEIVING,
-    ExpectedSeries,
-    Instance,
-    Patient,
-    Series,
-    Study,
-)
+from shared.catalog.models import ExpectedSeries, Instance, Patient, Series, Study
+from shared.catalog.states import Completion, ConversionState
 from shared.errors import TransientError
 from shared.headers import Header
 from shared.naming import (
@@ -91,18 +83,19 @@ class BatchRows:
 
     def study(self, uid: str, header: Header, received_at: datetime) -> Study:
         study = self._studies.get(uid) or self._create_study(uid, header, received_at)
-        study.last_received_at = max(as_utc(study.last_received_at), received_at)
+        study.last_received_at = max(study.last_received_at, received_at)
         return study
 
     def series(self, uid: str, study: Study, header: Header, received_at: datetime) -> Series:
         series = self._series.get(uid) or self._create_series(uid, study, header, received_at)
-        series.last_received_at = max(as_utc(series.last_received_at), received_at)
-        if series.completion == COMPLETE:  # a late arrival: complete and convert it again
-            series.completion = RECEIVING
+        series.last_received_at = max(series.last_received_at, received_at)
+        # A late arrival: complete and convert it again.
+        if series.completion == Completion.COMPLETE:
+            series.completion = Completion.RECEIVING
             series.generation += 1
             series.completed_at = None
             series.completion_announced = False
-            series.conversion = PENDING
+            series.conversion = ConversionState.PENDING
         return series
 
     def _create_study(self, uid: str, header: Header, received_at: datetime) -> Study:
@@ -144,10 +137,10 @@ class BatchRows:
         if self._session.scalar(taken) is not None:
             folder = with_uid_suffix(folder, uid)
         series = Series(
-            completion=RECEIVING,
+            completion=Completion.RECEIVING,
             generation=1,
             completion_announced=False,
-            conversion=PENDING,
+            conversion=ConversionState.PENDING,
             series_instance_uid=uid,
             study_pk=study.id,
             folder=folder,
@@ -179,8 +172,3 @@ class BatchRows:
 def _dicom_date(value: str) -> str:
     """YYYYMMDD, or "" when absent or malformed (sorts before every date on every backend)."""
     return value if len(value) == 8 and value.isdigit() else ""
-
-
-def as_utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every time dcmdb stores is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

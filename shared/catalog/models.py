@@ -12,7 +12,6 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -23,12 +22,16 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql.expression import false as sa_false
 
-UID = String
+from shared.catalog.states import (
+    Completion,
+    ConversionState,
+    EvictionReason,
+    JobState,
+    StudyRetrievalState,
+)
+from shared.catalog.types import StateColumn, UtcDateTime
 
-# Series.completion
-RECEIVING, COMPLETE = "receiving", "complete"
-# Series.conversion
-PENDING, CONVERTED, SKIPPED, FAILED = "pending", "converted", "skipped", "failed"
+UID = String
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -74,13 +77,13 @@ class Study(Base):
     study_time: Mapped[str | None] = mapped_column(String)
     description: Mapped[str] = mapped_column(String, default="")
     accession_number: Mapped[str] = mapped_column(String, default="")
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_received_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # Retention never evicts a pinned study.
     pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     # Set when retention starts removing the study: from then on it is gone for every
     # reader (see `LISTED`), and the sorter files nothing into it.
-    evicting_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    evicting_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")
@@ -108,14 +111,18 @@ class Series(Base):
     modality: Mapped[str] = mapped_column(String, default="")
     series_number: Mapped[int | None] = mapped_column(Integer)
     description: Mapped[str] = mapped_column(String, default="")
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_received_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # Completion: DICOM never says a series is done, so dcmdb decides (see
     # services/sorter/completion.py). A late instance reopens a complete series
     # and starts a new generation, which completes and converts again.
-    completion: Mapped[str] = mapped_column(String, default=RECEIVING, server_default=RECEIVING)
+    completion: Mapped[Completion] = mapped_column(
+        StateColumn(Completion),
+        default=Completion.RECEIVING,
+        server_default=Completion.RECEIVING.value,
+    )
     generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
-    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     completion_announced: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=sa_false()
     )
@@ -125,7 +132,11 @@ class Series(Base):
     instance_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Conversion to NIfTI of the newest complete generation.
-    conversion: Mapped[str] = mapped_column(String, default=PENDING, server_default=PENDING)
+    conversion: Mapped[ConversionState] = mapped_column(
+        StateColumn(ConversionState),
+        default=ConversionState.PENDING,
+        server_default=ConversionState.PENDING.value,
+    )
     conversion_reason: Mapped[str] = mapped_column(String, default="", server_default="")
     converted_generation: Mapped[int | None] = mapped_column(Integer)
     # The converter's policy that made the outputs (shared/reconversion.py); an upgrade
@@ -153,7 +164,7 @@ class NiftiOutput(Base):
     bvec_path: Mapped[str | None] = mapped_column(String)
     engine: Mapped[str] = mapped_column(String)
     size: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
     series: Mapped[Series] = relationship(back_populates="outputs")
 
@@ -179,7 +190,7 @@ class Instance(Base):
     path: Mapped[str] = mapped_column(String)  # relative to the archive root
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String)
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
     calling_ae: Mapped[str] = mapped_column(String, default="")
     replacements: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -187,18 +198,6 @@ class Instance(Base):
 
 
 # Retrievals from the PACS -------------------------------------------------------------------
-
-# RetrievalJob.state
-QUEUED, RUNNING, COMPLETED, PARTIAL, JOB_FAILED, CANCELLED = (
-    "queued",
-    "running",
-    "completed",
-    "partial",
-    "failed",
-    "cancelled",
-)
-JOB_STATES = (QUEUED, RUNNING, COMPLETED, PARTIAL, JOB_FAILED, CANCELLED)
-FINISHED_STATES = (COMPLETED, PARTIAL, JOB_FAILED, CANCELLED)
 
 
 class RetrievalJob(Base):
@@ -208,17 +207,17 @@ class RetrievalJob(Base):
     __table_args__ = (Index("ix_retrieval_jobs_state", "state", "heartbeat_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    state: Mapped[str] = mapped_column(String, default=QUEUED)
+    state: Mapped[JobState] = mapped_column(StateColumn(JobState), default=JobState.QUEUED)
     origin: Mapped[str] = mapped_column(String)  # "request", "nightly" or "repair"
     pacs: Mapped[str] = mapped_column(String)  # the peer's name
     query: Mapped[str] = mapped_column(String)  # JSON of the study-level query
     # The nightly slot it runs for ("2026-11-25T01:00"); unique: one run per slot.
     nightly_slot: Mapped[str | None] = mapped_column(String, unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # A running job's worker touches it regularly; one gone quiet is taken over.
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     reason: Mapped[str] = mapped_column(String, default="")
@@ -238,7 +237,9 @@ class RetrievalStudy(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("retrieval_jobs.id"), index=True)
     study_uid: Mapped[str] = mapped_column(UID)
-    state: Mapped[str] = mapped_column(String, default=QUEUED)  # or "already complete"
+    state: Mapped[StudyRetrievalState] = mapped_column(
+        StateColumn(StudyRetrievalState), default=StudyRetrievalState.QUEUED
+    )
     series_uids: Mapped[str] = mapped_column(String, default="")  # JSON; only these, if any
     expected_series: Mapped[int | None] = mapped_column(Integer)
     expected_instances: Mapped[int | None] = mapped_column(Integer)
@@ -263,9 +264,6 @@ class ExpectedSeries(Base):
 
 # Retention --------------------------------------------------------------------------------
 
-# Eviction.reason
-FOR_SPACE, FOR_AGE = "space", "age"
-
 
 class Eviction(Base):
     """One study removed by retention (the audit trail), from its start to its end.
@@ -283,11 +281,11 @@ class Eviction(Base):
     physician_folder: Mapped[str] = mapped_column(String)
     folder: Mapped[str] = mapped_column(String)  # the study folder, relative to the archive
     study_date: Mapped[str] = mapped_column(String, default="")
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    reason: Mapped[str] = mapped_column(String)  # FOR_SPACE or FOR_AGE
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    reason: Mapped[EvictionReason] = mapped_column(StateColumn(EvictionReason))
     series_count: Mapped[int] = mapped_column(Integer)
     instance_count: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    evicted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    evicted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     announced: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())

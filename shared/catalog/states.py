@@ -1,0 +1,62 @@
+"""The states of what the catalog tracks, in one place.
+
+Each is a `StrEnum`: its members are the very strings stored in the catalog, sent in
+JSON and used as metric labels, so naming them here changes no byte anywhere.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Completion(StrEnum):
+    """Whether a series may still grow (see services/sorter/completion.py)."""
+
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+
+
+class ConversionState(StrEnum):
+    """How the conversion to NIfTI of a series' newest complete generation went."""
+
+    PENDING = "pending"
+    CONVERTED = "converted"
+    SKIPPED = "skipped"  # nothing to convert (a localizer, a report)
+    FAILED = "failed"
+
+
+class JobState(StrEnum):
+    """Where a retrieval job from the PACS is."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    PARTIAL = "partial"  # some of its studies failed
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+class StudyRetrievalState(StrEnum):
+    """Where the move of one study of a retrieval job is."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ALREADY_COMPLETE = "already complete"  # the catalog held all the PACS lists: nothing moved
+
+    @property
+    def finished(self) -> bool:
+        return self not in (StudyRetrievalState.QUEUED, StudyRetrievalState.RUNNING)
+
+
+class EvictionReason(StrEnum):
+    """Why retention removes a study."""
+
+    SPACE = "space"  # free space below the low mark
+    AGE = "age"  # older than the maximum age

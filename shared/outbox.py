@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
 
 from sqlalchemy import Row, Select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.broker import Publisher
 from shared.messages import Event
+
+if TYPE_CHECKING:  # a sorter's or retention's catalog work does not need the AMQP client
+    from shared.broker import Publisher
 
 EventT = TypeVar("EventT", bound=Event)
 Columns = TypeVarTuple("Columns")

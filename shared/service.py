@@ -5,16 +5,20 @@ A service's ``main()`` is ``serve(name, SettingsClass, run)``: the settings are 
 (`shared.monitoring.SidePort`) serves while ``run`` runs, and "<name> stopped" is logged
 once ``run`` has stopped.
 
-One stop idiom for every service: the first SIGTERM or SIGINT sets the ``stop`` event
-handed to ``run`` and interrupts ``run`` where it is: an asyncio ``run`` has its task
-cancelled, a blocking ``run`` gets `Stopped` raised in the main thread. ``run`` stops
-gracefully in its ``finally`` blocks; threads it started watch ``stop``. Later signals
-change nothing, so that they cannot cut a graceful stop short.
+One stop idiom for every service: once ``run`` has said ``stop.running()``, the first
+SIGTERM or SIGINT sets ``stop`` (a `Stop`, a threading.Event) and interrupts ``run`` where
+it is: an asyncio ``run`` has its task cancelled, a blocking ``run`` gets `Stopped` raised
+in the main thread. ``run`` stops gracefully in its ``finally`` blocks; threads it started
+watch ``stop``. Later signals change nothing, so that they cannot cut a graceful stop short.
+Before ``running()`` a signal has its default effect (SIGTERM ends the process at once):
+a service starting may wait in a thread for the catalog, forever, which no cancellation
+interrupts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import signal
@@ -28,8 +32,21 @@ from shared.settings import CommonSettings, load_settings
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 
-AsyncRun = Callable[[SettingsT, SidePort, threading.Event], Coroutine[Any, Any, None]]
-BlockingRun = Callable[[SettingsT, SidePort, threading.Event], None]
+
+class Stop(threading.Event):
+    """Set by the first stop signal once the service said it is running."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.graceful = False
+
+    def running(self) -> None:
+        """Startup is over: from now on a stop signal stops the service gracefully."""
+        self.graceful = True
+
+
+AsyncRun = Callable[[SettingsT, SidePort, Stop], Coroutine[Any, Any, None]]
+BlockingRun = Callable[[SettingsT, SidePort, Stop], None]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -59,7 +76,7 @@ def serve(
     # Each service declares its own `metrics_port`: its default differs per service.
     side = SidePort(name, settings.metrics_host, getattr(settings, "metrics_port"))  # noqa: B009
     side.start()
-    stop = threading.Event()
+    stop = Stop()
     try:
         if inspect.iscoroutinefunction(run):
             asyncio.run(_until_stopped(cast(AsyncRun[SettingsT], run)(settings, side, stop), stop))
@@ -74,7 +91,7 @@ def serve(
     logging.getLogger(f"dcmdb.{name}").info("%s stopped", name)
 
 
-async def _until_stopped(main: Coroutine[Any, Any, None], stop: threading.Event) -> None:
+async def _until_stopped(main: Coroutine[Any, Any, None], stop: Stop) -> None:
     task = asyncio.ensure_future(main)
     loop = asyncio.get_running_loop()
     _on_stop_signal(stop, loop.add_signal_handler, task.cancel)
@@ -86,18 +103,24 @@ async def _until_stopped(main: Coroutine[Any, Any, None], stop: threading.Event)
 
 
 def _on_stop_signal(
-    stop: threading.Event,
+    stop: Stop,
     install: Callable[[int, Callable[..., None]], object],
     interrupt: Callable[[], object],
 ) -> None:
-    def stopping(*_: object) -> None:
+    defaults = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+
+    def stopping(signum: signal.Signals, *_: object) -> None:
+        if not stop.graceful:  # starting: as if the service had installed no handler
+            signal.signal(signum, defaults[signum])
+            signal.raise_signal(signum)
+            return
         if stop.is_set():
             return
         stop.set()
         interrupt()
 
     for signum in STOP_SIGNALS:
-        install(signum, stopping)
+        install(signum, functools.partial(stopping, signum))
 
 
 def _raise_stopped() -> None:

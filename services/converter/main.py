@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 
 from services.converter import metrics, records
@@ -23,12 +22,12 @@ from shared.messages import (
 )
 from shared.monitoring import SidePort, broker_status, catalog_status
 from shared.reconversion import bring_up_to_date
-from shared.service import serve
+from shared.service import Stop, serve
 
 log = logging.getLogger("dcmdb.converter")
 
 
-async def run(settings: ConverterSettings, side: SidePort, _stop: threading.Event) -> None:
+async def run(settings: ConverterSettings, side: SidePort, stop: Stop) -> None:
     """Convert until cancelled (`shared.service`)."""
     catalog, broker = side.dependency("catalog"), side.dependency("broker")
     engine, sessions = await asyncio.to_thread(open_catalog, settings.catalog_url, writer=True)
@@ -74,6 +73,7 @@ async def run(settings: ConverterSettings, side: SidePort, _stop: threading.Even
         for _ in range(settings.workers)
     ]
     log.info("converting with %d worker(s)", settings.workers)
+    stop.running()
     try:
         await asyncio.Future()  # until stopped; the consumers run until cancelled too
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import ssl
 import sys
-import threading
 
 import pydicom.config
 from pynetdicom import AE, AllStoragePresentationContexts
@@ -20,7 +19,7 @@ from services.receiver.storage import IncomingStore
 from services.receiver.transport import start_storage_server
 from shared.headers import STORED_TRANSFER_SYNTAXES
 from shared.monitoring import OK, SidePort
-from shared.service import serve
+from shared.service import Stop, serve
 from shared.tls import server_context
 
 log = logging.getLogger("dcmdb.receiver")
@@ -52,7 +51,7 @@ def _tls(settings: ReceiverSettings) -> ssl.SSLContext | None:
     return server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
 
 
-def run(settings: ReceiverSettings, side: SidePort, stop: threading.Event) -> None:
+def run(settings: ReceiverSettings, side: SidePort, stop: Stop) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
     settings.warn_if_open()
     listener = side.dependency("dicom")
@@ -83,6 +82,7 @@ def run(settings: ReceiverSettings, side: SidePort, stop: threading.Event) -> No
         settings.dicom_port,
         " (TLS)" if settings.tls_cert else "",
     )
+    stop.running()
     try:
         stop.wait()
     finally:

@@ -30,7 +30,7 @@ from shared.disk import DiskUsage, disk_usage
 from shared.monitoring import SidePort, catalog_status
 from shared.outbox import publishing_from_thread
 from shared.retention import Plan, Policy, plan_evictions
-from shared.service import serve
+from shared.service import Stop, serve
 
 log = logging.getLogger("dcmdb.retention")
 
@@ -126,7 +126,7 @@ async def announce(sessions: sessionmaker[Session], publisher: Publisher) -> Non
         pass
 
 
-async def run(settings: RetentionSettings, side: SidePort, stop: threading.Event) -> None:
+async def run(settings: RetentionSettings, side: SidePort, stop: Stop) -> None:
     """Rounds until cancelled (`shared.service`); ``stop`` ends the round in hand after
     its current study, and the evictions done are announced before the service stops."""
     # Evicting needs the catalog; the broker only carries the events, which wait meanwhile.
@@ -135,6 +135,7 @@ async def run(settings: RetentionSettings, side: SidePort, stop: threading.Event
     catalog.watch(lambda: catalog_status(engine))
     retention = Retention(settings, sessions)
     _describe(settings)
+    stop.running()
     # Evicting does not wait for the broker: it connects meanwhile.
     connecting = asyncio.create_task(_connect(settings.broker_url))
     try:

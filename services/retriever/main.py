@@ -16,15 +16,16 @@ from services.retriever.settings import RetrieverSettings
 from shared import retrievals
 from shared.catalog.database import open_catalog
 from shared.monitoring import SidePort, catalog_status
-from shared.service import serve
+from shared.service import Stop, serve
 
 log = logging.getLogger("dcmdb.retriever")
 
 
-def run(settings: RetrieverSettings, side: SidePort, stop: threading.Event) -> None:
+def run(settings: RetrieverSettings, side: SidePort, stop: Stop) -> None:
     """Claim and run jobs until stopped. A stop interrupts a job where it is: a job in the
     middle of a move is left to its lease, and another retriever (or this one, restarted)
     takes it over and moves what is still missing."""
+    stop.running()  # a stop interrupts the catalog's first connection too
     catalog = side.dependency("catalog")
     engine, sessions = open_catalog(settings.catalog_url, writer=True)
     catalog.watch(lambda: catalog_status(engine))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,12 +20,12 @@ from shared.messages import SORTER_QUEUE, InstanceFiled, InstanceReceived, Serie
 from shared.monitoring import SidePort, broker_status, catalog_status
 from shared.naming import PhysicianAliases
 from shared.outbox import publishing_from_thread
-from shared.service import serve
+from shared.service import Stop, serve
 
 log = logging.getLogger("dcmdb.sorter")
 
 
-async def run(settings: SorterSettings, side: SidePort, _stop: threading.Event) -> None:
+async def run(settings: SorterSettings, side: SidePort, stop: Stop) -> None:
     """File until cancelled (`shared.service`)."""
     aliases = (
         PhysicianAliases.load(settings.physician_aliases) if settings.physician_aliases else None
@@ -71,6 +70,7 @@ async def run(settings: SorterSettings, side: SidePort, _stop: threading.Event) 
             max_batch=settings.batch_size,
         )
     )
+    stop.running()
     try:
         await consumer
     finally:

@@ -5,7 +5,8 @@ eviction a crash or a stop left unfinished, then measures the archive's free spa
 evicts what `shared.retention.plan` says (the dry run of ``GET /storage`` is the same
 plan). Evicting needs only the catalog and the disk: ``study.evicted`` events wait in the
 catalog while RabbitMQ is away. Several retention processes may run at once: each study
-is claimed by one conditional update (`eviction.claim`).
+is claimed by one conditional update (`eviction.claim`), and each eviction announced once
+(`eviction.announce_next`, the outbox of `shared.outbox`).
 """
 
 from __future__ import annotations

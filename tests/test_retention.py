@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -295,3 +296,34 @@ def test_evictions_are_announced_once(archive: Archive, broker_url: str) -> None
     ]
     assert all(e.instances == 4 and e.series == 1 for e in received)
     assert eviction.unannounced(archive.sessions) == [] and all(row.announced for row in audit)
+
+
+def test_retention_processes_announcing_at_once_publish_each_eviction_once(
+    archive: Archive, catalog_url: str
+) -> None:
+    for _ in range(3):
+        archive.study()
+    Retention(archive.settings(retention_max_age_days=0.5), archive.sessions, measure_low).round()
+    engine, other_sessions = open_catalog(catalog_url, writer=True)  # another process's
+    published: list[int] = []
+    other_done = threading.Event()
+
+    def other_process() -> None:
+        while eviction.announce_next(other_sessions, lambda e: published.append(e.eviction_id)):
+            pass
+        other_done.set()
+
+    other = threading.Thread(target=other_process)
+
+    def slow_confirm(event: StudyEvicted) -> None:
+        published.append(event.eviction_id)
+        if not other.is_alive() and not other_done.is_set():
+            other.start()  # the other announces while this one waits for its confirm
+            other_done.wait(2)  # SQLite: the other waits for this one's write lock
+
+    while eviction.announce_next(archive.sessions, slow_confirm):
+        pass
+    other.join(30)
+    engine.dispose()
+    assert sorted(published) == [row.id for row in archive.evictions()]
+    assert eviction.unannounced(archive.sessions) == []

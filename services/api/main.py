@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from services.api.app import create_app
 from services.api.settings import ApiSettings, is_loopback
-from shared.logs import configure_logging
+from shared.service import configured
 from shared.settings import load_settings
 
 log = logging.getLogger("dcmdb.api")
@@ -21,8 +21,11 @@ def app_from_environment() -> FastAPI:
 
 
 def main() -> None:
-    settings = load_settings(ApiSettings)  # a bad setting stops here, before uvicorn starts
-    configure_logging("api", settings.log_level, settings.log_format)
+    """Half of `shared.service.serve`: settings and logging. The API has no side port (it
+    serves /metrics, /healthz and /readyz itself), and the stop is uvicorn's: it handles
+    SIGTERM and SIGINT itself (for its worker processes too), says "Finished server
+    process" and raises the signal again once it has stopped, so no line of ours follows."""
+    settings = configured("api", ApiSettings)  # a bad setting stops here, before uvicorn starts
     if not settings.keys:
         log.warning(
             "no API key configured: the API is open to anyone on this host and listens on "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 
 from services.converter import metrics, records
@@ -13,7 +12,7 @@ from services.converter.settings import ConverterSettings
 from shared.broker import Publisher, connect, consume, count_from_zero
 from shared.catalog.database import open_catalog
 from shared.errors import TransientError
-from shared.logs import ChildLogging, configure_logging
+from shared.logs import ChildLogging
 from shared.messages import (
     CONVERTER_QUEUE,
     SeriesCompleted,
@@ -23,12 +22,13 @@ from shared.messages import (
 )
 from shared.monitoring import SidePort, broker_status, catalog_status
 from shared.reconversion import bring_up_to_date
-from shared.settings import load_settings
+from shared.service import Stop, serve
 
 log = logging.getLogger("dcmdb.converter")
 
 
-async def run(settings: ConverterSettings, side: SidePort) -> None:
+async def run(settings: ConverterSettings, side: SidePort, stop: Stop) -> None:
+    """Convert until cancelled (`shared.service`)."""
     catalog, broker = side.dependency("catalog"), side.dependency("broker")
     engine, sessions = await asyncio.to_thread(open_catalog, settings.catalog_url, writer=True)
     catalog.watch(lambda: catalog_status(engine))
@@ -80,22 +80,16 @@ async def run(settings: ConverterSettings, side: SidePort) -> None:
         for _ in range(settings.workers)
     ]
     log.info("converting with %d worker(s)", settings.workers)
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopped.set)
-    await stopped.wait()
-    for consumer in consumers:
-        consumer.cancel()
-    await asyncio.gather(*consumers, return_exceptions=True)
-    await connection.close()
-    engine.dispose()
-    log.info("converter stopped")
+    stop.running()
+    try:
+        await asyncio.Future()  # until stopped; the consumers run until cancelled too
+    finally:
+        for consumer in consumers:
+            consumer.cancel()
+        await asyncio.gather(*consumers, return_exceptions=True)
+        await connection.close()
+        engine.dispose()
 
 
 def main() -> None:
-    settings = load_settings(ConverterSettings)
-    configure_logging("converter", settings.log_level, settings.log_format)
-    side = SidePort("converter", settings.metrics_host, settings.metrics_port)
-    side.start()
-    asyncio.run(run(settings, side))
+    serve("converter", ConverterSettings, run)

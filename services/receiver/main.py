@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import signal
 import ssl
 import sys
-import threading
 
 import pydicom.config
 from pynetdicom import AE, AllStoragePresentationContexts
@@ -20,9 +18,8 @@ from services.receiver.settings import ReceiverSettings
 from services.receiver.storage import IncomingStore
 from services.receiver.transport import start_storage_server
 from shared.headers import STORED_TRANSFER_SYNTAXES
-from shared.logs import configure_logging
 from shared.monitoring import OK, SidePort
-from shared.settings import load_settings
+from shared.service import Stop, serve
 from shared.tls import server_context
 
 log = logging.getLogger("dcmdb.receiver")
@@ -54,7 +51,7 @@ def _tls(settings: ReceiverSettings) -> ssl.SSLContext | None:
     return server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
 
 
-def run(settings: ReceiverSettings, side: SidePort) -> None:
+def run(settings: ReceiverSettings, side: SidePort, stop: Stop) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
     settings.warn_if_open()
     listener = side.dependency("dicom")
@@ -85,19 +82,14 @@ def run(settings: ReceiverSettings, side: SidePort) -> None:
         settings.dicom_port,
         " (TLS)" if settings.tls_cert else "",
     )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
-    log.info("stopping: no new associations; finishing the open ones")
-    ae.shutdown()
-    announcer.stop()
-    log.info("receiver stopped")
+    stop.running()
+    try:
+        stop.wait()
+    finally:
+        log.info("stopping: no new associations; finishing the open ones")
+        ae.shutdown()
+        announcer.stop()
 
 
 def main() -> None:
-    settings = load_settings(ReceiverSettings)
-    configure_logging("receiver", settings.log_level, settings.log_format)
-    side = SidePort("receiver", settings.metrics_host, settings.metrics_port)
-    side.start()
-    run(settings, side)
+    serve("receiver", ReceiverSettings, run)

@@ -13,7 +13,7 @@ and the next round (of this or another retention process) finishes the job:
 3. ``close``, one transaction: every catalog row of the study (instances, NIfTI outputs,
    series, expected counts, the study, and its patient when no other study is left)
    deleted and the `Eviction` row closed; ``study.evicted`` is published afterwards
-   (an outbox: see `unannounced`).
+   (an outbox: see `announce_next`).
 """
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Row, Select, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import outbox
 from shared.catalog.models import (
     LISTED,
     Eviction,
@@ -183,21 +185,41 @@ def _delete_patient_if_alone(session: Session, patient_pk: int) -> None:
 
 
 def unannounced(sessions: sessionmaker[Session], limit: int = 500) -> list[StudyEvicted]:
+    """The closed evictions not yet confirmed as published, oldest first."""
     with sessions() as session:
-        rows = session.scalars(
-            select(Eviction)
-            .where(Eviction.announced.is_(False), Eviction.evicted_at.is_not(None))
-            .order_by(Eviction.id)
-            .limit(limit)
-        )
+        rows = session.scalars(_unannounced().limit(limit))
         return [_event(row) for row in rows]
 
 
-def mark_announced(sessions: sessionmaker[Session], event: StudyEvicted) -> None:
-    with sessions.begin() as session:
-        session.execute(
-            update(Eviction).where(Eviction.id == event.eviction_id).values(announced=True)
-        )
+def announce_next(
+    sessions: sessionmaker[Session], publish: Callable[[StudyEvicted], None]
+) -> StudyEvicted | None:
+    """Publish the oldest unannounced eviction and mark it announced; None when none waits.
+
+    As the sorter's completions (`shared.outbox`): the `Eviction` row stays locked from
+    the moment it is read until it is marked, so retention processes announcing at once
+    publish each eviction once; ``publish`` failing leaves it for the next round.
+    """
+    return outbox.announce_next(
+        sessions,
+        _unannounced(),
+        Eviction,
+        lambda row: _event(row[0]),
+        _mark_announced,
+        publish,
+    )
+
+
+def _unannounced() -> Select[Eviction]:
+    return (
+        select(Eviction)
+        .where(Eviction.announced.is_(False), Eviction.evicted_at.is_not(None))
+        .order_by(Eviction.id)
+    )
+
+
+def _mark_announced(row: Row[Eviction]) -> None:
+    row[0].announced = True
 
 
 def _event(row: Eviction) -> StudyEvicted:

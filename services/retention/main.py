@@ -5,15 +5,14 @@ eviction a crash or a stop left unfinished, then measures the archive's free spa
 evicts what `shared.retention.plan` says (the dry run of ``GET /storage`` is the same
 plan). Evicting needs only the catalog and the disk: ``study.evicted`` events wait in the
 catalog while RabbitMQ is away. Several retention processes may run at once: each study
-is claimed by one conditional update (`eviction.claim`).
+is claimed by one conditional update (`eviction.claim`), and each eviction announced once
+(`eviction.announce_next`, the outbox of `shared.outbox`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,11 +28,11 @@ from services.retention.settings import RetentionSettings
 from shared.broker import Publisher, connect
 from shared.catalog.database import open_catalog
 from shared.disk import DiskUsage, disk_usage
-from shared.logs import configure_logging
 from shared.messages import Topology
 from shared.monitoring import SidePort, catalog_status
+from shared.outbox import publishing_from_thread
 from shared.retention import Plan, Policy, plan_evictions
-from shared.settings import load_settings
+from shared.service import Stop, serve
 
 log = logging.getLogger("dcmdb.retention")
 
@@ -124,46 +123,57 @@ class Retention:
 
 async def announce(sessions: sessionmaker[Session], publisher: Publisher) -> None:
     """Publish every closed eviction not yet confirmed published (the outbox)."""
-    for event in await asyncio.to_thread(eviction.unannounced, sessions):
-        await publisher.publish(event)
-        await asyncio.to_thread(eviction.mark_announced, sessions, event)
+    publish = publishing_from_thread(publisher)
+    while await asyncio.to_thread(eviction.announce_next, sessions, publish) is not None:
+        pass
 
 
-async def run(settings: RetentionSettings, side: SidePort) -> None:
+async def run(settings: RetentionSettings, side: SidePort, stop: Stop) -> None:
+    """Rounds until cancelled (`shared.service`); ``stop`` ends the round in hand after
+    its current study, and the evictions done are announced before the service stops."""
     # Evicting needs the catalog; the broker only carries the events, which wait meanwhile.
     catalog = side.dependency("catalog")
     engine, sessions = await asyncio.to_thread(open_catalog, settings.catalog_url, writer=True)
     catalog.watch(lambda: catalog_status(engine))
     retention = Retention(settings, sessions)
     _describe(settings)
-    stop, wake = threading.Event(), asyncio.Event()
-
-    def stopping() -> None:
-        stop.set()  # the round in hand stops after its current study
-        wake.set()
-
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping)
+    stop.running()
     # Evicting does not wait for the broker: it connects meanwhile.
     connecting = asyncio.create_task(_connect(settings.broker_url, settings.topology))
-    while not stop.is_set():
+    try:
+        while True:
+            await _round(retention, stop)
+            await _announce(sessions, connecting)
+            await asyncio.sleep(settings.retention_interval)
+    finally:
+        await _announce(sessions, connecting)
+        if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+            await connecting.result()[0].close()
+        connecting.cancel()
+        engine.dispose()
+
+
+async def _round(retention: Retention, stop: threading.Event) -> None:
+    # Shielded: cancelled, the round in hand sees ``stop`` and ends after its current study.
+    round_in_hand = asyncio.ensure_future(asyncio.to_thread(retention.round, stop))
+    try:
+        await asyncio.shield(round_in_hand)
+    except asyncio.CancelledError:
+        await asyncio.gather(round_in_hand, return_exceptions=True)
+        raise
+    except Exception as exc:  # the catalog or the disk is away: the next round retries
+        log.warning("retention round failed (%s); retrying", exc)
+
+
+async def _announce(
+    sessions: sessionmaker[Session],
+    connecting: asyncio.Task[tuple[AbstractRobustConnection, Publisher]],
+) -> None:
+    if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
         try:
-            await asyncio.to_thread(retention.round, stop)
-        except Exception as exc:  # the catalog or the disk is away: the next round retries
-            log.warning("retention round failed (%s); retrying", exc)
-        if connecting.done() and connecting.exception() is None:
-            try:
-                await announce(sessions, connecting.result()[1])
-            except Exception as exc:  # the broker is away: the events wait in the catalog
-                log.warning("announcing evictions failed (%s); retrying", exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), settings.retention_interval)
-    if connecting.done() and connecting.exception() is None:
-        await connecting.result()[0].close()
-    connecting.cancel()
-    engine.dispose()
-    log.info("retention stopped")
+            await announce(sessions, connecting.result()[1])
+        except Exception as exc:  # the broker is away: the events wait in the catalog
+            log.warning("announcing evictions failed (%s); retrying", exc)
 
 
 async def _connect(url: str, topology: Topology) -> tuple[AbstractRobustConnection, Publisher]:
@@ -192,8 +202,4 @@ def _describe(settings: RetentionSettings) -> None:
 
 
 def main() -> None:
-    settings = load_settings(RetentionSettings)
-    configure_logging("retention", settings.log_level, settings.log_format)
-    side = SidePort("retention", settings.metrics_host, settings.metrics_port)
-    side.start()
-    asyncio.run(run(settings, side))
+    serve("retention", RetentionSettings, run)

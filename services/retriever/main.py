@@ -8,7 +8,6 @@ off by a stop or a crash is taken over once its lease (`DCMDB_JOB_LEASE`) runs o
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 
 from services.retriever import metrics, nightly
@@ -16,14 +15,17 @@ from services.retriever.runner import JobRunner
 from services.retriever.settings import RetrieverSettings
 from shared import retrievals
 from shared.catalog.database import open_catalog
-from shared.logs import configure_logging
 from shared.monitoring import SidePort, catalog_status
-from shared.settings import load_settings
+from shared.service import Stop, serve
 
 log = logging.getLogger("dcmdb.retriever")
 
 
-def serve(settings: RetrieverSettings, stop: threading.Event, side: SidePort) -> None:
+def run(settings: RetrieverSettings, side: SidePort, stop: Stop) -> None:
+    """Claim and run jobs until stopped. A stop interrupts a job where it is: a job in the
+    middle of a move is left to its lease, and another retriever (or this one, restarted)
+    takes it over and moves what is still missing."""
+    stop.running()  # a stop interrupts the catalog's first connection too
     catalog = side.dependency("catalog")
     engine, sessions = open_catalog(settings.catalog_url, writer=True)
     catalog.watch(lambda: catalog_status(engine))
@@ -50,22 +52,7 @@ def serve(settings: RetrieverSettings, stop: threading.Event, side: SidePort) ->
             stop.wait(settings.poll_interval)
     finally:
         engine.dispose()
-        log.info("retriever stopped")
 
 
 def main() -> None:
-    settings = load_settings(RetrieverSettings)
-    configure_logging("retriever", settings.log_level, settings.log_format)
-    stop = threading.Event()
-
-    def stopping(_signum: int, _frame: object) -> None:
-        stop.set()
-        # A job in the middle of a move is left to its lease: another retriever (or this
-        # one, restarted) takes it over and moves what is still missing.
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stopping)
-    signal.signal(signal.SIGINT, stopping)
-    side = SidePort("retriever", settings.metrics_host, settings.metrics_port)
-    side.start()
-    serve(settings, stop, side)
+    serve("retriever", RetrieverSettings, run)

@@ -17,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import Row, Select, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import outbox
 from shared.catalog.models import Series, Study
 from shared.catalog.states import Completion
 from shared.messages import SeriesCompleted
@@ -59,21 +60,22 @@ def announce_next(
     """Publish the oldest unannounced completion and mark it announced; None when none waits.
 
     The series row stays locked from the moment it is read until it is marked, with
-    ``publish`` (which returns once the broker confirmed) in between: another sorter skips
-    it (PostgreSQL) or waits for the mark (SQLite's write lock), so each completion is
-    published once. ``publish`` failing leaves it unannounced for the next round.
+    ``publish`` (which returns once the broker confirmed) in between (`shared.outbox`):
+    each completion is published once. ``publish`` failing leaves it unannounced for the
+    next round.
     """
-    with sessions.begin() as session:
-        row = session.execute(
-            _unannounced().limit(1).with_for_update(of=Series, skip_locked=True)
-        ).first()
-        if row is None:
-            return None
-        series = row[0]
-        event = _completed(series, row[1])
-        publish(event)
-        series.completion_announced = True
-    return event
+    return outbox.announce_next(
+        sessions,
+        _unannounced(),
+        Series,
+        lambda row: _completed(row[0], row[1]),
+        _mark_announced,
+        publish,
+    )
+
+
+def _mark_announced(row: Row[Series, str]) -> None:
+    row[0].completion_announced = True
 
 
 def _unannounced() -> Select[Series, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,18 +15,18 @@ from services.sorter.renaming import rename_hashed_instance_files
 from services.sorter.settings import SorterSettings
 from shared.broker import Publisher, connect, consume_batches, count_from_zero
 from shared.catalog.database import open_catalog
-from shared.logs import about, configure_logging
+from shared.logs import about
 from shared.messages import SORTER_QUEUE, InstanceFiled, InstanceReceived, SeriesCompleted
 from shared.monitoring import SidePort, broker_status, catalog_status
 from shared.naming import PhysicianAliases
-from shared.settings import load_settings
+from shared.outbox import publishing_from_thread
+from shared.service import Stop, serve
 
 log = logging.getLogger("dcmdb.sorter")
 
-PUBLISH_TIMEOUT = 30.0  # seconds a completion may wait for the broker's confirm
 
-
-async def run(settings: SorterSettings, side: SidePort) -> None:
+async def run(settings: SorterSettings, side: SidePort, stop: Stop) -> None:
+    """File until cancelled (`shared.service`)."""
     aliases = (
         PhysicianAliases.load(settings.physician_aliases) if settings.physician_aliases else None
     )
@@ -72,12 +71,14 @@ async def run(settings: SorterSettings, side: SidePort) -> None:
             max_batch=settings.batch_size,
         )
     )
-    await _until_stopped(consumer)
-    completing.cancel()
-    sampling.cancel()
-    await connection.close()
-    engine.dispose()
-    log.info("sorter stopped")
+    stop.running()
+    try:
+        await consumer
+    finally:
+        completing.cancel()
+        sampling.cancel()
+        await connection.close()
+        engine.dispose()
 
 
 async def announce_completions(
@@ -90,16 +91,8 @@ async def announce_completions(
     completion, forever: every `stable_age`/4 seconds, and after each batch filed."""
     interval = min(max(stable_age / 4, 0.2), 5.0)
     filed = filed or asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def publish(event: SeriesCompleted) -> None:
-        """From the catalog thread, which holds the series row until the broker confirmed."""
-        confirmed = asyncio.run_coroutine_threadsafe(publisher.publish(event), loop)
-        try:
-            confirmed.result(PUBLISH_TIMEOUT)
-        finally:
-            confirmed.cancel()  # no-op once done; a publish that hangs gives up the row
-
+    # From the catalog thread, which holds the series row until the broker confirmed.
+    publish = publishing_from_thread(publisher)
     while True:
         try:
             await asyncio.to_thread(completion.complete_stable_series, sessions, stable_age)
@@ -122,17 +115,5 @@ async def announce_completions(
         filed.clear()
 
 
-async def _until_stopped(task: asyncio.Task[None]) -> None:
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 def main() -> None:
-    settings = load_settings(SorterSettings)
-    configure_logging("sorter", settings.log_level, settings.log_format)
-    side = SidePort("sorter", settings.metrics_host, settings.metrics_port)
-    side.start()
-    asyncio.run(run(settings, side))
+    serve("sorter", SorterSettings, run)

@@ -22,14 +22,14 @@ SERVICES = {
 }
 TOOLS = {  # name: ("module:function taking the arguments", what it does)
     "dead-letters": (
-        "services.dead_letters:main",
+        "services.commands.dead_letters:main",
         "count, show or requeue dead-lettered messages",
     ),
-    "studies": ("services.lab_commands:studies", "list the studies the API finds"),
-    "download": ("services.lab_commands:download", "download a study through the API"),
-    "retrieve": ("services.pacs_commands:retrieve", "fetch studies from the PACS"),
-    "pacs-check": ("services.pacs_commands:pacs_check", "compare a study with the PACS"),
-    "reconvert": ("services.reconvert_command:main", "convert series to NIfTI again"),
+    "studies": ("services.commands.studies:studies", "list the studies the API finds"),
+    "download": ("services.commands.studies:download", "download a study through the API"),
+    "retrieve": ("services.commands.pacs:retrieve", "fetch studies from the PACS"),
+    "pacs-check": ("services.commands.pacs:pacs_check", "compare a study with the PACS"),
+    "reconvert": ("services.commands.reconvert:main", "convert series to NIfTI again"),
 }
 
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         if args.command == "up":
-            from services.supervisor import run_all
+            from services.commands.up import run_all
             from shared.settings import CommonSettings, load_settings
 
             sys.exit(run_all(list(SERVICES), load_settings(CommonSettings).log_format))

@@ -15,7 +15,7 @@ import time
 
 from services.api.client import Client
 from services.api.schemas import PacsCheck, Retrieval
-from services.lab_commands import client_for, connection_options, reporting, table
+from services.commands.studies import client_for, connection_options, reporting, table
 
 INCOMPLETE = 3
 _FOLLOW_EVERY = 1.0  # seconds

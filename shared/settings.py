@@ -21,7 +21,7 @@ from shared.tls import check_pair, unset_if_empty
 
 ENV_PREFIX = "DCMDB_"
 # Each service's side port (shared.monitoring) by default, so that the services of one host
-# never share one; `dcmdb up` hands each child its own (services.supervisor).
+# never share one; `dcmdb up` hands each child its own (services.commands.up).
 METRICS_PORTS = {
     "receiver": 9101,
     "sorter": 9102,

@@ -178,7 +178,7 @@ class Dcmdb:
             side["DCMDB_METRICS_PORT"] = str(self.metrics_ports[command])
         log = open(self.log_path_of(name), "ab")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", command],
+            [sys.executable, "-m", "services.commands.cli", command],
             cwd=REPO,
             env={**self.env, **side, **(env or {})},
             stdout=log,

@@ -490,7 +490,7 @@ def _start_api(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     import os
 
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "api"],
+        [sys.executable, "-m", "services.commands.cli", "api"],
         cwd=REPO,
         env={**os.environ, "DCMDB_DATA_DIR": str(tmp_path), **env},
         capture_output=True,

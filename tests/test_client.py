@@ -191,7 +191,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     log = base / "api.log"
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "api"],
+            [sys.executable, "-m", "services.commands.cli", "api"],
             cwd=base,  # no .env of the repository applies
             env=env,
             stdout=output,
@@ -398,7 +398,7 @@ def dcmdb(api: Api | None, *args: str, key: str | None = None) -> subprocess.Com
     if api is not None:
         env |= {"DCMDB_API_URL": api.url, "DCMDB_API_KEY": api.key if key is None else key}
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "services.commands.cli", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

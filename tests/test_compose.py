@@ -29,8 +29,8 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from services.api.settings import ApiSettings
-from services.cli import SERVICES, TOOLS
-from services.supervisor import UpSettings
+from services.commands.cli import SERVICES, TOOLS
+from services.commands.up import UpSettings
 from shared.settings import ENV_PREFIX, METRICS_PORTS, CommonSettings
 from tests.conftest import REPO, require_tool
 from tests.system import dicom_files, free_port, send_dicom, wait_for
@@ -357,7 +357,7 @@ def on_host(
                 env["DCMDB_METRICS_PORT"] = str(side_ports[name])
             with open(logs / f"{name}.log", "wb") as log:
                 processes[name] = subprocess.Popen(
-                    [sys.executable, "-m", "services.cli", *services[name]["command"]],
+                    [sys.executable, "-m", "services.commands.cli", *services[name]["command"]],
                     cwd=tmp_path,  # no .env of the checkout
                     env=env,
                     stdout=log,

@@ -25,7 +25,7 @@ SORTER_DEAD = TOPOLOGY.dead_letter_name(SORTER_QUEUE)
 def dead_letters(broker_url: str, *args: str) -> str:
     env = {**os.environ, "DCMDB_BROKER_URL": broker_url}
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "dead-letters", *args],
+        [sys.executable, "-m", "services.commands.cli", "dead-letters", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

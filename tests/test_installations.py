@@ -16,9 +16,9 @@ from aio_pika.abc import AbstractRobustConnection
 from pydantic import ValidationError
 
 from shared.broker import Publisher, connect, consume, dead_letter_counts
-from shared.errors import PermanentError
+from shared.errors import ConfigurationError, PermanentError
 from shared.messages import ALL_QUEUES, SORTER_QUEUE, InstanceReceived, Topology
-from shared.settings import CommonSettings, ConfigurationError, load_settings
+from shared.settings import CommonSettings, load_settings
 from tests.conftest import REPO
 from tests.test_broker import eventually, list_queues, ready_count, received, run, running
 
@@ -79,7 +79,7 @@ def dead_letters_command(
     env = {**clean, "PYTHONPATH": str(REPO), "DCMDB_DATA_DIR": str(cwd)}
     env |= {"DCMDB_BROKER_URL": broker_url, "DCMDB_INSTALLATION": installation}
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "dead-letters", *args],
+        [sys.executable, "-m", "services.commands.cli", "dead-letters", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 

@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 
-from services.supervisor import Output
+from services.commands.up import Output
 from shared.logs import about, configure_logging, log_context
 from shared.messages import InstanceReceived, SeriesCompleted
 from tests.conftest import JsonLog

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import Counter
 
-from services.supervisor import child_environments
+from services.commands.up import child_environments
 from shared.errors import ConfigurationError
 from shared.monitoring import OK, SidePort
 from shared.settings import METRICS_PORTS
@@ -114,7 +114,7 @@ def test_a_service_whose_side_port_is_taken_stops_at_start_with_exit_code_2(
             "DCMDB_METRICS_PORT": str(taken.getsockname()[1]),
         }
         result = subprocess.run(
-            [sys.executable, "-m", "services.cli", "converter"],
+            [sys.executable, "-m", "services.commands.cli", "converter"],
             cwd=tmp_path,
             env=env,
             capture_output=True,

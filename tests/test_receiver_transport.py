@@ -40,7 +40,7 @@ from services.receiver.transport import (
     encode_c_store_rsp,
     start_storage_server,
 )
-from shared.settings import ConfigurationError
+from shared.errors import ConfigurationError
 from tests.conftest import require_tool
 from tests.support import free_port, wait_for
 from tests.system import self_signed

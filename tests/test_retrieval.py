@@ -246,7 +246,7 @@ def _dcmdb(site: Site, *argv: str, key: str = ADMIN) -> subprocess.CompletedProc
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "services.commands.cli",
             *argv,
             "--url",
             str(site.client.base_url),

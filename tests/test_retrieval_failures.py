@@ -259,7 +259,7 @@ def test_a_job_cancelled_while_it_runs_stops(site: Site) -> None:
 
 def _retriever_pid(site: Site) -> int:
     found = subprocess.run(
-        ["pgrep", "-f", "services.cli retriever"], capture_output=True, text=True
+        ["pgrep", "-f", "services.commands.cli retriever"], capture_output=True, text=True
     ).stdout.split()
     ours = [int(pid) for pid in found if _environment_has(int(pid), str(site.dcmdb.data_dir))]
     assert len(ours) == 1, found

@@ -19,7 +19,7 @@ from tests.system import free_port, wait_for
 def run_service(command: str, env: dict[str, str], tmp_path: Path, seconds: float = 20):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DCMDB_")}
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", command],
+        [sys.executable, "-m", "services.commands.cli", command],
         cwd=tmp_path,  # no .env of the project's
         env={**clean, "PYTHONPATH": str(REPO), "DCMDB_DATA_DIR": str(tmp_path), **env},
         capture_output=True,
@@ -91,7 +91,7 @@ def _retry_lines(command: str, env: dict[str, str], tmp_path: Path, marker: str)
     log = tmp_path / "service.log"
     with open(log, "w") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", command],
+            [sys.executable, "-m", "services.commands.cli", command],
             cwd=tmp_path,
             env={**clean, "PYTHONPATH": str(REPO), "DCMDB_DATA_DIR": str(tmp_path), **env},
             stdout=output,

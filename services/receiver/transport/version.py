@@ -8,7 +8,7 @@ the receiver refuses to start on any other version rather than guess.
 
 from __future__ import annotations
 
-from shared.settings import ConfigurationError
+from shared.errors import ConfigurationError
 
 #: The pynetdicom release the overrides were written and tested against; pinned
 #: in pyproject.toml. Changing either means re-reading every override's note.

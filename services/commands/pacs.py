@@ -1,11 +1,5 @@
-"""``dcmdb retrieve`` and ``dcmdb pacs-check``: fetching studies from the PACS through the
-API, and asking whether a study is complete.
-
-``retrieve`` queues the job (an admin key) and follows it until it ends, one line per
-change; Ctrl-C stops following, not the job. Exit status: 0 when the job (or the check)
-found everything, 1 on an error, 3 when the job ended partial, failed or cancelled, or the
-check found something missing.
-"""
+"""dcmdb retrieve and dcmdb pacs-check: fetching studies from the PACS through the API,
+and asking whether a study is complete."""
 
 from __future__ import annotations
 
@@ -15,10 +9,23 @@ import time
 
 from services.api.client import Client
 from services.api.schemas import PacsCheck, Retrieval
-from services.lab_commands import client_for, connection_options, reporting, table
+from services.commands.api_connection import client_for, connection_options, reporting
+from services.commands.parsing import command_parser
+from services.commands.terminal import table
 from shared.catalog.states import JobState
 
 INCOMPLETE = 3
+_RETRIEVE_HELP = """Fetch studies from the PACS.
+
+Queues a retrieval job (an admin key) and follows it until it ends, one line per change;
+Ctrl-C stops following, not the job. Exit status: 0 when the job found everything, 1 on an
+error, 3 when the job ended partial, failed or cancelled.
+"""
+_CHECK_HELP = """Compare a study with the PACS.
+
+Counts each series' instances on the PACS and in dcmdb. Exit status: 0 when the study is
+complete, 1 on an error, 3 when something is missing.
+"""
 _FOLLOW_EVERY = 1.0  # seconds
 
 
@@ -142,9 +149,7 @@ def _check_table(check: PacsCheck) -> str:
 
 
 def _retrieve_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dcmdb retrieve", description="Fetch studies from the PACS into dcmdb."
-    )
+    parser = command_parser("dcmdb retrieve", _RETRIEVE_HELP)
     parser.add_argument("--date", help="YYYYMMDD, A-B, A-, -B, today or yesterday")
     parser.add_argument("--modality", help="e.g. MR")
     parser.add_argument("--patient-id")
@@ -158,9 +163,7 @@ def _retrieve_parser() -> argparse.ArgumentParser:
 
 
 def _check_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dcmdb pacs-check", description="Compare a study on the PACS with dcmdb's copy."
-    )
+    parser = command_parser("dcmdb pacs-check", _CHECK_HELP)
     parser.add_argument("study_uid")
     parser.add_argument("--pacs", help="a configured PACS (default: the first)")
     parser.add_argument("--json", action="store_true")

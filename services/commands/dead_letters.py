@@ -1,14 +1,13 @@
-"""``dcmdb dead-letters``: what waits in the dead-letter queues, for an admin to look at.
+"""Count, show or requeue dead-lettered messages.
 
-Counts every ``<queue>.dead`` queue; with ``--show N`` also prints the first N
-messages of each (why they died, their type and message ID) and puts them back
-untouched. ``--requeue`` sends them all back to their queue for another try,
-once whatever made them fail is fixed.
+Counts every <queue>.dead queue, where a message waits for an admin once it failed for
+good or too often. With --show N, also prints the first N messages of each (why they died,
+their type and message ID) and puts them back untouched. --requeue sends them all back to
+their queue for another try, once whatever made them fail is fixed.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 from typing import Any
@@ -16,13 +15,14 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
+from services.commands.parsing import command_parser
 from shared.broker import connect, dead_letter_counts
 from shared.messages import ALL_QUEUES, Topology
 from shared.settings import CommonSettings, load_settings
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="dcmdb dead-letters", description=__doc__)
+    parser = command_parser("dcmdb dead-letters", __doc__)  # the docstring is its --help
     parser.add_argument("--show", type=int, default=0, metavar="N", help="print N of each")
     parser.add_argument("--requeue", action="store_true", help="send them back for a retry")
     args = parser.parse_args(argv)

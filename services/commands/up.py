@@ -119,7 +119,7 @@ class Child:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", self.name],
+            [sys.executable, "-m", "services.commands.cli", self.name],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=self.env,

@@ -1,24 +1,25 @@
-"""``dcmdb reconvert``: convert series to NIfTI again, for an admin on the dcmdb host.
+"""Convert series to NIfTI again.
 
 Selects complete series by study, series, physician folder or study date range (every
 criterion given must hold) and queues them: the converter converts each again and replaces
-its files. ``--dry-run`` lists what would be queued. It reads and writes the catalog
-(``DCMDB_CATALOG_URL``) directly, so it needs the host's settings, not an API key.
+its files. --dry-run lists what would be queued. For an admin on the dcmdb host: it reads
+and writes the catalog (DCMDB_CATALOG_URL) directly, so it needs the host's settings, not
+an API key.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from services.api.parameters import date_range
+from services.commands.parsing import command_parser
 from shared.catalog.database import open_catalog
 from shared.reconversion import Selection, reconvert
 from shared.settings import CommonSettings, load_settings
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="dcmdb reconvert", description=__doc__)
+    parser = command_parser("dcmdb reconvert", __doc__)  # the docstring is its --help
     parser.add_argument("--study", metavar="UID", help="a StudyInstanceUID")
     parser.add_argument("--series", metavar="UID", help="a SeriesInstanceUID")
     parser.add_argument("--physician", metavar="FOLDER", help="a lab folder, e.g. SMITH_JOHN")

@@ -1,0 +1,1 @@
+"""The dcmdb command line: the entry point (cli), running every service (up) and the tools."""

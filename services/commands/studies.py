@@ -1,0 +1,145 @@
+"""List the studies the API finds.
+
+Newest received first, as a table or (--json) one JSON object a line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from collections.abc import Iterator
+
+from services.api.client import Client, StudyQuery
+from services.api.schemas import StudySummary
+from services.commands.api_connection import client_for, connection_options, reporting
+from services.commands.parsing import command_parser
+from services.commands.terminal import human_size, table
+
+PAGE_LIMIT = 1000  # the most studies the API gives in one page
+_COLUMNS = (
+    # header, width limit (None: as wide as the widest value), right-aligned
+    ("DATE", None, False),
+    ("PHYSICIAN", None, False),
+    ("PATIENT", 28, False),
+    ("MODALITIES", 16, False),
+    ("SERIES", None, True),
+    ("INSTANCES", None, True),
+    ("SIZE", None, True),
+    ("DESCRIPTION", 36, False),
+    ("STUDY UID", None, False),
+)
+
+
+def studies(argv: list[str]) -> None:
+    args = _studies_parser().parse_args(argv)
+    query: StudyQuery = {"sort": args.sort, "order": args.order}
+    for name, value in (
+        ("physician", args.physician),
+        ("study_date", args.date),
+        ("patient_id", args.patient_id),
+        ("patient_name", args.patient_name),
+        ("modality", args.modality),
+        ("accession_number", args.accession),
+        ("description", args.description),
+        ("received_since", args.since),
+    ):
+        if value is not None:
+            query[name] = value  # type: ignore[literal-required]
+    with reporting("studies"), client_for("studies", args) as client:
+        listing = _Listing(client, query, args.limit)
+        if args.json:
+            for study in listing:
+                print(study.model_dump_json())
+        else:
+            rows = [_row(study) for study in listing]
+            if rows:
+                print(table(rows, _COLUMNS))
+            else:
+                print("no study matches", file=sys.stderr)
+        if listing.more:
+            print(f"({args.limit} shown; more match: --limit 0 shows them all)", file=sys.stderr)
+
+
+class _Listing:
+    """The studies to show, fetched page by page; `more` says whether `limit` cut some off."""
+
+    def __init__(self, client: Client, query: StudyQuery, limit: int) -> None:
+        self._client = client
+        self._query = query
+        self._limit = limit
+        self.more = False
+
+    def __iter__(self) -> Iterator[StudySummary]:
+        left = self._limit or None
+        query: StudyQuery = {**self._query, "limit": min(left or PAGE_LIMIT, PAGE_LIMIT)}
+        while True:
+            page = self._client.studies(**query)
+            for study in page.items:
+                if left == 0:
+                    self.more = True
+                    return
+                yield study
+                if left is not None:
+                    left -= 1
+            if page.next is None:
+                return
+            if left == 0:
+                self.more = True
+                return
+            query["cursor"] = page.next
+
+
+def _row(study: StudySummary) -> list[str]:
+    day = study.study_date or ""
+    return [
+        f"{day[:4]}-{day[4:6]}-{day[6:]}" if len(day) == 8 else day or "-",
+        study.physician_folder,
+        study.patient_name or "-",
+        ",".join(study.modalities) or "-",
+        str(study.series_count),
+        str(study.instance_count),
+        human_size(study.size_bytes),
+        study.description or "-",
+        study.study_uid,
+    ]
+
+
+def _studies_parser() -> argparse.ArgumentParser:
+    parser = command_parser("dcmdb studies", __doc__)  # the docstring is its --help
+    parser.add_argument("--physician", help="lab folder (SMITH_JOHN) or name (Smith^John)")
+    parser.add_argument(
+        "--date",
+        metavar="EXPR",
+        help="study date: YYYYMMDD, YYYYMMDD-YYYYMMDD, YYYYMMDD-, -YYYYMMDD, today, yesterday",
+    )
+    parser.add_argument("--patient-id")
+    parser.add_argument("--patient-name", help="DICOM name, * as wildcard: SMITH*")
+    parser.add_argument("--modality", help="a modality of one of its series: MR, CT, ...")
+    parser.add_argument("--accession", help="accession number")
+    parser.add_argument("--description", help="a part of the study description, any case")
+    parser.add_argument(
+        "--since", type=_iso_time, metavar="ISO", help="received at or after (naive: UTC)"
+    )
+    parser.add_argument("--sort", choices=("received", "study_date"), default="received")
+    parser.add_argument("--order", choices=("desc", "asc"), default="desc")
+    parser.add_argument(
+        "--limit", type=_count, default=50, metavar="N", help="show N (default 50; 0: all)"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object a line")
+    connection_options(parser)
+    return parser
+
+
+def _iso_time(text: str) -> str:
+    try:
+        dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return text
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a whole number of 0 or more: {text!r}")
+    return int(text)

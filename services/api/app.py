@@ -50,7 +50,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine, sessions = open_catalog(settings.catalog_url)
-        app.state.engine, app.state.sessions = engine, sessions
+        app.state.sessions = sessions
         catalog.watch(lambda: catalog_status(engine))
         # The few routes that write (retrievals, pins) use sessions of their own: on
         # SQLite they take the write lock as they begin, so that a read turning into a

@@ -20,6 +20,7 @@ from services.api.parameters import known_parameters_only
 from services.api.schemas import UID_PATTERN, Problem
 from services.api.settings import ApiSettings
 from services.api.studies import PhysicianDirectory
+from shared.monitoring import Dependency
 from shared.naming import resolve_under
 
 log = logging.getLogger("dcmdb.api")
@@ -74,6 +75,14 @@ def _physicians(request: Request) -> PhysicianDirectory:
 
 
 PhysiciansDep = Annotated[PhysicianDirectory, Depends(_physicians)]
+
+
+def _readiness(request: Request) -> list[Dependency]:
+    return request.app.state.readiness  # type: ignore[no-any-return]
+
+
+ReadinessDep = Annotated[list[Dependency], Depends(_readiness)]
+"""What the API needs to answer (the catalog, the broker), as `/readyz` reports them."""
 
 StudyUid = Annotated[str, Path()]
 SeriesUid = Annotated[str, Path()]

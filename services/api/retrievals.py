@@ -49,7 +49,7 @@ def requested_query(settings: ApiSettings, body: RetrievalRequest) -> tuple[str,
     return peer.name, query
 
 
-async def check(
+async def compare_with_pacs(
     settings: ApiSettings, sessions: sessionmaker[Session], study_uid: str, pacs: str | None
 ) -> StudyCheck:
     """The study on the PACS beside the catalog; 404 when neither knows it, 502 when the

@@ -6,11 +6,11 @@ dependencies `create_app` declares, each with its status, 503 unless all are ok.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 
 from services.api import metrics
-from services.api.dependencies import OPEN
+from services.api.dependencies import OPEN, ReadinessDep
 from shared.monitoring import readiness
 
 router = APIRouter(tags=["operations"])
@@ -28,9 +28,9 @@ def healthz() -> dict[str, str]:
     response_model=dict[str, str],
     responses={503: {"model": dict[str, str], "description": "Catalog or broker away"}},
 )
-def readyz(request: Request) -> Response:
+def readyz(dependencies: ReadinessDep) -> Response:
     """The catalog and the broker are reachable."""
-    ready, statuses = readiness(request.app.state.readiness)
+    ready, statuses = readiness(dependencies)
     code = status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE
     return JSONResponse(statuses, status_code=code)
 

@@ -22,7 +22,7 @@ from services.api.dependencies import (
     WriterSessionsDep,
     not_found_answer,
 )
-from services.api.retrievals import check, check_view, job_view, requested_query
+from services.api.retrievals import check_view, compare_with_pacs, job_view, requested_query
 from services.api.schemas import PacsCheck, Problem, Retrieval, RetrievalRequest, RetrievalState
 from shared import retrievals
 from shared.catalog.models import RetrievalJob
@@ -102,7 +102,7 @@ async def pacs_check(
     pacs: Annotated[str | None, Query(max_length=64, description="A configured PACS")] = None,
 ) -> PacsCheck:
     """The PACS's series and instance counts beside the catalog's, and what is missing."""
-    return check_view(await check(settings, sessions, study_uid, pacs))
+    return check_view(await compare_with_pacs(settings, sessions, study_uid, pacs))
 
 
 @router.post(
@@ -121,7 +121,7 @@ async def repair(
     pacs: Annotated[str | None, Query(max_length=64, description="A configured PACS")] = None,
 ) -> Retrieval:
     """Queue a move of only the series the check finds incomplete."""
-    found = await check(settings, sessions, study_uid, pacs)
+    found = await compare_with_pacs(settings, sessions, study_uid, pacs)
     if found.complete:
         raise HTTPException(409, "the study is complete: nothing to repair")
     with writer_sessions() as session:

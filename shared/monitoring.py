@@ -17,13 +17,15 @@ reports ``not connected yet``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
+import aiormq
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import Engine
 
@@ -78,8 +80,7 @@ class SidePort:
         self._scrape_hooks.append(hook)
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
-        statuses = {d.name: d.status() for d in self._dependencies}
-        return all(s == OK for s in statuses.values()), statuses
+        return readiness(self._dependencies)
 
     def metrics(self) -> bytes:
         for hook in self._scrape_hooks:
@@ -143,9 +144,30 @@ def _handler_for(side: SidePort) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def readiness(dependencies: Iterable[Dependency]) -> tuple[bool, dict[str, str]]:
+    """Ready when every dependency answers OK; each one's status by name, the body of
+    ``/readyz`` (the side port's and the API's)."""
+    statuses = {d.name: d.status() for d in dependencies}
+    return all(s == OK for s in statuses.values()), statuses
+
+
 def broker_status(connection: AbstractConnection) -> str:
     """A RabbitMQ connection's state; a robust connection reconnects on its own."""
     return OK if connection.connected.is_set() else "unreachable: reconnecting to RabbitMQ"
+
+
+def broker_reachable(url: str) -> str:
+    """For a service that holds no broker connection (the API): one opened and closed."""
+
+    async def connect_and_close() -> None:
+        connection = await asyncio.wait_for(aiormq.connect(url), CHECK_TIMEOUT)
+        await connection.close()
+
+    try:
+        asyncio.run(connect_and_close())
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", said why
+        return f"unreachable: {type(exc).__name__}"
+    return OK
 
 
 def catalog_status(engine: Engine) -> str:

@@ -28,8 +28,8 @@ from schemathesis.specs.openapi.checks import (
     positive_data_acceptance,
 )
 
-from services.api.access import ADMIN
 from services.api.app import create_app
+from services.api.dependencies import ADMIN
 from services.api.settings import ApiSettings
 from tests.conftest import TESTDATA, fresh_vhost
 from tests.system import Dcmdb, dicom_files, free_port, send_dicom, wait_for

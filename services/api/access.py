@@ -7,14 +7,13 @@ Keys are compared in constant time and never logged.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterator
-from typing import Annotated, Any, NoReturn
-from urllib.parse import parse_qsl
+from collections.abc import Callable
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
-from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
+
+from services.api.parameters import known_parameters_only
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from DCMDB_API_KEYS")
 _GRANTS = {"read": {"read", "admin"}, "admin": {"admin"}}
@@ -69,60 +68,3 @@ def require(scope: str) -> Callable[..., None]:
         known_parameters_only(request)  # after the key: a stranger learns nothing of the API
 
     return check
-
-
-def known_parameters_only(request: Request) -> None:
-    """A misspelt filter is a 422, not a silently unfiltered listing; so is one given twice,
-    of which FastAPI would silently keep the last (``modality=MR&modality=CT`` is not both)."""
-    dependant = getattr(request.scope.get("route"), "dependant", None)
-    if dependant is None:
-        return
-    known = {param.alias for param in _query_params(dependant)}
-    given: set[str] = set()
-    # Parsed again: Starlette drops a parameter with an empty name, which is unknown too.
-    for name, value in parse_qsl(request.url.query, keep_blank_values=True):
-        if name not in known:
-            accepted = ", ".join(sorted(known)) or "none"
-            _refuse(
-                name, value, "extra_forbidden", f"unknown parameter; this route accepts: {accepted}"
-            )
-        if name in given:
-            _refuse(name, value, "value_error", "given more than once; give it once")
-        given.add(name)
-
-
-def _refuse(name: str, value: str, kind: str, message: str) -> NoReturn:
-    """A 422 in FastAPI's own shape, naming the query parameter."""
-    raise RequestValidationError(
-        [{"type": kind, "loc": ("query", name), "msg": message, "input": value}]
-    )
-
-
-def _query_params(dependant: Any) -> Iterator[Any]:
-    yield from dependant.query_params
-    for sub in dependant.dependencies:
-        yield from _query_params(sub)
-
-
-# Route dependencies: a key with this scope, or none (parameters still checked).
-READ = [Depends(require("read"))]
-ADMIN = [Depends(require("admin"))]
-OPEN = [Depends(known_parameters_only)]
-
-
-def _session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(_session)]
-"""A catalog session for the request, closed when it is answered."""
-
-
-def _writer_session(request: Request) -> Iterator[Session]:
-    with request.app.state.writer_sessions() as session:
-        yield session
-
-
-WriterSessionDep = Annotated[Session, Depends(_writer_session)]
-"""The same, for a route that writes to the catalog."""

@@ -1,7 +1,8 @@
 """Query parameters as lab scripts write them, turned into what the catalog compares.
 
 Each parser raises ValueError with a message that says what is accepted; FastAPI turns it
-into a 422 naming the parameter.
+into a 422 naming the parameter. `known_parameters_only` refuses a parameter a route does
+not take, or one given twice.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import base64
 import binascii
 import datetime as dt
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import parse_qsl
 
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 
 DATE_FORMAT = "%Y%m%d"
@@ -118,3 +122,39 @@ def invalid(where: str, name: str, message: str) -> RequestValidationError:
     return RequestValidationError(
         [{"type": "value_error", "loc": (where, name), "msg": message, "input": None}]
     )
+
+
+# Not FastAPI's query-parameter models (`extra="forbid"`): they keep the last of a repeated
+# parameter, say "Extra inputs are not permitted" without naming what the route accepts, and
+# guard only the routes that declare a model, where this check guards every route.
+def known_parameters_only(request: Request) -> None:
+    """A misspelt filter is a 422, not a silently unfiltered listing; so is one given twice,
+    of which FastAPI would silently keep the last (``modality=MR&modality=CT`` is not both)."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None:
+        return
+    known = {param.alias for param in _query_params(dependant)}
+    given: set[str] = set()
+    # Parsed again: Starlette drops a parameter with an empty name, which is unknown too.
+    for name, value in parse_qsl(request.url.query, keep_blank_values=True):
+        if name not in known:
+            accepted = ", ".join(sorted(known)) or "none"
+            _refuse(
+                name, value, "extra_forbidden", f"unknown parameter; this route accepts: {accepted}"
+            )
+        if name in given:
+            _refuse(name, value, "value_error", "given more than once; give it once")
+        given.add(name)
+
+
+def _refuse(name: str, value: str, kind: str, message: str) -> NoReturn:
+    """A 422 in FastAPI's own shape, naming the query parameter."""
+    raise RequestValidationError(
+        [{"type": kind, "loc": ("query", name), "msg": message, "input": value}]
+    )
+
+
+def _query_params(dependant: Any) -> Iterator[Any]:
+    yield from dependant.query_params
+    for sub in dependant.dependencies:
+        yield from _query_params(sub)

@@ -1,4 +1,5 @@
-"""Routes of disk space and retention: usage and the next eviction (a dry run); pins.
+"""Disk space and retention as the API reports them: usage and the next eviction (a dry
+run); pins.
 
 The dry run is `shared.retention.plan` on the catalog and the archive's free space as
 they are now, the very decision the retention service takes on its next round.
@@ -7,20 +8,15 @@ they are now, the very decision the retention service takes on its next round.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from services.api.access import ADMIN, READ, SessionDep, WriterSessionDep
 from services.api.schemas import (
     CatalogUsage,
     DiskSpace,
     NextEviction,
-    Pin,
     PlannedEviction,
-    Problem,
     Storage,
     StorageThresholds,
 )
@@ -29,22 +25,10 @@ from shared.catalog.models import LISTED, NiftiOutput, Series, Study
 from shared.disk import DiskUsage, disk_usage
 from shared.retention import Plan, Policy, plan_evictions
 
-router = APIRouter()
 
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": Problem, "description": "No such study"}
-}
-
-
-@router.get("/storage", dependencies=READ, response_model=Storage, tags=["storage"])
-def get_storage(
-    request: Request,
-    session: SessionDep,
-    limit: Annotated[int, Query(ge=0, le=1000, description="Studies of the dry run listed")] = 100,
-) -> Storage:
+def storage_report(session: Session, settings: ApiSettings, limit: int) -> Storage:
     """Disk usage, free space, the retention thresholds, and what the next eviction
-    would remove (a dry run)."""
-    settings: ApiSettings = request.app.state.settings
+    would remove (a dry run), listing at most `limit` of its studies."""
     plan = plan_evictions(
         session,
         lambda: disk_usage(settings.archive_root),
@@ -71,31 +55,8 @@ def get_storage(
     )
 
 
-@router.post(
-    "/studies/{study_uid}/pin",
-    dependencies=ADMIN,
-    response_model=Pin,
-    responses=_NOT_FOUND,
-    tags=["studies"],
-)
-def pin_study(study_uid: str, session: WriterSessionDep) -> Pin:
-    """Keep the study: retention never evicts a pinned study."""
-    return _set_pinned(session, study_uid, True)
-
-
-@router.delete(
-    "/studies/{study_uid}/pin",
-    dependencies=ADMIN,
-    response_model=Pin,
-    responses=_NOT_FOUND,
-    tags=["studies"],
-)
-def unpin_study(study_uid: str, session: WriterSessionDep) -> Pin:
-    """Let retention evict the study again, in its turn."""
-    return _set_pinned(session, study_uid, False)
-
-
-def _set_pinned(session: Session, study_uid: str, pinned: bool) -> Pin:
+def set_pinned(session: Session, study_uid: str, pinned: bool) -> bool:
+    """Pin or unpin a listed study; False when there is no such study."""
     with session.begin():
         # Conditional: a study retention marked evicting meanwhile is gone already.
         changed = session.execute(
@@ -104,11 +65,7 @@ def _set_pinned(session: Session, study_uid: str, pinned: bool) -> Pin:
             .values(pinned=pinned)
             .execution_options(synchronize_session=False)
         )
-    if getattr(changed, "rowcount", 0) != 1:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"no study with UID {study_uid!r} in the catalog"
-        )
-    return Pin(study_uid=study_uid, pinned=pinned)
+    return getattr(changed, "rowcount", 0) == 1
 
 
 def _space(usage: DiskUsage) -> DiskSpace:

@@ -1,0 +1,138 @@
+"""Routes of PACS retrievals: start, follow and cancel jobs; check and repair a study.
+
+A job is only recorded here, answered 202 with its id; the retriever runs it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, status
+from sqlalchemy import select
+
+from services.api.dependencies import (
+    ADMIN,
+    READ,
+    JobId,
+    PacsStudyUid,
+    SessionDep,
+    SessionsDep,
+    SettingsDep,
+    WriterSessionDep,
+    WriterSessionsDep,
+    not_found_answer,
+)
+from services.api.retrievals import check_view, compare_with_pacs, job_view, requested_query
+from services.api.schemas import PacsCheck, Problem, Retrieval, RetrievalRequest
+from shared import retrievals
+from shared.catalog.models import RetrievalJob
+from shared.catalog.states import JobState
+
+_NOT_FOUND = not_found_answer("No such job or study")
+_PACS_AWAY: dict[int | str, dict[str, Any]] = {
+    502: {"model": Problem, "description": "The PACS could not be asked"}
+}
+
+router = APIRouter(tags=["retrievals"])
+
+
+@router.post(
+    "/retrievals",
+    dependencies=ADMIN,
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Retrieval,
+    responses={400: {"model": Problem, "description": "The body is not JSON"}},
+)
+def start_retrieval(
+    settings: SettingsDep, body: RetrievalRequest, session: WriterSessionDep
+) -> Retrieval:
+    """Queue a retrieval: a C-FIND at study level, then a C-MOVE of each match to dcmdb."""
+    pacs, query = requested_query(settings, body)
+    with session.begin():
+        job = retrievals.new_job(session, origin="request", pacs=pacs, query=query)
+        job_id = job.id
+    return job_view(session, job_id)
+
+
+@router.get("/retrievals", dependencies=READ, response_model=list[Retrieval])
+def list_retrievals(
+    session: SessionDep,
+    state: Annotated[JobState | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[Retrieval]:
+    """The newest jobs first."""
+    statement = select(RetrievalJob.id).order_by(RetrievalJob.id.desc()).limit(limit)
+    if state is not None:
+        statement = statement.where(RetrievalJob.state == state)
+    return [job_view(session, job_id) for job_id in session.scalars(statement)]
+
+
+@router.get(
+    "/retrievals/{job_id}", dependencies=READ, response_model=Retrieval, responses=_NOT_FOUND
+)
+def get_retrieval(job_id: JobId, session: SessionDep) -> Retrieval:
+    return job_view(session, job_id)
+
+
+@router.delete(
+    "/retrievals/{job_id}",
+    dependencies=ADMIN,
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Retrieval,
+    responses=_NOT_FOUND,
+)
+def cancel_retrieval(job_id: JobId, session: WriterSessionDep) -> Retrieval:
+    """Cancel: a queued job at once; a running one sends C-CANCEL at the PACS's next answer."""
+    with session.begin():
+        if retrievals.request_cancel(session, job_id) is None:
+            raise HTTPException(404, f"no retrieval job {job_id}")
+    return job_view(session, job_id)
+
+
+@router.get(
+    "/studies/{study_uid}/pacs-check",
+    dependencies=READ,
+    response_model=PacsCheck,
+    responses={**_NOT_FOUND, **_PACS_AWAY},
+    tags=["studies"],
+)
+async def pacs_check(
+    settings: SettingsDep,
+    sessions: SessionsDep,
+    study_uid: PacsStudyUid,
+    pacs: Annotated[str | None, Query(max_length=64, description="A configured PACS")] = None,
+) -> PacsCheck:
+    """The PACS's series and instance counts beside the catalog's, and what is missing."""
+    return check_view(await compare_with_pacs(settings, sessions, study_uid, pacs))
+
+
+@router.post(
+    "/studies/{study_uid}/repair",
+    dependencies=ADMIN,
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Retrieval,
+    responses={**_NOT_FOUND, **_PACS_AWAY, 409: {"model": Problem, "description": "Complete"}},
+    tags=["studies"],
+)
+async def repair(
+    settings: SettingsDep,
+    sessions: SessionsDep,
+    writer_sessions: WriterSessionsDep,
+    study_uid: PacsStudyUid,
+    pacs: Annotated[str | None, Query(max_length=64, description="A configured PACS")] = None,
+) -> Retrieval:
+    """Queue a move of only the series the check finds incomplete."""
+    found = await compare_with_pacs(settings, sessions, study_uid, pacs)
+    if found.complete:
+        raise HTTPException(409, "the study is complete: nothing to repair")
+    with writer_sessions() as session:
+        with session.begin():
+            job = retrievals.new_job(
+                session,
+                origin="repair",
+                pacs=found.pacs,
+                query={"study_uid": study_uid},
+                studies=[(study_uid, found.missing_series)],
+            )
+            job_id = job.id
+        return job_view(session, job_id)

@@ -20,7 +20,7 @@ from shared.errors import ConfigurationError, PermanentError
 from shared.messages import ALL_QUEUES, SORTER_QUEUE, InstanceReceived, Topology
 from shared.settings import CommonSettings, load_settings
 from tests.conftest import REPO
-from tests.test_broker import eventually, list_queues, ready_count, received, run, running
+from tests.shared.test_broker import eventually, list_queues, ready_count, received, run, running
 
 ALPHA, BETA = Topology(installation="alpha"), Topology(installation="beta")
 BAD_NAMES = ["", "two words", "dots.in.it", "slash/ed", "ümlaut", "x" * 33, "new\nline"]

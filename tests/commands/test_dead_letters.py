@@ -13,7 +13,7 @@ import pytest
 from shared.broker import Publisher, connect, declare_topology
 from shared.messages import SORTER_QUEUE, InstanceReceived, Topology
 from tests.conftest import REPO
-from tests.test_messages import SAMPLES
+from tests.shared.test_messages import SAMPLES
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from services.converter.grouping import plan_volumes
 from services.converter.instances import Instance, as_int
 from shared.naming import resolve_under, series_folder_name
 from tests.hostile_objects import element, filed_by, pad, part10
-from tests.test_naming import assert_component, nasty_text
+from tests.shared.test_naming import assert_component, nasty_text
 
 NAME_MAX = 255  # bytes in a file name on every filesystem dcmdb runs on
 NAMING_TAGS = {  # what the volumes of a series are told apart by, and named after

@@ -74,7 +74,7 @@ def test_every_series_is_converted_as_dcm2niix_converts_it(
             continue
         if series.modality == "RTDOSE":
             # dcm2niix spaces the dose planes 1 mm apart where GridFrameOffsetVector says
-            # 5 mm: the geometry guard fails it, visibly (see tests/test_conversion.py).
+            # 5 mm: the geometry guard fails it, visibly (see tests/converter/test_conversion.py).
             if series.conversion != "failed" or "disagrees with the DICOM headers" not in (
                 series.conversion_reason
             ):

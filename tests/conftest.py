@@ -143,3 +143,18 @@ def _alone_when_restarting_the_broker(request: pytest.FixtureRequest) -> None:
     alongside = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
     if alongside and request.node.get_closest_marker("restarts_broker"):
         pytest.fail("this test restarts RabbitMQ: run it alone, as scripts/test does")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that share an expensive setup (a module's running dcmdb, a folder's conversion)
+    run in one pytest-xdist worker, so that it is made once: scripts/test distributes by
+    these groups (``--dist loadgroup``). A module says what its setup is keyed by with
+    ``pytest.mark.shared_setup(*parameter_names)``: one group per module and values."""
+    for item in items:
+        marker = item.get_closest_marker("shared_setup")
+        if marker is None:
+            continue
+        params = getattr(item, "callspec", None)
+        values = [str(params.params[n]) for n in marker.args if params and n in params.params]
+        group = "-".join([item.module.__name__ if item.module else item.nodeid, *values])
+        item.add_marker(pytest.mark.xdist_group(group))

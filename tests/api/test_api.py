@@ -29,7 +29,7 @@ from shared.naming import physician_folder
 from tests.conftest import REPO, TESTDATA, fresh_postgres_database, fresh_vhost
 from tests.system import Dcmdb, dicom_files, send_dicom, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup("api")]
 
 READ_KEY = "r" * 8 + "read-key-for-tests-0123456789"
 ADMIN_KEY = "a" * 8 + "admin-key-for-tests-012345678"

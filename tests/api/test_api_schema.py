@@ -34,7 +34,7 @@ from services.api.settings import ApiSettings
 from tests.conftest import TESTDATA, fresh_vhost
 from tests.system import Dcmdb, dicom_files, free_port, send_dicom, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup()]
 
 READ_KEY = "schemathesis-read-key-0123456789"
 ADMIN_KEY = "schemathesis-admin-key-012345678"

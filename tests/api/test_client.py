@@ -29,7 +29,7 @@ from shared.catalog.states import ConversionState
 from tests.conftest import REPO, TESTDATA
 from tests.system import free_port, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.shared_setup()]
 
 MR_FILES = TESTDATA / "d2n_mr_4slice_uncompressed" / "dicom"
 NIFTI_FILE = TESTDATA / "d2n_mr_4slice_uncompressed" / "ref_dicom2nifti" / "001_ground_truth.nii.gz"

@@ -36,7 +36,7 @@ from tests.reference import (
     series_in,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.shared_setup("folder")]
 
 # What happens to each series of each folder: ("converted", engine) or ("skipped"/"failed",
 # reason prefix), sorted. MR volumes are dcm2niix's (it reads the vendors' acquisition

@@ -21,7 +21,7 @@ from tests.hostile_objects import HOSTILE, MR_IMAGE_STORAGE, ODD, Hostile, Odd, 
 from tests.raw_peer import RawAssociation
 from tests.system import Dcmdb, echo, receiver_alone
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.shared_setup()]
 
 
 @pytest.fixture(scope="module")

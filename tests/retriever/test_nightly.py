@@ -26,7 +26,7 @@ from tests.conftest import TESTDATA, fresh_vhost
 from tests.pacs_peers import Dcmqrscp
 from tests.system import Dcmdb, dicom_files, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup()]
 
 KEY = "read-key-for-nightly-tests-0123456"
 YESTERDAY = (dt.date.today() - dt.timedelta(days=1)).strftime("%Y%m%d")

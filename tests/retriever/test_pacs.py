@@ -33,7 +33,7 @@ from shared.peers import Peer, load_peers_file, parse_peers
 from tests.pacs_peers import Dcmqrscp, Orthanc, StoreScp
 from tests.system import AE_TITLE, dicom_files, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.shared_setup("pacs")]
 
 # What the PACS holds: 308 instances in 7 studies, no SOP instance twice.
 PACS_FOLDERS = [

@@ -20,7 +20,7 @@ from tests.pacs_peers import Orthanc
 from tests.support import finished_job
 from tests.system import Dcmdb, dicom_files, self_signed, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup()]
 
 ADMIN = "admin-key-for-tls-tests-0123456789"
 BY_MOVE, BY_GET = "d2n_ct_missing_slice", "d2n_mr_4slice_jpeg"

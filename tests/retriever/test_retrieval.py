@@ -25,7 +25,7 @@ from tests.pacs_peers import Dcmqrscp, Orthanc
 from tests.support import finished_job
 from tests.system import Dcmdb, dicom_files, send_dicom, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup()]
 
 ADMIN = "admin-key-for-retrieval-tests-0123"
 READ = "read-key-for-retrieval-tests-01234"

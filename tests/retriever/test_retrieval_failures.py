@@ -28,7 +28,7 @@ from tests.pacs_peers import Dcmqrscp
 from tests.support import finished_job
 from tests.system import Dcmdb, dicom_files, free_port, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup()]
 
 ADMIN = "admin-key-for-failure-tests-012345"
 FOLDERS = (

@@ -145,6 +145,7 @@ def _alone_when_restarting_the_broker(request: pytest.FixtureRequest) -> None:
         pytest.fail("this test restarts RabbitMQ: run it alone, as scripts/test does")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that share an expensive setup (a module's running dcmdb, a folder's conversion)
     run in one pytest-xdist worker, so that it is made once: scripts/test distributes by

@@ -19,7 +19,8 @@ from typing import Self
 import httpx
 
 from tests.conftest import require_tool
-from tests.system import dcmtk_env, echo, free_port, send_dicom, wait_for
+from tests.support import free_port, wait_for
+from tests.system import dcmtk_env, echo, send_dicom
 
 ORTHANC = "/usr/sbin/Orthanc"
 

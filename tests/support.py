@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+SLOW_POLL = 0.5  # seconds between reads of a whole catalog or listing
 
 
 def free_port() -> int:
@@ -22,12 +23,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_for(
-    condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
+    condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1
 ) -> T:
     """Poll ``condition`` until it returns something true, and return that; fail the test
     after ``timeout`` seconds, naming ``what`` it waited for. Exceptions propagate: a
-    condition that cannot be evaluated is a failure, not a reason to wait longer."""
+    condition that cannot be evaluated is a failure, not a reason to wait longer.
+    A condition that reads a whole catalog waits ``SLOW_POLL`` between reads: the tests
+    run side by side on two cores, and polling takes from the services it waits for."""
     deadline = time.monotonic() + timeout
     while True:
         outcome = condition()

@@ -20,7 +20,7 @@ from shared.catalog.models import Instance, Series
 from shared.catalog.states import Completion, ConversionState
 from shared.settings import METRICS_PORTS
 from tests.conftest import REPO, require_tool
-from tests.support import free_port, wait_for
+from tests.support import accepts, free_port, wait_for
 
 AE_TITLE = "DCMDB"
 
@@ -188,7 +188,9 @@ class Dcmdb:
         return process
 
     def wait_until_listening(self, timeout: float = 60) -> None:
-        wait_for(lambda: echo(self.port), timeout, "the receiver to answer C-ECHO")
+        # A connect is cheap; echoscu is a process: it is started once something listens.
+        wait_for(lambda: accepts(self.port), timeout, "the receiver to listen")
+        wait_for(lambda: echo(self.port), timeout, "the receiver to answer C-ECHO", 0.25)
 
     def side_url(self, service: str, path: str) -> str:
         """A URL on a service's side port (the API's own port for the API)."""

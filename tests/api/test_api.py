@@ -27,7 +27,8 @@ from PIL import Image
 
 from shared.naming import physician_folder
 from tests.conftest import REPO, TESTDATA, fresh_postgres_database, fresh_vhost
-from tests.system import Dcmdb, dicom_files, send_dicom, wait_for
+from tests.support import SLOW_POLL, wait_for
+from tests.system import Dcmdb, dicom_files, send_dicom
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup("api")]
 
@@ -127,7 +128,12 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             client = httpx.Client(base_url=f"http://127.0.0.1:{dcmdb.api_port}", timeout=60)
             api = Api(dcmdb, client)
             send_dicom(dcmdb.port, dicom_files(TESTDATA))
-            wait_for(lambda: _everything_converted(api), 600, "every study filed and converted")
+            wait_for(
+                lambda: _everything_converted(api),
+                600,
+                "every study filed and converted",
+                SLOW_POLL,
+            )
             yield api
             client.close()
         finally:

@@ -14,7 +14,7 @@ from services.api.app import create_app
 from services.api.settings import ApiSettings
 from shared.errors import ConfigurationError
 from shared.settings import load_settings
-from tests.system import free_port
+from tests.support import free_port
 
 READ_KEY = "read-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"

@@ -32,9 +32,10 @@ from services.api.app import create_app
 from services.api.dependencies import ADMIN
 from services.api.settings import ApiSettings
 from tests.conftest import TESTDATA, fresh_vhost
-from tests.system import Dcmdb, dicom_files, free_port, send_dicom, wait_for
+from tests.support import free_port, wait_for
+from tests.system import Dcmdb, dicom_files, send_dicom
 
-pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup()]
+pytestmark = pytest.mark.e2e
 
 READ_KEY = "schemathesis-read-key-0123456789"
 ADMIN_KEY = "schemathesis-admin-key-012345678"

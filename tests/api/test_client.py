@@ -27,7 +27,7 @@ from shared.catalog.database import open_catalog
 from shared.catalog.models import Instance, NiftiOutput, Patient, Series, Study
 from shared.catalog.states import ConversionState
 from tests.conftest import REPO, TESTDATA
-from tests.system import free_port, wait_for
+from tests.support import free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_setup()]
 

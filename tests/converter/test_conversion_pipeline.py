@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session, selectinload
 from shared.catalog.models import Series
 from shared.catalog.states import Completion, ConversionState
 from tests.reference import dcm2niix_reference, difference, load
-from tests.system import Dcmdb, dicom_files, migrated, send_dicom, wait_for
+from tests.support import SLOW_POLL, wait_for
+from tests.system import Dcmdb, dicom_files, migrated, send_dicom
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +57,9 @@ def test_every_series_is_converted_as_dcm2niix_converts_it(
 ) -> None:
     send_dicom(system.port, dicom_files(testdata))
     archive = system.data_dir / "archive"
-    wait_for(lambda: all_converted(system.database_url, 20), 600, "every series converted")
+    wait_for(
+        lambda: all_converted(system.database_url, 20), 600, "every series converted", SLOW_POLL
+    )
     problems = []
     outcomes = set()
     for index, series in enumerate(catalog_series(system.database_url)):

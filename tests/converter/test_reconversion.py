@@ -32,7 +32,8 @@ from shared.reconversion import CONVERSION_POLICY, Selection, bring_up_to_date, 
 from tests.arrivals import Sorter
 from tests.filed_studies import Archive
 from tests.reference import difference, load, series_in
-from tests.system import Dcmdb, dicom_files, send_dicom, wait_for
+from tests.support import SLOW_POLL, wait_for
+from tests.system import Dcmdb, dicom_files, send_dicom
 
 pytestmark = pytest.mark.integration
 DCMDB = Path(sys.executable).with_name("dcmdb")
@@ -233,7 +234,7 @@ def test_an_upgraded_dcmdb_replaces_old_outputs_once(
         dcmdb.start("up")
         dcmdb.wait_until_listening()
         send_dicom(dcmdb.port, dicom_files(folder))
-        wait_for(lambda: _outputs(catalog_url), 300, "the mosaic converted")
+        wait_for(lambda: _outputs(catalog_url), 300, "the mosaic converted", SLOW_POLL)
         (path, engine), *_ = _outputs(catalog_url)
         good = (archive / path).read_bytes()
         dcmdb.stop()

@@ -24,7 +24,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from services.receiver.admission import LIMIT_EXCEEDED_RJ
 from tests.conftest import require_tool
-from tests.system import AE_TITLE, Dcmdb, dcmtk_env, echo, self_signed, storescu, wait_for
+from tests.support import wait_for
+from tests.system import AE_TITLE, Dcmdb, dcmtk_env, echo, self_signed, storescu
 
 pytestmark = pytest.mark.integration
 

@@ -14,16 +14,15 @@ import pytest
 from pydicom.filewriter import write_file_meta_info
 
 from shared.disk import disk_usage
+from tests.support import free_port, wait_for
 from tests.system import (
     Dcmdb,
     dicom_files,
     echo,
-    free_port,
     receiver_alone,
     send_dicom,
     send_raw,
     small_filesystem,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration

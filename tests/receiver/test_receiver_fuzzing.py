@@ -21,7 +21,8 @@ from shared.headers import Header
 from tests.hostile_objects import MR_IMAGE_STORAGE
 from tests.pdu_fuzzing import make_case, real_data_sets, run_case, seeds
 from tests.raw_peer import A_ABORT, RawAssociation, associate_rq, c_store_rq, pdu, read_pdus
-from tests.system import Dcmdb, echo, receiver_alone, wait_for
+from tests.support import wait_for
+from tests.system import Dcmdb, echo, receiver_alone
 
 pytestmark = pytest.mark.integration
 

@@ -42,7 +42,7 @@ from services.receiver.transport import (
 )
 from shared.errors import ConfigurationError
 from tests.conftest import require_tool
-from tests.support import free_port, wait_for
+from tests.support import accepts, free_port, wait_for
 from tests.system import self_signed
 
 pytestmark = pytest.mark.integration
@@ -213,7 +213,7 @@ def _as_received_by_dcmtk(profile: Path, files: list[Path], out: Path) -> dict[t
     command += ["-od", str(out), str(port)]
     scp = subprocess.Popen(command, env={**os.environ, "TCP_NODELAY": "1"})
     try:
-        wait_for(lambda: _accepts(port), 5, "storescp did not start")
+        wait_for(lambda: accepts(port), 5, "storescp did not start")
         args = ["-aec", "ANY", "-xf", str(profile), "Own", "127.0.0.1", str(port)]
         result = _dcmtk("storescu", *args, *map(str, files))
         assert result.returncode == 0, result.stdout + result.stderr
@@ -226,14 +226,6 @@ def _as_received_by_dcmtk(profile: Path, files: list[Path], out: Path) -> dict[t
         key = (str(meta.MediaStorageSOPInstanceUID), str(meta.TransferSyntaxUID))
         received.setdefault(key, []).append(_dataset_bytes(path))
     return received
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,8 @@ from pydicom.uid import generate_uid
 
 from shared.disk import disk_usage
 from tests.arrivals import with_new_uids
-from tests.system import Dcmdb, dicom_files, send_dicom, small_filesystem, wait_for
+from tests.support import SLOW_POLL, wait_for
+from tests.system import Dcmdb, dicom_files, send_dicom, small_filesystem
 
 pytestmark = pytest.mark.e2e
 
@@ -73,7 +74,7 @@ def test_the_oldest_unpinned_studies_go_as_the_dry_run_said(
     for _uid, folder in studies:  # one after the other: received in this order
         send_dicom(system.port, dicom_files(folder))
     uids = [uid for uid, _ in studies]
-    wait_for(lambda: _all_converted(api, uids), 120, "every study filed and converted")
+    wait_for(lambda: _all_converted(api, uids), 120, "every study filed and converted", SLOW_POLL)
     pinned = uids[1]
     assert api.post(f"/studies/{pinned}/pin").json()["pinned"] is True
     assert _storage(api)["next_eviction"]["study_count"] == 0  # plenty of space yet

@@ -24,7 +24,8 @@ from shared.catalog.database import open_catalog
 from shared.catalog.models import RetrievalJob
 from tests.conftest import TESTDATA, fresh_vhost
 from tests.pacs_peers import Dcmqrscp
-from tests.system import Dcmdb, dicom_files, wait_for
+from tests.support import wait_for
+from tests.system import Dcmdb, dicom_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup()]
 

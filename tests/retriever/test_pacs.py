@@ -31,7 +31,8 @@ from shared.pacs_find import StudyQuery, count_instances, find_series, find_stud
 from shared.pacs_retrieve import Progress, retrieve
 from shared.peers import Peer, load_peers_file, parse_peers
 from tests.pacs_peers import Dcmqrscp, Orthanc, StoreScp
-from tests.system import AE_TITLE, dicom_files, free_port
+from tests.support import free_port
+from tests.system import AE_TITLE, dicom_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_setup("pacs")]
 

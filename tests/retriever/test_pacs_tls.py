@@ -17,8 +17,8 @@ from shared.pacs_find import StudyQuery, find_studies
 from shared.peers import PacsSettings, Peer
 from tests.conftest import TESTDATA, fresh_vhost
 from tests.pacs_peers import Orthanc
-from tests.support import finished_job
-from tests.system import Dcmdb, dicom_files, self_signed, wait_for
+from tests.support import finished_job, wait_for
+from tests.system import Dcmdb, dicom_files, self_signed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup()]
 

@@ -22,8 +22,8 @@ import pytest
 
 from tests.conftest import REPO, TESTDATA, fresh_vhost
 from tests.pacs_peers import Dcmqrscp, Orthanc
-from tests.support import finished_job
-from tests.system import Dcmdb, dicom_files, send_dicom, wait_for
+from tests.support import finished_job, wait_for
+from tests.system import Dcmdb, dicom_files, send_dicom
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup()]
 

@@ -25,8 +25,8 @@ import pytest
 
 from tests.conftest import TESTDATA, fresh_vhost
 from tests.pacs_peers import Dcmqrscp
-from tests.support import finished_job
-from tests.system import Dcmdb, dicom_files, free_port, wait_for
+from tests.support import finished_job, free_port, wait_for
+from tests.system import Dcmdb, dicom_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup()]
 

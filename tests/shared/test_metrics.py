@@ -31,7 +31,8 @@ from shared.catalog.states import JobState
 from shared.messages import SORTER_QUEUE, InstanceReceived, Topology
 from shared.settings import METRICS_PORTS
 from tests.conftest import REPO
-from tests.system import Dcmdb, dicom_files, echo, free_port, send_dicom, send_raw, wait_for
+from tests.support import free_port, wait_for
+from tests.system import Dcmdb, dicom_files, echo, send_dicom, send_raw
 
 pytestmark = pytest.mark.e2e
 

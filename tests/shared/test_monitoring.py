@@ -20,7 +20,7 @@ from services.commands.up import child_environments
 from shared.errors import ConfigurationError
 from shared.monitoring import OK, SidePort
 from shared.settings import METRICS_PORTS
-from tests.system import free_port
+from tests.support import free_port
 
 PROBE = Counter("dcmdb_test_side_port_probes_total", "Counted by the side port's tests")
 

@@ -13,7 +13,7 @@ from services.receiver.settings import ReceiverSettings
 from shared.errors import ConfigurationError
 from shared.settings import CommonSettings, load_settings
 from tests.conftest import REPO
-from tests.system import free_port, wait_for
+from tests.support import free_port, wait_for
 
 
 def run_service(command: str, env: dict[str, str], tmp_path: Path, seconds: float = 20):

@@ -33,7 +33,8 @@ from services.commands.cli import SERVICES, TOOLS
 from services.commands.up import UpSettings
 from shared.settings import ENV_PREFIX, METRICS_PORTS, CommonSettings
 from tests.conftest import REPO, require_tool
-from tests.system import dicom_files, free_port, send_dicom, wait_for
+from tests.support import free_port, wait_for
+from tests.system import dicom_files, send_dicom
 
 COMPOSE = REPO / "docker-compose.yml"
 SAMBA = REPO / "docker-compose.samba.yml"

@@ -18,7 +18,8 @@ import pytest
 
 from shared.broker import dead_letter_counts, declare_topology
 from shared.messages import SeriesCompleted, Topology
-from tests.system import Dcmdb, catalog, dicom_files, free_port, send_dicom, settled, wait_for
+from tests.support import SLOW_POLL, free_port, wait_for
+from tests.system import Dcmdb, catalog, dicom_files, send_dicom, settled
 
 pytestmark = pytest.mark.e2e
 
@@ -121,7 +122,9 @@ def test_two_sorters_and_two_converters_file_and_convert_each_instance_once(
         sender.start()
     for sender in senders:
         sender.join()
-    wait_for(lambda: settled(cluster.database_url, sop_uids), 600, "everything converted")
+    wait_for(
+        lambda: settled(cluster.database_url, sop_uids), 600, "everything converted", SLOW_POLL
+    )
     cluster.stop()  # each service finishes what it holds: anything repeated shows now
 
     series, instances = catalog(cluster.database_url)

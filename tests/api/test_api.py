@@ -8,6 +8,7 @@ themselves, not from the catalog.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import gzip
 import io
 import json
@@ -51,7 +52,9 @@ class StudyFacts:
     series: set[str] = field(default_factory=set)
 
 
-def _facts() -> dict[str, StudyFacts]:
+@functools.cache
+def study_facts() -> dict[str, StudyFacts]:
+    """Read when a test needs them, not when every worker collects the tests."""
     studies: dict[str, StudyFacts] = defaultdict(StudyFacts)
     for path in dicom_files(TESTDATA):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -66,9 +69,6 @@ def _facts() -> dict[str, StudyFacts]:
         facts.instances.add(str(ds.SOPInstanceUID))
         facts.series.add(str(ds.SeriesInstanceUID))
     return dict(studies)
-
-
-FACTS = _facts()
 
 
 @dataclass
@@ -102,9 +102,9 @@ def _everything_converted(api: Api) -> bool:
         items = api.all_studies(limit=1000)
     except (httpx.HTTPError, AssertionError):
         return False
-    return len(items) == len(FACTS) and all(
+    return len(items) == len(study_facts()) and all(
         item["conversion"]["pending"] == 0
-        and item["instance_count"] == len(FACTS[item["study_uid"]].instances)
+        and item["instance_count"] == len(study_facts()[item["study_uid"]].instances)
         for item in items
     )
 
@@ -170,7 +170,7 @@ def _uids(items: list[dict[str, Any]]) -> list[str]:
 
 
 def _expected(condition: Any) -> set[str]:
-    return {uid for uid, facts in FACTS.items() if condition(facts)}
+    return {uid for uid, facts in study_facts().items() if condition(facts)}
 
 
 # Listing and pagination -------------------------------------------------------------------
@@ -181,8 +181,8 @@ def _expected(condition: Any) -> set[str]:
 def test_pages_show_every_study_exactly_once_in_order(api: Api, sort: str, order: str) -> None:
     items = api.all_studies(limit=3, sort=sort, order=order)
     uids = _uids(items)
-    assert len(uids) == len(set(uids)) == len(FACTS)
-    assert set(uids) == set(FACTS)
+    assert len(uids) == len(set(uids)) == len(study_facts())
+    assert set(uids) == set(study_facts())
     keys = [
         (item["received_at"] if sort == "received" else item["study_date"] or "") for item in items
     ]
@@ -191,7 +191,7 @@ def test_pages_show_every_study_exactly_once_in_order(api: Api, sort: str, order
 
 def test_a_listed_study_says_what_it_holds(api: Api) -> None:
     for item in api.all_studies(limit=1000):
-        facts = FACTS[item["study_uid"]]
+        facts = study_facts()[item["study_uid"]]
         assert item["series_count"] == len(facts.series)
         assert item["instance_count"] == len(facts.instances)
         assert set(item["modalities"]) == facts.modalities - {""}
@@ -218,7 +218,7 @@ def test_limit_defaults_to_50_and_stops_at_1000(api: Api) -> None:
 def _one_value(attribute: str) -> str:
     """A value of `attribute` that some studies have and others do not."""
     counts: dict[str, int] = defaultdict(int)
-    for facts in FACTS.values():
+    for facts in study_facts().values():
         for value in getattr(facts, attribute):
             if value:
                 counts[value] += 1
@@ -253,7 +253,7 @@ def test_filter_by_patient(api: Api) -> None:
 
 
 def test_filter_by_study_date(api: Api) -> None:
-    dates = sorted({d for f in FACTS.values() for d in f.dates if d})
+    dates = sorted({d for f in study_facts().values() for d in f.dates if d})
     middle = dates[len(dates) // 2]
     cases = {
         middle: lambda d: d == middle,
@@ -274,7 +274,7 @@ def test_filter_by_study_date(api: Api) -> None:
 
 def test_filter_by_modality_accession_description_and_arrival(api: Api) -> None:
     expected = _expected(lambda f: "MR" in f.modalities)
-    assert 0 < len(expected) < len(FACTS)
+    assert 0 < len(expected) < len(study_facts())
     assert set(_uids(api.all_studies(modality="mr"))) == expected
     accession = _one_value("accessions")
     assert set(_uids(api.all_studies(accession_number=accession))) == _expected(
@@ -285,7 +285,7 @@ def test_filter_by_modality_accession_description_and_arrival(api: Api) -> None:
     assert set(_uids(api.all_studies(description=part.swapcase()))) == _expected(
         lambda f: any(part.lower() in d.lower() for d in f.descriptions)
     )
-    assert len(api.all_studies(received_since="2000-01-01T00:00:00Z")) == len(FACTS)
+    assert len(api.all_studies(received_since="2000-01-01T00:00:00Z")) == len(study_facts())
     assert api.all_studies(received_since="2999-01-01T00:00:00") == []
 
 
@@ -320,7 +320,7 @@ def test_a_cursor_only_continues_its_own_order(api: Api) -> None:
 
 
 def test_study_details_list_every_series(api: Api) -> None:
-    for uid, facts in FACTS.items():
+    for uid, facts in study_facts().items():
         answer = api.get(f"/studies/{uid}")
         assert answer.status_code == 200
         study = answer.json()
@@ -403,7 +403,7 @@ def test_a_study_archive_holds_exactly_its_files_byte_for_byte(api: Api, kind: s
 
 def _series(api: Api, status: str) -> list[dict[str, Any]]:
     found = []
-    for uid in FACTS:
+    for uid in study_facts():
         found += [
             s for s in api.get(f"/studies/{uid}").json()["series"] if s["nifti"]["status"] == status
         ]
@@ -459,7 +459,7 @@ def test_previews_are_pngs_of_the_middle_slice_size(api: Api) -> None:
 
 
 def test_keys_guard_every_data_route(api: Api) -> None:
-    uid = next(iter(FACTS))
+    uid = next(iter(study_facts()))
     for path in ("/studies", f"/studies/{uid}", f"/studies/{uid}/archive", "/physicians"):
         missing = api.get(path, key=None)
         assert missing.status_code == 401
@@ -482,11 +482,11 @@ def test_keys_never_reach_the_logs(api: Api) -> None:
 
 
 def test_metrics_count_requests_by_route(api: Api) -> None:
-    api.get(f"/studies/{next(iter(FACTS))}")
+    api.get(f"/studies/{next(iter(study_facts()))}")
     text = api.get("/metrics", key=None).text
     assert 'route="/studies/{study_uid}"' in text
     assert "dcmdb_api_request_duration_seconds_bucket" in text
-    assert next(iter(FACTS)) not in text  # UIDs stay out of the labels
+    assert next(iter(study_facts())) not in text  # UIDs stay out of the labels
 
 
 # Start-up rules ---------------------------------------------------------------------------

@@ -32,7 +32,12 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
+from aio_pika.exceptions import (
+    AMQPConnectionError,
+    ChannelClosed,
+    ChannelInvalidStateError,
+    DeliveryError,
+)
 from pamqp.commands import Basic
 from prometheus_client import Counter
 from pydantic import ValidationError
@@ -280,8 +285,10 @@ async def _settle_batch(
 ) -> None:
     try:
         await _handle_batch(events, handler, stopping)
-    except ChannelInvalidStateError:
-        # The connection went away: the broker redelivers what was not acknowledged.
+    except (ChannelInvalidStateError, ChannelClosed, AMQPConnectionError):
+        # The connection went away, before or while a message was settled (an ack written
+        # as the broker closes the connection raises ConnectionClosed): the broker
+        # redelivers what was not acknowledged.
         log.warning("lost the broker while settling %d message(s); they come again", len(events))
 
 

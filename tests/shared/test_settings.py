@@ -98,7 +98,8 @@ def _retry_lines(command: str, env: dict[str, str], tmp_path: Path, marker: str)
             stderr=subprocess.STDOUT,
         )
         try:
-            wait_for(lambda: log.read_text().count(marker) >= 2, 30, f"two '{marker}' lines")
+            # Generous: a service takes seconds to start when four test workers share two cores.
+            wait_for(lambda: log.read_text().count(marker) >= 2, 90, f"two '{marker}' lines")
             assert process.poll() is None, f"{command} died instead of retrying"
         finally:
             process.terminate()

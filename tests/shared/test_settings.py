@@ -13,7 +13,7 @@ from services.receiver.settings import ReceiverSettings
 from shared.errors import ConfigurationError
 from shared.settings import CommonSettings, load_settings
 from tests.conftest import REPO
-from tests.support import free_port, wait_for
+from tests.support import refused_port, wait_for
 
 
 def run_service(command: str, env: dict[str, str], tmp_path: Path, seconds: float = 20):
@@ -111,16 +111,18 @@ def _retry_lines(command: str, env: dict[str, str], tmp_path: Path, marker: str)
 
 @pytest.mark.integration
 def test_an_unreachable_broker_gives_clear_lines_and_retries(tmp_path: Path) -> None:
-    url = f"amqp://guest:s3cret@127.0.0.1:{free_port()}/"
-    warnings = _retry_lines("sorter", {"DCMDB_BROKER_URL": url}, tmp_path, "RabbitMQ at")
+    with refused_port() as port:
+        url = f"amqp://guest:s3cret@127.0.0.1:{port}/"
+        warnings = _retry_lines("sorter", {"DCMDB_BROKER_URL": url}, tmp_path, "RabbitMQ at")
     assert "not reachable" in warnings[0]
     assert "s3cret" not in (tmp_path / "service.log").read_text()
 
 
 @pytest.mark.integration
 def test_an_unreachable_database_gives_clear_lines_and_retries(tmp_path: Path) -> None:
-    url = f"postgresql://postgres@127.0.0.1:{free_port()}/catalog"
-    warnings = _retry_lines("sorter", {"DCMDB_DATABASE_URL": url}, tmp_path, "catalog database")
+    with refused_port() as port:
+        url = f"postgresql://postgres@127.0.0.1:{port}/catalog"
+        warnings = _retry_lines("sorter", {"DCMDB_DATABASE_URL": url}, tmp_path, "catalog database")
     assert "not reachable" in warnings[0]
 
 

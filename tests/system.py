@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from sqlalchemy import Engine, create_engine, inspect, select
@@ -45,6 +46,13 @@ def small_filesystem(path: Path, size: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def echo(port: int, called_ae: str = AE_TITLE, calling_ae: str = "ECHOSCU") -> bool:
@@ -191,6 +199,9 @@ class Dcmdb:
         # A connect is cheap; echoscu is a process: it is started once something listens.
         wait_for(lambda: accepts(self.port), timeout, "the receiver to listen")
         wait_for(lambda: echo(self.port), timeout, "the receiver to answer C-ECHO", 0.25)
+
+    def wait_until_api_answers(self, timeout: float = 60) -> None:
+        wait_for(lambda: _healthy(self.api_port), timeout, "the API to answer /healthz")
 
     def side_url(self, service: str, path: str) -> str:
         """A URL on a service's side port (the API's own port for the API)."""

@@ -48,10 +48,6 @@ from shared.messages import AssociationClosed, InstanceReceived
 
 log = logging.getLogger(__name__)
 
-# The two "cannot understand" outcomes of the table above, by what went wrong.
-CANNOT_PARSE = CANNOT_UNDERSTAND
-MISSING_UID = CANNOT_UNDERSTAND_OTHER
-
 _REJECTED_PERMANENT = 0x01
 _SERVICE_USER = 0x01
 _CALLING_AE_NOT_RECOGNISED = 0x03
@@ -142,7 +138,8 @@ class Receiver:
             uids = read_identifiers(dataset, transfer_syntax)
         except UnreadableObject as exc:
             record.failed += 1
-            status = MISSING_UID if isinstance(exc, MissingIdentifier) else CANNOT_PARSE
+            missing_uid = isinstance(exc, MissingIdentifier)
+            status = CANNOT_UNDERSTAND_OTHER if missing_uid else CANNOT_UNDERSTAND
             meta = FileMeta(
                 str(request.AffectedSOPClassUID),
                 str(request.AffectedSOPInstanceUID),
@@ -156,7 +153,7 @@ class Receiver:
                 kept.name if kept else "(not kept)",
                 exc,
             )
-            reason = "missing_uid" if status == MISSING_UID else "cannot_parse"
+            reason = "missing_uid" if missing_uid else "cannot_parse"
             metrics.REFUSED.labels(record.calling_ae, reason).inc()
             return status
         meta = FileMeta(

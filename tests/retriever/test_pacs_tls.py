@@ -98,20 +98,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dcmdb, TlsO
 def retrieve(dcmdb: Dcmdb, **body: Any) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {ADMIN}"}
     with httpx.Client(base_url=f"http://127.0.0.1:{dcmdb.api_port}", timeout=60) as client:
-        wait_for(lambda: _answers(client), 60, "the API")
+        dcmdb.wait_until_api_answers()
         answer = client.post("/retrievals", json=body, headers=headers)
         assert answer.status_code == 202, answer.text
         job_id = answer.json()["id"]
         return finished_job(
             lambda: client.get(f"/retrievals/{job_id}", headers=headers).json(), 180
         )
-
-
-def _answers(client: httpx.Client) -> bool:
-    try:
-        return client.get("/healthz").status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def filed(dcmdb: Dcmdb, study_uid: str) -> int:

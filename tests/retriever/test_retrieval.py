@@ -92,19 +92,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         try:
             dcmdb.wait_until_listening()
             client = httpx.Client(base_url=f"http://127.0.0.1:{dcmdb.api_port}", timeout=120)
-            wait_for(lambda: _answers(client), 60, "the API")
+            dcmdb.wait_until_api_answers()
             yield Site(dcmdb, pacs, orthanc, client)
             client.close()
         finally:
             dcmdb.stop()
             next(vhosts, None)
-
-
-def _answers(client: httpx.Client) -> bool:
-    try:
-        return client.get("/healthz").status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _converted(site: Site, uid: str) -> bool:

@@ -141,19 +141,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 headers={"Authorization": f"Bearer {ADMIN}"},
                 timeout=120,
             )
-            wait_for(lambda: _answers(client), 60, "the API")
+            dcmdb.wait_until_api_answers()
             yield Site(dcmdb, pacs, client, door)
             client.close()
         finally:
             dcmdb.stop()
             next(vhosts, None)
-
-
-def _answers(client: httpx.Client) -> bool:
-    try:
-        return client.get("/healthz").status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_a_pacs_that_is_down_is_tried_again_then_fails_the_job_with_the_reason(

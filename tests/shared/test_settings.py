@@ -93,14 +93,26 @@ def _retry_lines(command: str, env: dict[str, str], tmp_path: Path, marker: str)
         process = subprocess.Popen(
             [sys.executable, "-m", "services.commands.cli", command],
             cwd=tmp_path,
-            env={**clean, "PYTHONPATH": str(REPO), "DCMDB_DATA_DIR": str(tmp_path), **env},
+            # No side port: two of these tests running at once would both take the default.
+            env={
+                **clean,
+                "PYTHONPATH": str(REPO),
+                "DCMDB_DATA_DIR": str(tmp_path),
+                "DCMDB_METRICS_PORT": "0",
+                **env,
+            },
             stdout=output,
             stderr=subprocess.STDOUT,
         )
         try:
             # Generous: a service takes seconds to start when four test workers share two cores.
-            wait_for(lambda: log.read_text().count(marker) >= 2, 90, f"two '{marker}' lines")
-            assert process.poll() is None, f"{command} died instead of retrying"
+            def retried_twice() -> bool:
+                assert process.poll() is None, (
+                    f"{command} died instead of retrying:\n{log.read_text()}"
+                )
+                return log.read_text().count(marker) >= 2
+
+            wait_for(retried_twice, 90, f"two '{marker}' lines")
         finally:
             process.terminate()
             process.wait(30)

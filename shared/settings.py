@@ -48,6 +48,8 @@ class CommonSettings(BaseSettings):
     dicom_port: int = Field(default=11112, ge=1, le=65535)
     data_dir: Path = Path("./data")
     archive_dir: Path | None = None
+    # Who may see which lab (shared/keys.py); <data dir>/keys.yaml unless set.
+    keys_file: Path | None = None
     database_url: str | None = None
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Begins the name of each exchange and queue on the broker: installations sharing one
@@ -76,6 +78,8 @@ class CommonSettings(BaseSettings):
         object.__setattr__(self, "data_dir", data_dir)
         archive = (self.archive_dir or data_dir / "archive").expanduser().absolute()
         object.__setattr__(self, "archive_dir", archive)
+        keys = (self.keys_file or data_dir / "keys.yaml").expanduser().absolute()
+        object.__setattr__(self, "keys_file", keys)
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'catalog.sqlite'}")
         return self
@@ -132,6 +136,11 @@ class CommonSettings(BaseSettings):
     @property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
+
+    @property
+    def keys_path(self) -> Path:
+        assert self.keys_file is not None
+        return self.keys_file
 
     @property
     def archive_root(self) -> Path:

@@ -19,12 +19,12 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api import metrics
-from services.api.access import Keys
 from services.api.routes import downloads, operations, retrievals, series, storage, studies
 from services.api.schemas import Problem
-from services.api.settings import ApiSettings
+from services.api.settings import ApiSettings, is_loopback
 from services.api.studies import PhysicianDirectory
 from shared.catalog.database import create_catalog_engine, open_catalog, session_factory
+from shared.keys import KeyRing
 from shared.monitoring import Dependency, broker_reachable, catalog_status
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -70,7 +70,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         responses=_ERRORS,
     )
     app.state.settings = settings
-    app.state.keys = Keys(settings.keys)
+    app.state.keys = KeyRing(settings.keys_path, settings.keys)
+    app.state.open_without_keys = is_loopback(settings.api_host)
     app.state.readiness = [catalog, broker]
     app.add_middleware(metrics.RequestMetrics)
     app.add_exception_handler(StarletteHTTPException, _http_error)

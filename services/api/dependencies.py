@@ -15,7 +15,8 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Path, Request, status
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.api.access import require
+from services.api.access import CallerDep as CallerDep  # routes take it from here
+from services.api.access import admin, reader
 from services.api.parameters import known_parameters_only
 from services.api.schemas import UID_PATTERN, Problem
 from services.api.settings import ApiSettings
@@ -26,8 +27,8 @@ from shared.naming import resolve_under
 log = logging.getLogger("dcmdb.api")
 
 # Route dependencies: a key with this scope, or none (parameters still checked).
-READ = [Depends(require("read"))]
-ADMIN = [Depends(require("admin"))]
+READ = [Depends(reader)]
+ADMIN = [Depends(admin)]
 OPEN = [Depends(known_parameters_only)]
 
 

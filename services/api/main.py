@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from services.api.app import create_app
 from services.api.settings import ApiSettings, is_loopback
+from shared import keys
 from shared.service import configured
 from shared.settings import load_settings
 
@@ -26,10 +27,10 @@ def main() -> None:
     SIGTERM and SIGINT itself (for its worker processes too), says "Finished server
     process" and raises the signal again once it has stopped, so no line of ours follows."""
     settings = configured("api", ApiSettings)  # a bad setting stops here, before uvicorn starts
-    if not settings.keys:
+    if not settings.keys and not keys.load(settings.keys_path).keys:
         log.warning(
             "no API key configured: the API is open to anyone on this host and listens on "
-            "%s only; set DCMDB_API_KEYS to serve other hosts",
+            "%s only; add keys with `dcmdb keys add` to serve other hosts",
             settings.api_host,
         )
     elif not is_loopback(settings.api_host):

@@ -8,16 +8,17 @@ from typing import Self
 
 from pydantic import Field, SecretStr, model_validator
 
+from shared import keys as key_file
+from shared.keys import Scope
 from shared.peers import PacsSettings
 from shared.settings import StorageSettings
-
-SCOPES = ("read", "admin")
 
 
 class ApiSettings(PacsSettings, StorageSettings):  # GET /storage shows the thresholds
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
-    # Comma-separated KEY:SCOPE pairs, scope "read" or "admin".
+    # Comma-separated KEY:SCOPE pairs, scope "read" or "admin": keys that see every lab,
+    # beside those of the keys file (DCMDB_KEYS_FILE, `dcmdb keys`).
     api_keys: SecretStr = SecretStr("")
     # The same in a file (one pair per line or comma-separated), for docker secrets.
     api_keys_file: Path | None = None
@@ -26,16 +27,17 @@ class ApiSettings(PacsSettings, StorageSettings):  # GET /storage shows the thre
     @model_validator(mode="after")
     def _check_keys(self) -> Self:
         keys = self.keys  # parses: a malformed pair fails here, at start
-        if not keys and not is_loopback(self.api_host):
+        in_file = key_file.load(self.keys_path).keys  # and so does a malformed keys file
+        if not keys and not in_file and not is_loopback(self.api_host):
             raise ValueError(
                 f"DCMDB_API_HOST={self.api_host} is not a loopback address and no API key is "
-                "configured: set DCMDB_API_KEYS (KEY:read or KEY:admin pairs) or listen on "
-                "127.0.0.1"
+                f"configured: add one with `dcmdb keys add` (into {self.keys_path}) or listen "
+                "on 127.0.0.1"
             )
         return self
 
     @property
-    def keys(self) -> dict[str, str]:
+    def keys(self) -> dict[str, Scope]:
         """Each key and its scope."""
         text = self.api_keys.get_secret_value()
         if self.api_keys_file is not None:
@@ -43,13 +45,13 @@ class ApiSettings(PacsSettings, StorageSettings):  # GET /storage shows the thre
                 text += "," + self.api_keys_file.read_text(encoding="utf-8")
             except OSError as exc:
                 raise ValueError(f"DCMDB_API_KEYS_FILE cannot be read: {exc.strerror}") from None
-        keys: dict[str, str] = {}
+        keys: dict[str, Scope] = {}
         for number, pair in enumerate(text.replace("\n", ",").split(","), start=1):
             pair = pair.strip()
             if not pair:
                 continue
             key, _, scope = pair.rpartition(":")
-            if not key or scope not in SCOPES:
+            if not key or scope not in tuple(Scope):
                 raise ValueError(
                     f"DCMDB_API_KEYS entry {number} is not KEY:read or KEY:admin (key not shown)"
                 )
@@ -57,7 +59,7 @@ class ApiSettings(PacsSettings, StorageSettings):  # GET /storage shows the thre
                 raise ValueError(
                     f"DCMDB_API_KEYS entry {number}: a key needs 16 characters or more"
                 )
-            keys[key] = scope
+            keys[key] = Scope(scope)
         return keys
 
 

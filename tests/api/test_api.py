@@ -508,7 +508,7 @@ def _start_api(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
 def test_no_keys_means_loopback_only(tmp_path: Path) -> None:
     result = _start_api(tmp_path, DCMDB_API_HOST="0.0.0.0", DCMDB_API_KEYS="")
     assert result.returncode == 2
-    assert "DCMDB_API_KEYS" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "dcmdb keys add" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("keys", ["short:read", f"{READ_KEY}:write", f"{READ_KEY}"])

@@ -9,10 +9,11 @@ import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
-from services.api.access import Keys, require
+from services.api.access import admin, reader
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from shared.errors import ConfigurationError
+from shared.keys import KeyRing, Scope
 from shared.settings import load_settings
 from tests.support import free_port
 
@@ -21,20 +22,21 @@ ADMIN_KEY = "admin-key-0123456789abcdef"
 
 
 @pytest.fixture
-def scoped() -> TestClient:
+def scoped(tmp_path: Path) -> TestClient:
     """Two routes, one per scope, guarded as the API guards its own."""
     app = FastAPI()
-    app.state.keys = Keys({READ_KEY: "read", ADMIN_KEY: "admin"})
+    app.state.keys = KeyRing(tmp_path / "keys.yaml", {READ_KEY: Scope.READ, ADMIN_KEY: Scope.ADMIN})
+    app.state.open_without_keys = True
 
-    @app.get("/look", dependencies=[Depends(require("read"))])
+    @app.get("/look", dependencies=[Depends(reader)])
     def look() -> dict[str, str]:
         return {"ok": "read"}
 
-    @app.post("/change", dependencies=[Depends(require("admin"))])
+    @app.post("/change", dependencies=[Depends(admin)])
     def change() -> dict[str, str]:
         return {"ok": "admin"}
 
-    @app.get("/find", dependencies=[Depends(require("read"))])
+    @app.get("/find", dependencies=[Depends(reader)])
     def find(modality: str | None = None) -> dict[str, str | None]:
         return {"modality": modality}
 
@@ -88,6 +90,7 @@ def test_keys_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     keys.write_text(f"{READ_KEY}:read\n{ADMIN_KEY}:admin\n")
     monkeypatch.setenv("DCMDB_API_KEYS_FILE", str(keys))
     monkeypatch.setenv("DCMDB_API_HOST", "0.0.0.0")
+    monkeypatch.setenv("DCMDB_DATA_DIR", str(tmp_path))
     settings = load_settings(ApiSettings)
     assert settings.keys == {READ_KEY: "read", ADMIN_KEY: "admin"}
     keys.write_text(f"{READ_KEY}:write\n")

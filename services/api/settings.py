@@ -23,6 +23,11 @@ class ApiSettings(PacsSettings, StorageSettings):  # GET /storage shows the thre
     # The same in a file (one pair per line or comma-separated), for docker secrets.
     api_keys_file: Path | None = None
     api_workers: int = Field(default=1, ge=1, le=64)
+    # Signs the web page's session cookies (services/api/web/session.py); without it, a
+    # secret generated once into <data dir>/web-session.secret (mode 0600).
+    session_secret: SecretStr | None = Field(default=None, min_length=32)
+    # How long a sign-in on the web page lasts.
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
 
     @model_validator(mode="after")
     def _check_keys(self) -> Self:

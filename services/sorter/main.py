@@ -18,7 +18,6 @@ from shared.catalog.database import open_catalog
 from shared.logs import about
 from shared.messages import SORTER_QUEUE, InstanceFiled, InstanceReceived, SeriesCompleted
 from shared.monitoring import SidePort, broker_status, catalog_status
-from shared.naming import PhysicianAliases
 from shared.outbox import publishing_from_thread
 from shared.service import Stop, serve
 
@@ -27,9 +26,7 @@ log = logging.getLogger("dcmdb.sorter")
 
 async def run(settings: SorterSettings, side: SidePort, stop: Stop) -> None:
     """File until cancelled (`shared.service`)."""
-    aliases = (
-        PhysicianAliases.load(settings.physician_aliases) if settings.physician_aliases else None
-    )
+    aliases = settings.aliases()
     catalog, broker = side.dependency("catalog"), side.dependency("broker")
     engine, sessions = await asyncio.to_thread(open_catalog, settings.catalog_url, writer=True)
     catalog.watch(lambda: catalog_status(engine))

@@ -483,7 +483,9 @@ def test_keys_never_reach_the_logs(api: Api) -> None:
 
 def test_metrics_count_requests_by_route(api: Api) -> None:
     api.get(f"/studies/{next(iter(study_facts()))}")
-    text = api.get("/metrics", key=None).text
+    assert api.get("/metrics", key=None).status_code == 401
+    assert api.get("/metrics", key=READ_KEY).status_code == 403
+    text = api.get("/metrics", key=ADMIN_KEY).text
     assert 'route="/studies/{study_uid}"' in text
     assert "dcmdb_api_request_duration_seconds_bucket" in text
     assert next(iter(study_facts())) not in text  # UIDs stay out of the labels

@@ -1,5 +1,6 @@
-"""The admins' pages: a study checked against the PACS and what is missing fetched, the
-retrieval jobs with their progress, storage with the next eviction, and pins.
+"""The admins' pages: a study checked against the PACS and what is missing fetched,
+storage with the next eviction, and pins; and the retrieval jobs with their progress
+(every job for an admin of every lab, else the key's own, as the API lists them).
 
 Each form posts to a route here, checked for the session's CSRF token, which does what
 the API's route does and sends the browser back to a page (303).
@@ -23,12 +24,19 @@ from services.api.dependencies import (
     WriterSessionDep,
     WriterSessionsDep,
 )
-from services.api.retrievals import check_view, compare_with_pacs, job_view
+from services.api.retrievals import check_view, compare_with_pacs, job_view, visible_jobs
 from services.api.routes.retrievals import repair
 from services.api.schemas import UID_PATTERN
 from services.api.storage import set_pinned, storage_report
 from services.api.web.browse import visible_study
-from services.api.web.pages import AdminDep, PageError, checked_form, local_path, render
+from services.api.web.pages import (
+    AdminDep,
+    PageError,
+    VisitorDep,
+    checked_form,
+    local_path,
+    render,
+)
 from shared import retrievals
 from shared.catalog.models import LISTED, Patient, RetrievalJob, Study
 
@@ -48,7 +56,8 @@ async def pacs_check_page(
     with sessions() as session:
         study = visible_study(session, visitor.caller, study_uid)
     try:
-        check = check_view(await compare_with_pacs(settings, sessions, study_uid, None))
+        found = await compare_with_pacs(settings, sessions, study_uid, None, visitor.caller.labs)
+        check = check_view(found)
     except HTTPException as exc:
         problem = str(exc.detail)
         return render(request, "pacs_check.html", visitor, exc.status_code, study=study,
@@ -74,7 +83,7 @@ async def repair_study(
     if not re.fullmatch(UID_PATTERN, study_uid):
         raise PageError(status.HTTP_404_NOT_FOUND, f"No study with UID {study_uid!r} here.")
     try:
-        job = await repair(settings, sessions, writer_sessions, study_uid, None)
+        job = await repair(visitor.caller, settings, sessions, writer_sessions, study_uid, None)
     except HTTPException as exc:
         raise PageError(exc.status_code, f"Nothing was fetched: {exc.detail}.") from None
     except RequestValidationError:
@@ -83,8 +92,14 @@ async def repair_study(
 
 
 @router.get("/web/retrievals")
-def retrievals_page(request: Request, visitor: AdminDep, session: SessionDep) -> Response:
-    newest = select(RetrievalJob.id).order_by(RetrievalJob.id.desc()).limit(JOBS_SHOWN)
+def retrievals_page(request: Request, visitor: VisitorDep, session: SessionDep) -> Response:
+    """Every job for a key of every lab, else the key's own, as GET /retrievals lists them."""
+    newest = (
+        select(RetrievalJob.id)
+        .where(*visible_jobs(visitor.caller))
+        .order_by(RetrievalJob.id.desc())
+        .limit(JOBS_SHOWN)
+    )
     jobs = [job_view(session, job_id) for job_id in session.scalars(newest)]
     queued = request.query_params.get("queued", "")
     return render(
@@ -94,11 +109,15 @@ def retrievals_page(request: Request, visitor: AdminDep, session: SessionDep) ->
 
 @router.post("/web/retrievals/{job_id}/cancel")
 async def cancel_job(
-    request: Request, visitor: AdminDep, job_id: JobId, session: WriterSessionDep
+    request: Request, visitor: VisitorDep, job_id: JobId, session: WriterSessionDep
 ) -> Response:
+    """As DELETE /retrievals/{job_id}: a key of some labs cancels its own jobs only."""
     await checked_form(request, visitor.session)
     with session.begin():
-        if retrievals.request_cancel(session, job_id) is None:
+        own = session.scalar(
+            select(RetrievalJob.id).where(RetrievalJob.id == job_id, *visible_jobs(visitor.caller))
+        )
+        if own is None or retrievals.request_cancel(session, job_id) is None:
             raise PageError(status.HTTP_404_NOT_FOUND, f"No retrieval job {job_id}.")
     return RedirectResponse("/web/retrievals", status.HTTP_303_SEE_OTHER)
 
@@ -107,7 +126,8 @@ async def cancel_job(
 def storage_page(
     request: Request, visitor: AdminDep, settings: SettingsDep, session: SessionDep
 ) -> Response:
-    return render(request, "storage.html", visitor, storage=storage_report(session, settings, 100))
+    report = storage_report(session, settings, 100, visitor.caller.labs)
+    return render(request, "storage.html", visitor, storage=report)
 
 
 @router.get("/web/pins")

@@ -71,9 +71,8 @@ class Search:
             days = date_range(text)
         name = self.patient_name if "*" in self.patient_name else f"*{self.patient_name}*"
         return StudyFilters(
-            physician_folders=_visible(
-                caller, directory.folders_for(self.physician) if self.physician else None
-            ),
+            labs=caller.labs,
+            physician_folders=directory.folders_for(self.physician) if self.physician else None,
             patient_id=self.patient_id or None,
             patient_name=like_pattern(name, wildcards=True) if self.patient_name else None,
             study_date=days,
@@ -83,13 +82,6 @@ class Search:
             if self.description
             else None,
         )
-
-
-def _visible(caller: Caller, folders: frozenset[str] | None) -> frozenset[str] | None:
-    """The folders a listing may show: those asked for, within the caller's labs."""
-    if caller.labs is None:
-        return folders
-    return caller.labs if folders is None else folders & caller.labs
 
 
 @router.get("/")
@@ -156,7 +148,7 @@ def study_page(
 def visible_study(session: Session, caller: Caller, study_uid: str) -> StudyDetail:
     """The study, if the caller sees its lab: another lab's study is not found, exactly as
     a UID the catalog does not know."""
-    detail = study_detail(session, study_uid)
-    if detail is None or not caller.sees(detail.physician_folder):
+    detail = study_detail(session, study_uid, caller.labs)
+    if detail is None:
         raise PageError(status.HTTP_404_NOT_FOUND, f"No study with UID {study_uid!r} here.")
     return detail

@@ -25,7 +25,7 @@ from services.api.routes import downloads, operations, retrievals, series, stora
 from services.api.schemas import Problem
 from services.api.settings import ApiSettings, is_loopback
 from services.api.studies import PhysicianDirectory
-from services.api.web import site
+from services.api.web import docs, site
 from shared.catalog.database import create_catalog_engine, open_catalog, session_factory
 from shared.keys import KeyRing
 from shared.monitoring import Dependency, broker_reachable, catalog_status
@@ -65,9 +65,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
         writer.dispose()
         engine.dispose()
 
-    # /docs and /redoc with Swagger UI and ReDoc served by dcmdb itself, not a CDN: they
-    # work on a network without internet.
+    # Swagger UI's and ReDoc's assets served by dcmdb itself, not a CDN, for /docs and
+    # /redoc on a network without internet (their pages: `services.api.web.docs`).
     app = FastAPIOffline(
+        docs_url=None,
+        redoc_url=None,
+        static_url=docs.STATIC_URL,
         title="dcmdb",
         summary="Find, preview and download the studies dcmdb received, by lab.",
         version="1",

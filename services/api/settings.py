@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shared import keys as key_file
 from shared.keys import Scope
@@ -28,6 +28,11 @@ class ApiSettings(PacsSettings, StorageSettings):  # GET /storage shows the thre
     session_secret: SecretStr | None = Field(default=None, min_length=32)
     # How long a sign-in on the web page lasts.
     session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+
+    @field_validator("session_secret", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _check_keys(self) -> Self:

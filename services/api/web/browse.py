@@ -26,6 +26,7 @@ from shared.keys import Caller
 router = APIRouter(include_in_schema=False)
 
 PAGE_SIZE = 25
+MAX_PAGE = 200
 SORTS = {"received": "Received", "study_date": "Study date"}
 ORDERS = {"desc": "newest first", "asc": "oldest first"}
 
@@ -44,6 +45,7 @@ class Search:
     description: str = ""
     sort: str = "received"
     order: str = "desc"
+    limit: str = ""  # studies a page, PAGE_SIZE when empty
 
     @classmethod
     def of(cls, request: Request) -> Search:
@@ -65,6 +67,8 @@ class Search:
         """What the catalog compares; ValueError saying what is wrong with a field."""
         if self.sort not in SORTS or self.order not in ORDERS:
             raise ValueError("sort by received or study_date, desc or asc")
+        if self.limit and not (self.limit.isdigit() and 1 <= int(self.limit) <= MAX_PAGE):
+            raise ValueError(f"a page shows 1 to {MAX_PAGE} studies")
         days = None
         if self.date_from or self.date_to:
             text = f"{self.date_from.replace('-', '')}-{self.date_to.replace('-', '')}"
@@ -96,7 +100,12 @@ def studies_page(
         if cursor is not None and (cursor.sort, cursor.order) != (search.sort, search.order):
             raise ValueError("this page link belongs to another order: start again")
         items, following = list_studies(
-            session, filters, sort=search.sort, order=search.order, limit=PAGE_SIZE, cursor=cursor
+            session,
+            filters,
+            sort=search.sort,
+            order=search.order,
+            limit=int(search.limit or PAGE_SIZE),
+            cursor=cursor,
         )
     except ValueError as exc:
         return _studies(request, visitor, session, search, status.HTTP_400_BAD_REQUEST, str(exc))

@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.settings import ApiSettings
-from services.api.web import account, admin, browse
+from services.api.web import account, admin, browse, docs
 from services.api.web.pages import (
     HERE,
     PageError,
@@ -30,8 +30,9 @@ from services.api.web.session import SessionCookies
 
 STATIC_URL = "/web/static"
 
+_PARTS = (account.router, browse.router, admin.router, docs.router)
 router = APIRouter(include_in_schema=False)
-for part in (account.router, browse.router, admin.router):
+for part in _PARTS:
     router.include_router(part)
 
 _ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
@@ -41,7 +42,8 @@ def _allowed(path: str) -> list[str]:
     """The methods of every page route of `path` (Starlette names the first route's only)."""
     return sorted(
         method
-        for route in router.routes
+        for part in _PARTS  # a router lists an included router as one entry
+        for route in part.routes
         if isinstance(route, APIRoute) and route.path_regex.match(path)
         for method in route.methods or ()
     )

@@ -10,9 +10,12 @@ from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from fastapi import Request, Response
+from fastapi.testclient import TestClient
 
+from services.api.app import create_app
 from services.api.settings import ApiSettings
 from services.api.web.session import (
     COOKIE,
@@ -141,3 +144,45 @@ def test_a_session_ends_when_its_key_is_revoked_or_replaced(tmp_path: Path) -> N
     keys_file(None)  # revoked
     assert holder(request, session) is None
     assert holder(request, WebSession.fresh()) is None  # never signed in
+
+
+def _sign_in(client: TestClient, key: str | None) -> httpx.Response:
+    form = client.get("/signin")
+    token = form.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    fields = {"csrf_token": token, "next": "/web/retrievals"} | ({"key": key} if key else {})
+    return client.post("/signin", data=fields, follow_redirects=False)
+
+
+def test_without_keys_the_page_is_open_on_loopback(tmp_path: Path) -> None:
+    with TestClient(create_app(ApiSettings(data_dir=tmp_path))) as client:
+        assert client.get("/", follow_redirects=False).headers["location"] == "/signin"
+        assert "Continue" in client.get("/signin").text
+        signed = _sign_in(client, None)
+        assert (signed.status_code, signed.headers["location"]) == (303, "/web/retrievals")
+        page = client.get("/")
+        assert page.status_code == 200 and "anonymous" in page.text
+        assert client.get("/web/storage").status_code == 200  # an admin, as the open API
+
+
+def test_a_key_of_dcmdb_api_keys_signs_in(tmp_path: Path) -> None:
+    settings = ApiSettings(data_dir=tmp_path, api_keys=f"{KEY}:read")  # type: ignore[arg-type]
+    with TestClient(create_app(settings)) as client:
+        assert _sign_in(client, OTHER_KEY).status_code == 401
+        assert _sign_in(client, KEY).status_code == 303
+        assert "DCMDB_API_KEYS #1" in client.get("/").text
+        assert client.get("/web/storage").status_code == 403  # a read key
+        assert client.get("/studies").json() == {"items": [], "next": None}
+
+
+@pytest.mark.parametrize("target", ["https://elsewhere.test/", "//elsewhere.test/", "/\t/x", "x"])
+def test_a_sign_in_never_leads_elsewhere(tmp_path: Path, target: str) -> None:
+    settings = ApiSettings(data_dir=tmp_path, api_keys=f"{KEY}:read")  # type: ignore[arg-type]
+    with TestClient(create_app(settings)) as client:
+        form = client.get("/signin")
+        token = form.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+        answer = client.post(
+            "/signin",
+            data={"csrf_token": token, "key": KEY, "next": target},
+            follow_redirects=False,
+        )
+        assert answer.headers["location"] == "/"

@@ -142,7 +142,9 @@ def error_page(request: Request, status_code: int, message: str) -> Response:
 def local_path(target: str | None, default: str = "/") -> str:
     """`target` when it is a path on this site, else `default`: a sign-in never sends the
     browser elsewhere."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    if not target or not target.isprintable() or "\\" in target:
+        return default
+    if not target.startswith("/") or target.startswith("//"):
         return default
     return target
 

@@ -347,6 +347,9 @@ def test_a_sorter_outside_the_labs_groups_keeps_new_labs_to_itself_and_files_int
         )
         child.start()
         sending.close()
+        if not receiving.poll(120):
+            child.kill()
+            pytest.fail("the sorter as the service's user did not answer in 120 s")
         answer = receiving.recv()
         child.join(30)
         if isinstance(answer, BaseException):

@@ -1,4 +1,4 @@
-"""Manage the API keys and the labs each sees.
+"""Add, list or revoke API keys and their labs.
 
 dcmdb keys add NAME --scope read --lab FOLDER [--lab FOLDER ...] creates a key that sees
 those lab folders (--all-labs: every lab) and prints it once: only its SHA-256 digest is

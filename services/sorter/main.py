@@ -34,7 +34,12 @@ async def run(settings: SorterSettings, side: SidePort, stop: Stop) -> None:
     if renamed:
         log.info("renamed %d instance file(s) to <SOPInstanceUID>.dcm", renamed)
     filer = Filer(
-        sessions, settings.data_dir, settings.archive_root, settings.quarantine_dir, aliases
+        sessions,
+        settings.data_dir,
+        settings.archive_root,
+        settings.quarantine_dir,
+        aliases,
+        keys_file=settings.keys_path,
     )
     connection = await connect(settings.broker_url, name="dcmdb-sorter")
     publisher = Publisher(connection, settings.topology)

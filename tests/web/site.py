@@ -28,18 +28,19 @@ from services.sorter.completion import complete_stable_series, unannounced
 from services.sorter.filing import Filer
 from shared.catalog.database import open_catalog
 from shared.catalog.models import Series, Study
-from shared.keys import KeyEntry, Scope, digest, editing
+from shared.keys import editing
 from tests.arrivals import arrive, dicom_files, with_new_uids
 from tests.conftest import TESTDATA
-from tests.support import free_port, wait_for
+from tests.support import add_key, free_port, wait_for
 
 LAB_A, LAB_B = "SMITH_JOHN", "DOE_JANE"
 PHYSICIANS = {LAB_A: "SMITH^JOHN", LAB_B: "DOE^JANE"}
-KEYS = {
-    "admin": (Scope.ADMIN, "all", "dcmdb_web-admin-key-0123456789abcdefghij"),
-    "lab-a": (Scope.READ, (LAB_A,), "dcmdb_web-lab-a-key-0123456789abcdefghij"),
-    "lab-b": (Scope.READ, (LAB_B,), "dcmdb_web-lab-b-key-0123456789abcdefghij"),
-    "lab-a-spare": (Scope.READ, (LAB_A,), "dcmdb_web-lab-a-spare-0123456789abcdefgh"),
+# Each key's labs (None: every lab) and scope, as `dcmdb keys add` writes them.
+KEYS: dict[str, tuple[list[str] | None, str]] = {
+    "admin": (None, "admin"),
+    "lab-a": ([LAB_A], "read"),
+    "lab-b": ([LAB_B], "read"),
+    "lab-a-spare": ([LAB_A], "read"),  # revoked by a test
 }
 
 
@@ -51,9 +52,10 @@ class Site:
     data: Path
     sessions: sessionmaker[Session]
     settings: ApiSettings
+    keys: dict[str, str]  # name -> key
 
     def key(self, name: str) -> str:
-        return KEYS[name][2]
+        return self.keys[name]
 
     def revoke(self, name: str) -> None:
         """As `dcmdb keys revoke NAME`: the entry leaves the keys file."""
@@ -121,18 +123,12 @@ def fill(data: Path, labs: dict[str, list[str]], short: dict[str, int] | None = 
     return url
 
 
-def write_keys(path: Path) -> None:
-    with editing(path) as document:
-        document.keys = [
-            KeyEntry(name=name, scope=scope, labs=labs, sha256=digest(key))
-            for name, (scope, labs, key) in KEYS.items()
-        ]
-
-
 @contextmanager
 def serving(data: Path, catalog_url: str, **settings: object) -> Iterator[Site]:
     """The API over the catalog, with the keys file, on a free port."""
-    write_keys(data / "keys.yaml")
+    keys = {
+        name: add_key(data / "keys.yaml", name, labs, scope) for name, (labs, scope) in KEYS.items()
+    }
     chosen = ApiSettings(
         data_dir=data,
         database_url=catalog_url,
@@ -151,7 +147,7 @@ def serving(data: Path, catalog_url: str, **settings: object) -> Iterator[Site]:
     try:
         wait_for(lambda: server.started or not thread.is_alive(), 60, "the API to start")
         assert thread.is_alive(), "the API stopped at start"
-        yield Site(f"http://127.0.0.1:{port}", data, sessions, chosen)
+        yield Site(f"http://127.0.0.1:{port}", data, sessions, chosen, keys)
     finally:
         server.should_exit = True
         thread.join(30)

@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 from services.api.web.session import COOKIE, CSRF_HEADER
 from shared.catalog.models import Study
 from tests.web.conftest import Tab
-from tests.web.site import KEYS, LAB_A, LAB_B, Site, fill, serving, study_of
+from tests.web.site import LAB_A, LAB_B, Site, fill, serving, study_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_setup()]
 
@@ -121,7 +121,7 @@ def test_the_cookie_holds_no_key_and_is_strict_and_http_only(site: Site) -> None
     assert "HttpOnly" in header and "SameSite=strict" in header and "Path=/" in header
     assert "Secure" not in header  # served over http here
     value = signed.cookies[COOKIE]
-    assert site.key("admin") not in value and KEYS["admin"][2][6:] not in value
+    assert site.key("admin") not in value and site.key("admin")[6:] not in value
     client.close()
     fresh.close()
 

@@ -13,13 +13,17 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Page, Route, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from tests.conftest import REPO
 
 CHROMIUM = Path("/usr/bin/chromium")  # Playwright cannot download its own browser here
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost"})
+# Playwright's 5 s are short for a page that renders previews while the suite runs in
+# four workers on two cores.
+WAIT_MS = 30_000
+expect.set_options(timeout=WAIT_MS)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +59,7 @@ class Tab:
 @pytest.fixture
 def tab(browser: Browser) -> Iterator[Tab]:
     context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 860})
+    context.set_default_timeout(WAIT_MS)
     page = context.new_page()
     opened = Tab(page)
 

@@ -186,10 +186,10 @@ def test_the_pacs_check_fetches_what_is_missing_and_retrievals_show_progress(
         (progress,) = session.query(RetrievalStudy).filter_by(job_id=1).all()
     retrievals.update_study(site.sessions, progress.id, state=JobState.RUNNING,
                             expected_instances=1, completed=0)  # fmt: skip
-    expect(row.locator(".badge")).to_have_text("running", timeout=15_000)
+    expect(row.locator(".badge")).to_have_text("running")
     retrievals.update_study(site.sessions, progress.id, state=JobState.COMPLETED, completed=1)
     retrievals.finish(site.sessions, 1, JobState.COMPLETED)
-    expect(row.locator(".badge")).to_have_text("completed", timeout=15_000)
+    expect(row.locator(".badge")).to_have_text("completed")
     expect(row.locator("[data-field=progress]")).to_contain_text("1 of 1 instances")
     assert page.evaluate("window.notReloaded") is True  # updated in place, by polling
     tab.shoot("retrievals")
@@ -230,11 +230,11 @@ def test_the_docs_work_offline(site: Site, tab: Tab) -> None:
     answer = page.goto(f"{site.url}/docs")
     assert answer is not None and "default-src 'self'" in answer.headers["content-security-policy"]
     operations = page.locator(".opblock-summary-path")
-    expect(operations.first).to_be_visible(timeout=30_000)
+    expect(operations.first).to_be_visible()
     assert operations.count() >= 20
     expect(operations.filter(has_text="/studies/{study_uid}/archive")).to_be_visible()
     tab.shoot("docs")
     page.goto(f"{site.url}/redoc")
-    expect(page.locator("h1", has_text="dcmdb")).to_be_visible(timeout=30_000)
+    expect(page.locator("h1", has_text="dcmdb")).to_be_visible()
     expect(page.get_by_text("Get Study Archive").first).to_be_attached()
     tab.shoot("redoc", full_page=False)

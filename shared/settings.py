@@ -100,6 +100,9 @@ class CommonSettings(BaseSettings):
     empty_tls_is_unset = field_validator("tls_cert", "tls_key", "tls_client_ca", mode="before")(
         unset_if_empty
     )
+    empty_file_is_unset = field_validator("keys_file", "physician_aliases", mode="before")(
+        unset_if_empty
+    )
 
     @field_validator("physician_aliases")
     @classmethod

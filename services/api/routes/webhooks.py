@@ -14,7 +14,7 @@ from services.api.dependencies import (
     WriterSessionDep,
     not_found_answer,
 )
-from services.api.schemas import NewWebhook, Webhook, WebhookDelivery, WebhookRequest
+from services.api.schemas import NewWebhook, Problem, Webhook, WebhookDelivery, WebhookRequest
 from shared import webhooks
 from shared.catalog import webhooks as rows
 from shared.catalog.states import DeliveryState
@@ -44,7 +44,13 @@ def _found(session: SessionDep, webhook_id: int) -> rows.Webhook:
     return hook
 
 
-@router.post("", dependencies=ADMIN, status_code=status.HTTP_201_CREATED, response_model=NewWebhook)
+@router.post(
+    "",
+    dependencies=ADMIN,
+    status_code=status.HTTP_201_CREATED,
+    response_model=NewWebhook,
+    responses={400: {"model": Problem, "description": "The body is not JSON"}},
+)
 def register_webhook(
     body: WebhookRequest, session: WriterSessionDep, caller: CallerDep
 ) -> NewWebhook:

@@ -21,7 +21,15 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api import metrics
-from services.api.routes import downloads, operations, retrievals, series, storage, studies
+from services.api.routes import (
+    downloads,
+    operations,
+    retrievals,
+    series,
+    storage,
+    studies,
+    webhooks,
+)
 from services.api.schemas import Problem
 from services.api.settings import ApiSettings, is_loopback
 from services.api.studies import PhysicianDirectory
@@ -42,6 +50,7 @@ _ROUTERS: tuple[APIRouter, ...] = (
     operations.router,
     retrievals.router,
     storage.router,
+    webhooks.router,
 )
 
 

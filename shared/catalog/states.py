@@ -60,3 +60,19 @@ class EvictionReason(StrEnum):
 
     SPACE = "space"  # free space below the low mark
     AGE = "age"  # older than the maximum age
+
+
+class DeliveryState(StrEnum):
+    """Where one webhook delivery is (see services/notifier/delivery.py)."""
+
+    PENDING = "pending"  # not yet answered 2xx: tried again with backoff
+    DELIVERED = "delivered"
+    ABANDONED = "abandoned"  # given up after DCMDB_WEBHOOK_GIVE_UP_AFTER; the next one goes on
+
+
+class WebhookEvent(StrEnum):
+    """What a lab's webhook may be told of."""
+
+    STUDY_READY = "study.ready"  # every series of a study converted or skipped
+    SERIES_FAILED = "series.failed"  # a series' conversion failed
+    RETRIEVAL_FINISHED = "retrieval.finished"  # a retrieval job with the lab's studies ended

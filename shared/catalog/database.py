@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -50,7 +51,10 @@ def _owner_only(database: Path) -> None:
     lab members pass through the data directory to reach the archive. SQLite creates its
     -wal and -shm files with the database file's mode."""
     database.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
+    # Never an open and close of an existing catalog: closing any descriptor of the file
+    # drops every POSIX lock this process's SQLite connections hold on it.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _begin(connection: Any) -> None:

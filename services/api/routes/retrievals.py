@@ -161,7 +161,7 @@ async def repair(
     pacs: Annotated[str | None, Query(max_length=64, description="A configured PACS")] = None,
 ) -> Retrieval:
     """Queue a move of only the series the check finds incomplete."""
-    found = await compare_with_pacs(settings, sessions, study_uid, pacs)
+    found = await compare_with_pacs(settings, sessions, study_uid, pacs, caller.labs)
     if found.complete:
         raise HTTPException(409, "the study is complete: nothing to repair")
     with writer_sessions() as session:

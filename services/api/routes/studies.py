@@ -145,9 +145,9 @@ def get_physicians(caller: CallerDep, session: SessionDep) -> list[Physician]:
     response_model=Pin,
     responses=not_found_answer("No such study"),
 )
-def pin_study(study_uid: StudyUid, session: WriterSessionDep) -> Pin:
+def pin_study(caller: CallerDep, study_uid: StudyUid, session: WriterSessionDep) -> Pin:
     """Keep the study: retention never evicts a pinned study."""
-    return _pinned(session, study_uid, True)
+    return _pinned(session, study_uid, True, caller.labs)
 
 
 @router.delete(
@@ -156,12 +156,12 @@ def pin_study(study_uid: StudyUid, session: WriterSessionDep) -> Pin:
     response_model=Pin,
     responses=not_found_answer("No such study"),
 )
-def unpin_study(study_uid: StudyUid, session: WriterSessionDep) -> Pin:
+def unpin_study(caller: CallerDep, study_uid: StudyUid, session: WriterSessionDep) -> Pin:
     """Let retention evict the study again, in its turn."""
-    return _pinned(session, study_uid, False)
+    return _pinned(session, study_uid, False, caller.labs)
 
 
-def _pinned(session: Session, study_uid: str, pinned: bool) -> Pin:
-    if not set_pinned(session, study_uid, pinned):
+def _pinned(session: Session, study_uid: str, pinned: bool, labs: frozenset[str] | None) -> Pin:
+    if not set_pinned(session, study_uid, pinned, labs):
         raise not_found("study", study_uid)
     return Pin(study_uid=study_uid, pinned=pinned)

@@ -154,7 +154,7 @@ async def pin_study(
     session.rollback()  # set_pinned begins its own transaction
     if fields.get("pinned") not in ("0", "1"):
         raise PageError(status.HTTP_400_BAD_REQUEST, "Pin with pinned=1, unpin with pinned=0.")
-    if not set_pinned(session, study_uid, fields["pinned"] == "1"):
+    if not set_pinned(session, study_uid, fields["pinned"] == "1", visitor.caller.labs):
         raise PageError(status.HTTP_404_NOT_FOUND, f"No study with UID {study_uid!r} here.")
     back = local_path(fields.get("back"), f"/web/studies/{study_uid}")
     return RedirectResponse(back, status.HTTP_303_SEE_OTHER)

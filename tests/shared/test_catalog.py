@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 
 TABLES = {"patients", "studies", "series", "instances", "nifti_outputs"}
 TABLES |= {"retrieval_jobs", "retrieval_studies", "expected_series", "evictions"}
+TABLES |= {"audit_events"}
 
 
 def head_revision() -> str:

@@ -19,7 +19,9 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api import metrics
-from services.api.routes import downloads, operations, retrievals, series, storage, studies
+from services.api.audit import AuditMiddleware
+from services.api.audit_trail import AuditTrail
+from services.api.routes import audit, downloads, operations, retrievals, series, storage, studies
 from services.api.schemas import Problem
 from services.api.settings import ApiSettings, is_loopback
 from services.api.studies import PhysicianDirectory
@@ -39,6 +41,7 @@ _ROUTERS: tuple[APIRouter, ...] = (
     operations.router,
     retrievals.router,
     storage.router,
+    audit.router,
 )
 
 
@@ -58,7 +61,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
         writer = create_catalog_engine(settings.catalog_url, writer=True)
         app.state.writer_sessions = session_factory(writer)
         app.state.physicians = PhysicianDirectory(sessions)
+        trail = AuditTrail(app.state.writer_sessions, settings.audit_days)
+        app.state.audit_trail = trail.start()
         yield
+        trail.close()  # writes what it holds
         writer.dispose()
         engine.dispose()
 
@@ -74,6 +80,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.open_without_keys = is_loopback(settings.api_host)
     app.state.readiness = [catalog, broker]
     app.add_middleware(metrics.RequestMetrics)
+    app.add_middleware(AuditMiddleware)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     for router in _ROUTERS:
         app.include_router(router)

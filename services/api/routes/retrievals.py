@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from sqlalchemy import select
 
+from services.api.audit import audit_note, audited
 from services.api.dependencies import (
     ADMIN,
     READ,
@@ -26,7 +27,7 @@ from services.api.retrievals import check_view, compare_with_pacs, job_view, req
 from services.api.schemas import PacsCheck, Problem, Retrieval, RetrievalRequest
 from shared import retrievals
 from shared.catalog.models import RetrievalJob
-from shared.catalog.states import JobState
+from shared.catalog.states import AuditAction, JobState
 
 _NOT_FOUND = not_found_answer("No such job or study")
 _PACS_AWAY: dict[int | str, dict[str, Any]] = {
@@ -38,19 +39,20 @@ router = APIRouter(tags=["retrievals"])
 
 @router.post(
     "/retrievals",
-    dependencies=ADMIN,
+    dependencies=[*ADMIN, audited(AuditAction.RETRIEVAL_START)],
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Retrieval,
     responses={400: {"model": Problem, "description": "The body is not JSON"}},
 )
 def start_retrieval(
-    settings: SettingsDep, body: RetrievalRequest, session: WriterSessionDep
+    request: Request, settings: SettingsDep, body: RetrievalRequest, session: WriterSessionDep
 ) -> Retrieval:
     """Queue a retrieval: a C-FIND at study level, then a C-MOVE of each match to dcmdb."""
     pacs, query = requested_query(settings, body)
     with session.begin():
         job = retrievals.new_job(session, origin="request", pacs=pacs, query=query)
         job_id = job.id
+    audit_note(request, job_id=job_id, study_uid=body.study_uid)
     return job_view(session, job_id)
 
 
@@ -76,7 +78,7 @@ def get_retrieval(job_id: JobId, session: SessionDep) -> Retrieval:
 
 @router.delete(
     "/retrievals/{job_id}",
-    dependencies=ADMIN,
+    dependencies=[*ADMIN, audited(AuditAction.RETRIEVAL_CANCEL)],
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Retrieval,
     responses=_NOT_FOUND,
@@ -91,7 +93,7 @@ def cancel_retrieval(job_id: JobId, session: WriterSessionDep) -> Retrieval:
 
 @router.get(
     "/studies/{study_uid}/pacs-check",
-    dependencies=READ,
+    dependencies=[*READ, audited(AuditAction.STUDY_PACS_CHECK)],
     response_model=PacsCheck,
     responses={**_NOT_FOUND, **_PACS_AWAY},
     tags=["studies"],
@@ -108,13 +110,14 @@ async def pacs_check(
 
 @router.post(
     "/studies/{study_uid}/repair",
-    dependencies=ADMIN,
+    dependencies=[*ADMIN, audited(AuditAction.STUDY_REPAIR)],
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Retrieval,
     responses={**_NOT_FOUND, **_PACS_AWAY, 409: {"model": Problem, "description": "Complete"}},
     tags=["studies"],
 )
 async def repair(
+    request: Request,
     settings: SettingsDep,
     sessions: SessionsDep,
     writer_sessions: WriterSessionsDep,
@@ -135,4 +138,5 @@ async def repair(
                 studies=[(study_uid, found.missing_series)],
             )
             job_id = job.id
+        audit_note(request, job_id=job_id)
         return job_view(session, job_id)

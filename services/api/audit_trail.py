@@ -156,7 +156,7 @@ def _rows(session: Session, batch: list[AuditRecord]) -> list[dict[str, object]]
             .join(Study, Study.id == Series.study_pk)
             .where(Series.series_instance_uid.in_(chunk))
         )
-        studies.update({series: study for series, study in found.tuples()})
+        studies.update({series: study for series, study in found})
     rows = [asdict(r) for r in batch]
     for row in rows:
         if row["series_uid"] and not row["study_uid"]:

@@ -164,22 +164,19 @@ def _rows(session: Session, batch: list[AuditRecord]) -> list[dict[str, object]]
     return rows
 
 
-def prune(sessions: sessionmaker[Session], before: dt.datetime) -> int:
-    """Delete the records older than `before`, a batch per transaction; how many."""
+def prune(sessions: sessionmaker[Session], before: dt.datetime, batch: int = _PRUNE_BATCH) -> int:
+    """Delete the records older than `before`, `batch` per transaction; how many."""
     total = 0
     while True:
         oldest = (
-            select(AuditEvent.id)
-            .where(AuditEvent.at < before)
-            .order_by(AuditEvent.id)
-            .limit(_PRUNE_BATCH)
+            select(AuditEvent.id).where(AuditEvent.at < before).order_by(AuditEvent.id).limit(batch)
         )
         with sessions.begin() as session:
             ids = list(session.scalars(oldest))
             if ids:
                 session.execute(delete(AuditEvent).where(AuditEvent.id.in_(ids)))
         total += len(ids)
-        if len(ids) < _PRUNE_BATCH:
+        if len(ids) < batch:
             return total
 
 

@@ -43,6 +43,7 @@ TOOLS = {
     "retrieve": Command("services.commands.pacs:retrieve", "fetch studies from the PACS"),
     "pacs-check": Command("services.commands.pacs:pacs_check", "compare a study with the PACS"),
     "reconvert": Command("services.commands.reconvert:main", "convert series to NIfTI again"),
+    "audit": Command("services.commands.audit:audit", "show who read or changed what, and when"),
 }
 _INTRODUCTION = """\
 dcmdb receives DICOM studies from the PACS, sorts them by lab, converts them to

@@ -104,10 +104,10 @@ class AuditMiddleware:
 
         async def sending(message: Message) -> None:
             nonlocal status, sent
-            await send(message)
             if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
+                status = message["status"]  # answered, whether or not the client is there
+            await send(message)  # bytes count once handed over: a send that fails sent none
+            if message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             elif message["type"] == "http.response.pathsend":  # a server that sends files
                 sent += os.stat(message["path"]).st_size

@@ -76,11 +76,14 @@ class AuditTrail:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-trail", daemon=True)
         self._failing = False
+        self._dropped = 0  # records dropped unwritten since the last write
 
     def add(self, record: AuditRecord) -> None:
         with self._lock:
             if len(self._held) == MAX_HELD:
-                log.error("audit: %d records held unwritten; the oldest is dropped", MAX_HELD)
+                if not self._dropped:
+                    log.error("audit: %d records held unwritten; dropping the oldest", MAX_HELD)
+                self._dropped += 1
             self._held.append(record)
 
     def flush(self) -> int:
@@ -107,7 +110,10 @@ class AuditTrail:
                 return 0
             if self._failing:
                 log.info("audit: the records held are written")
-            self._failing = False
+            with self._lock:
+                if self._dropped:
+                    log.error("audit: %d records were dropped unwritten", self._dropped)
+                self._failing, self._dropped = False, 0
             return len(batch)
 
     def prune(self, now: dt.datetime | None = None) -> int:
@@ -135,7 +141,7 @@ class AuditTrail:
                         log.info("audit: %d records older than %s deleted", pruned, self._keep)
                 except Exception as exc:
                     log.warning(
-                        "audit: old records not deleted (%s); tried again at the next round", exc
+                        "audit: old records not deleted (%s); tried again at the next prune", exc
                     )
             if stopping:
                 if self._held:

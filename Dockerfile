@@ -7,7 +7,8 @@ ENV PYTHONUNBUFFERED=1 \
     UV_PROJECT_ENVIRONMENT=/opt/dcmdb
 
 RUN pip install --no-cache-dir uv \
-    && useradd --system --create-home --uid 10001 dcmdb \
+    && groupadd --system --gid 10001 dcmdb \
+    && useradd --system --create-home --uid 10001 --gid dcmdb dcmdb \
     && mkdir -p /data && chown dcmdb /data
 
 WORKDIR /app

@@ -49,12 +49,14 @@ def write_synced(path: Path | str, *parts: bytes, create: bool = True) -> None:
 
 
 def stream_synced(path: Path, writer: Writer) -> None:
-    """Let `writer` fill the new file `path` (it must not exist; mode as the umask allows),
-    then fsync it."""
-    with open(path, "xb") as handle:
+    """Let `writer` fill the new file `path` (it must not exist; readable by owner and group
+    only, 0640 whatever the umask), then fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    with open(fd, "wb") as handle:
+        os.fchmod(fd, 0o640)
         writer(handle)
         handle.flush()
-        os.fsync(handle.fileno())
+        os.fsync(fd)
 
 
 def copy_synced(source: Path, target: Path) -> None:

@@ -33,8 +33,12 @@ def new_job(
     query: dict[str, Any],
     nightly_slot: str | None = None,
     studies: Iterable[tuple[str, list[str]]] = (),
+    requested_by: str | None = None,
+    labs: frozenset[str] | None = None,
 ) -> RetrievalJob:
-    """A queued job; `studies` (study UID, only these series) when known already (repair)."""
+    """A queued job; `studies` (study UID, only these series) when known already (repair).
+    A job with `labs` moves only the studies whose referring physician files into one of
+    those lab folders."""
     job = RetrievalJob(
         state=JobState.QUEUED,
         origin=origin,
@@ -46,6 +50,8 @@ def new_job(
         cancel_requested=False,
         reason="",
         gaps="",
+        requested_by=requested_by,
+        labs=None if labs is None else json.dumps(sorted(labs)),
     )
     for study_uid, series_uids in studies:
         job.studies.append(_study_row(study_uid, series_uids))

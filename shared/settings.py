@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -18,6 +18,9 @@ from shared.disk import Threshold
 from shared.errors import ConfigurationError
 from shared.messages import DEFAULT_INSTALLATION, Topology, installation_name
 from shared.tls import check_pair, unset_if_empty
+
+if TYPE_CHECKING:
+    from shared.naming import PhysicianAliases
 
 ENV_PREFIX = "DCMDB_"
 # Each service's side port (shared.monitoring) by default, so that the services of one host
@@ -50,6 +53,9 @@ class CommonSettings(BaseSettings):
     archive_dir: Path | None = None
     # Who may see which lab (shared/keys.py); <data dir>/keys.yaml unless set.
     keys_file: Path | None = None
+    # Variants of a physician's name that file into one lab folder (shared/naming.py): the
+    # sorter files by them, and a lab's retrievals take what they name.
+    physician_aliases: Path | None = None
     database_url: str | None = None
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Begins the name of each exchange and queue on the broker: installations sharing one
@@ -94,6 +100,21 @@ class CommonSettings(BaseSettings):
     empty_tls_is_unset = field_validator("tls_cert", "tls_key", "tls_client_ca", mode="before")(
         unset_if_empty
     )
+    empty_file_is_unset = field_validator("keys_file", "physician_aliases", mode="before")(
+        unset_if_empty
+    )
+
+    @field_validator("physician_aliases")
+    @classmethod
+    def _aliases_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {value} does not exist")
+        return value
+
+    def aliases(self) -> PhysicianAliases | None:
+        from shared.naming import PhysicianAliases  # pydicom: only for who needs it
+
+        return PhysicianAliases.load(self.physician_aliases) if self.physician_aliases else None
 
     @field_validator("ae_title")
     @classmethod

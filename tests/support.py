@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -81,3 +82,17 @@ def finished_job(fetch: Callable[[], dict[str, Any]], timeout: float) -> dict[st
         "the retrieval job to end",
         interval=0.2,
     )
+
+
+def add_key(keys_file: Path, name: str, labs: list[str] | None, scope: str = "read") -> str:
+    """Add a key to a keys file as `dcmdb keys add` does (labs None: every lab); the key."""
+    from shared import keys
+
+    key = keys.new_key()
+    entry = keys.KeyEntry(
+        name=name, scope=keys.Scope(scope), labs="all" if labs is None else tuple(labs),
+        sha256=keys.digest(key),
+    )  # fmt: skip
+    with keys.editing(keys_file) as document:
+        document.keys.append(entry)
+    return key

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from fastapi import HTTPException
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from services.api.parameters import date_range, invalid
@@ -27,8 +27,11 @@ from services.api.settings import ApiSettings
 from shared import retrievals
 from shared.catalog.models import RetrievalJob, Study
 from shared.errors import PacsError
+from shared.keys import Caller
+from shared.naming import PhysicianAliases, physician_folder
 from shared.pacs_check import StudyCheck, check_study
-from shared.pacs_find import StudyQuery
+from shared.pacs_find import StudyQuery, find_studies
+from shared.peers import Peer
 
 
 def requested_query(settings: ApiSettings, body: RetrievalRequest) -> tuple[str, dict[str, Any]]:
@@ -50,16 +53,47 @@ def requested_query(settings: ApiSettings, body: RetrievalRequest) -> tuple[str,
     return peer.name, query
 
 
+def lab_retrieval(caller: Caller, body: RetrievalRequest, aliases: PhysicianAliases | None) -> None:
+    """A key of some labs retrieves only their studies (the retriever leaves the others):
+    a referring physician named outside them is a 422 rather than a job that finds
+    nothing."""
+    name = body.referring_physician
+    if caller.labs is None or name is None or "*" in name or "?" in name:
+        return
+    if physician_folder(name, aliases) not in caller.labs:
+        raise invalid(
+            "body",
+            "referring_physician",
+            f"this key retrieves the studies of {', '.join(sorted(caller.labs))} only",
+        )
+
+
+def visible_jobs(caller: Caller) -> list[ColumnElement[bool]]:
+    """The jobs a caller follows: all for a key of every lab, else the key's own."""
+    return [] if caller.labs is None else [RetrievalJob.requested_by == caller.name]
+
+
 async def compare_with_pacs(
-    settings: ApiSettings, sessions: sessionmaker[Session], study_uid: str, pacs: str | None
+    settings: ApiSettings,
+    sessions: sessionmaker[Session],
+    study_uid: str,
+    pacs: str | None,
+    labs: frozenset[str] | None = None,
 ) -> StudyCheck:
-    """The study on the PACS beside the catalog; 404 when neither knows it, 502 when the
-    PACS cannot be asked."""
+    """The study on the PACS beside the catalog; 404 when neither knows it, or when it is
+    of a lab not in `labs` (None: every lab), 502 when the PACS cannot be asked."""
     try:
         peer = settings.peer(pacs)
     except ValueError as exc:
         raise invalid("query", "pacs", str(exc)) from None
+    not_there = HTTPException(
+        404, f"study {study_uid!r} is neither on {peer.name} nor in the catalog"
+    )
     try:
+        if labs is not None and not await asyncio.to_thread(
+            _of_labs, peer, sessions, study_uid, labs, settings.aliases()
+        ):
+            raise not_there
         check = await asyncio.to_thread(check_study, peer, sessions, study_uid)
     except PacsError as exc:
         raise HTTPException(502, f"the PACS could not be asked: {exc}") from None
@@ -67,10 +101,27 @@ async def compare_with_pacs(
         with sessions() as session:
             known = session.scalar(select(Study.id).where(Study.study_instance_uid == study_uid))
         if known is None:
-            raise HTTPException(
-                404, f"study {study_uid!r} is neither on {peer.name} nor in the catalog"
-            )
+            raise not_there
     return check
+
+
+def _of_labs(
+    peer: Peer,
+    sessions: sessionmaker[Session],
+    study_uid: str,
+    labs: frozenset[str],
+    aliases: PhysicianAliases | None,
+) -> bool:
+    """Whether the study is of one of `labs`: by its folder in the catalog, else by its
+    referring physician on the PACS, filed as the sorter would file it."""
+    with sessions() as session:
+        folder = session.scalar(
+            select(Study.physician_folder).where(Study.study_instance_uid == study_uid)
+        )
+    if folder is None:
+        found = find_studies(peer, StudyQuery(study_uid=study_uid))
+        return any(physician_folder(m.referring_physician, aliases) in labs for m in found)
+    return folder in labs
 
 
 def _dicom_range(first: str | None, last: str | None) -> str:

@@ -26,9 +26,12 @@ from shared.disk import DiskUsage, disk_usage
 from shared.retention import Plan, Policy, plan_evictions
 
 
-def storage_report(session: Session, settings: ApiSettings, limit: int) -> Storage:
+def storage_report(
+    session: Session, settings: ApiSettings, limit: int, labs: frozenset[str] | None
+) -> Storage:
     """Disk usage, free space, the retention thresholds, and what the next eviction
-    would remove (a dry run), listing at most `limit` of its studies."""
+    would remove (a dry run), listing at most `limit` of its studies. The catalog's usage
+    and the eviction's studies are those of `labs` only (None: every lab)."""
     plan = plan_evictions(
         session,
         lambda: disk_usage(settings.archive_root),
@@ -41,7 +44,7 @@ def storage_report(session: Session, settings: ApiSettings, limit: int) -> Stora
         archive=_space(archive),
         incoming=_space(incoming),
         receiving=not incoming.below(settings.min_free),
-        catalog=_catalog_usage(session),
+        catalog=_catalog_usage(session, labs),
         thresholds=StorageThresholds(
             low_free=_text(settings.retention_low_free),
             low_free_bytes=plan.low_free_bytes,
@@ -51,7 +54,7 @@ def storage_report(session: Session, settings: ApiSettings, limit: int) -> Stora
             min_free=str(settings.min_free),
             min_free_bytes=settings.min_free.bytes_of(incoming.total),
         ),
-        next_eviction=_next_eviction(plan, limit),
+        next_eviction=_next_eviction(plan, limit, labs),
     )
 
 
@@ -76,24 +79,25 @@ def _text(value: object | None) -> str | None:
     return None if value is None else str(value)
 
 
-def _catalog_usage(session: Session) -> CatalogUsage:
+def _catalog_usage(session: Session, labs: frozenset[str] | None) -> CatalogUsage:
+    of_labs = [] if labs is None else [Study.physician_folder.in_(sorted(labs))]
     studies, pinned, evicting = session.execute(
         select(
             func.count(Study.id),
             func.count(Study.id).filter(LISTED, Study.pinned.is_(True)),
             func.count(Study.id).filter(Study.evicting_at.is_not(None)),
-        )
+        ).where(*of_labs)
     ).one()
     dicom = session.scalar(
         select(func.coalesce(func.sum(Series.size_bytes), 0))
         .join(Study, Study.id == Series.study_pk)
-        .where(LISTED)
+        .where(LISTED, *of_labs)
     )
     nifti = session.scalar(
         select(func.coalesce(func.sum(NiftiOutput.size), 0))
         .join(Series, Series.id == NiftiOutput.series_pk)
         .join(Study, Study.id == Series.study_pk)
-        .where(LISTED)
+        .where(LISTED, *of_labs)
     )
     return CatalogUsage(
         studies=int(studies) - int(evicting),
@@ -103,10 +107,11 @@ def _catalog_usage(session: Session) -> CatalogUsage:
     )
 
 
-def _next_eviction(plan: Plan, limit: int) -> NextEviction:
+def _next_eviction(plan: Plan, limit: int, labs: frozenset[str] | None) -> NextEviction:
+    evictions = [p for p in plan.evictions if labs is None or p.candidate.physician_folder in labs]
     return NextEviction(
-        study_count=len(plan.evictions),
-        size_bytes=plan.bytes,
+        study_count=len(evictions),
+        size_bytes=sum(p.candidate.size_bytes for p in evictions),
         free_after_bytes=plan.free_after,
         studies=[
             PlannedEviction(
@@ -118,6 +123,6 @@ def _next_eviction(plan: Plan, limit: int) -> NextEviction:
                 size_bytes=p.candidate.size_bytes,
                 reason=p.reason,
             )
-            for p in plan.evictions[:limit]
+            for p in evictions[:limit]
         ],
     )

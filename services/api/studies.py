@@ -35,8 +35,16 @@ from shared.naming import physician_folder
 SORT_KEYS = {"received": Study.received_at, "study_date": Study.study_date}
 
 
+def of_labs(labs: frozenset[str] | None) -> list[ColumnElement[bool]]:
+    """The conditions of a listed study that these labs see (None: every lab)."""
+    if labs is None:
+        return [LISTED]
+    return [LISTED, Study.physician_folder.in_(sorted(labs))]
+
+
 @dataclass(frozen=True)
 class StudyFilters:
+    labs: frozenset[str] | None  # what the caller sees: `shared.keys.Caller.labs`
     physician_folders: frozenset[str] | None = None  # resolved by `PhysicianDirectory`
     patient_id: str | None = None
     patient_name: str | None = None  # a LIKE pattern
@@ -47,7 +55,7 @@ class StudyFilters:
     received_since: dt.datetime | None = None
 
     def conditions(self) -> list[ColumnElement[bool]]:
-        where: list[ColumnElement[bool]] = [LISTED]
+        where = of_labs(self.labs)
         if self.physician_folders is not None:
             where.append(Study.physician_folder.in_(sorted(self.physician_folders)))
         if self.patient_id is not None:
@@ -197,11 +205,14 @@ def _summary(row: Any, total: dict[str, Any]) -> StudySummary:
     )
 
 
-def study_detail(session: Session, study_uid: str) -> StudyDetail | None:
+def study_detail(
+    session: Session, study_uid: str, labs: frozenset[str] | None
+) -> StudyDetail | None:
+    """The study with its series; None when it is not listed or of a lab not in `labs`."""
     row = session.execute(
         select(*_SUMMARY_COLUMNS)
         .join(Patient, Patient.id == Study.patient_pk)
-        .where(Study.study_instance_uid == study_uid, LISTED)
+        .where(Study.study_instance_uid == study_uid, *of_labs(labs))
     ).first()
     if row is None:
         return None
@@ -219,11 +230,21 @@ def study_detail(session: Session, study_uid: str) -> StudyDetail | None:
     )
 
 
-def find_series(session: Session, series_uid: str) -> tuple[Series, Study] | None:
+def find_study(session: Session, study_uid: str, labs: frozenset[str] | None) -> Study | None:
+    """A listed study of one of `labs`."""
+    return session.scalar(
+        select(Study).where(Study.study_instance_uid == study_uid, *of_labs(labs))
+    )
+
+
+def find_series(
+    session: Session, series_uid: str, labs: frozenset[str] | None
+) -> tuple[Series, Study] | None:
+    """A series of a listed study of one of `labs`, with its study."""
     found = session.execute(
         select(Series, Study)
         .join(Study, Study.id == Series.study_pk)
-        .where(Series.series_instance_uid == series_uid, LISTED)
+        .where(Series.series_instance_uid == series_uid, *of_labs(labs))
         .options(selectinload(Series.outputs))
     ).first()
     return None if found is None else (found[0], found[1])
@@ -309,27 +330,29 @@ class PhysicianDirectory:
             self._loaded_at = time.monotonic()
 
 
-def physicians(session: Session) -> list[Physician]:
+def physicians(session: Session, labs: frozenset[str] | None) -> list[Physician]:
+    """The lab folders of `labs` that hold studies, with their counts and names."""
+    visible = of_labs(labs)
     studies = session.execute(
         select(
             Study.physician_folder,
             func.count(Study.id),
             func.max(func.nullif(Study.study_date, "")),
         )
-        .where(LISTED)
+        .where(*visible)
         .group_by(Study.physician_folder)
     ).all()
     sizes = dict(
         session.execute(
             select(Study.physician_folder, func.coalesce(func.sum(Series.size_bytes), 0))
             .join(Series, Series.study_pk == Study.id)
-            .where(LISTED)
+            .where(*visible)
             .group_by(Study.physician_folder)
         ).all()
     )
     names: dict[str, set[str]] = defaultdict(set)
     for folder, name in session.execute(
-        select(Study.physician_folder, Study.physician_name).where(LISTED).distinct()
+        select(Study.physician_folder, Study.physician_name).where(*visible).distinct()
     ):
         if name:
             names[folder].add(name)

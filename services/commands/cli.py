@@ -43,6 +43,10 @@ TOOLS = {
     "retrieve": Command("services.commands.pacs:retrieve", "fetch studies from the PACS"),
     "pacs-check": Command("services.commands.pacs:pacs_check", "compare a study with the PACS"),
     "reconvert": Command("services.commands.reconvert:main", "convert series to NIfTI again"),
+    "keys": Command("services.commands.keys:main", "add, list or revoke API keys and their labs"),
+    "share": Command(
+        "services.commands.share:main", "give the lab folders their Unix groups and modes"
+    ),
     "audit": Command("services.commands.audit:audit", "show who read or changed what, and when"),
 }
 _INTRODUCTION = """\

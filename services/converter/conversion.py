@@ -3,7 +3,7 @@
 `convert_series` is a plain function for a worker process: it reads only the files it is
 given, writes only under `out_dir` (and `work_dir`), and re-running it on the same files
 writes the same bytes. Each output replaces its old version atomically (temporary name in
-the same folder, then `os.replace`).
+the same folder, then `os.replace`), mode 0640 in `out_dir`'s group (`shared.share`).
 
 How a series is handled:
 
@@ -37,6 +37,7 @@ import nibabel as nib
 
 from shared.catalog.states import ConversionState
 from shared.durable import fsync_directory, replace_durably
+from shared.share import make_folder
 
 from . import engines, rules
 from .dcm2niix_engine import DCM2NIIX_SYNTAXES, Dcm2niixRun, dcm2niix_version, run_dcm2niix
@@ -329,7 +330,7 @@ def _file_outputs(staged: Sequence[_Staged], out_dir: Path) -> tuple[Output, ...
     """Compress and move the staged outputs into `out_dir`, each replacing its old version."""
     if not staged:
         return ()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)  # 2750 in the study folder's group, as the share wants
     names: set[str] = set()
     outputs = []
     for item in staged:

@@ -124,13 +124,22 @@ def remove_files(sessions: sessionmaker[Session], archive: Path, eviction_id: in
         lab = resolve_under(archive, eviction.physician_folder)
         folder = resolve_under(lab, eviction.folder)
         if folder.exists():
-            trash.parent.mkdir(exist_ok=True)
+            _make_trash(trash.parent)
             os.rename(folder, trash)
         with contextlib.suppress(OSError):  # not empty: other studies of the lab
             lab.rmdir()
     shutil.rmtree(trash, ignore_errors=True)  # another process may be deleting it too
     if trash.exists():
         raise OSError(f"cannot delete {trash}")
+
+
+def _make_trash(folder: Path) -> None:
+    """The folder of studies being deleted: this service's alone (0700), not a lab's."""
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        return
+    os.chmod(folder, 0o700)
 
 
 def close(sessions: sessionmaker[Session], eviction_id: int) -> Evicted | None:

@@ -27,9 +27,10 @@ from shared import dimse_status, retrievals
 from shared.catalog.models import RetrievalJob, RetrievalStudy
 from shared.catalog.states import JobState, StudyRetrievalState
 from shared.errors import PacsError
+from shared.naming import physician_folder
 from shared.pacs import Peer
 from shared.pacs_check import StudyCheck, check_study, record_expectations
-from shared.pacs_find import StudyQuery, find_studies
+from shared.pacs_find import StudyMatch, StudyQuery, find_studies
 from shared.pacs_retrieve import Progress, RetrieveResult, retrieve
 
 log = logging.getLogger("dcmdb.retriever")
@@ -55,6 +56,7 @@ class JobRunner:
             job = session.get(RetrievalJob, job_id)
             assert job is not None
             origin, pacs, query = job.origin, job.pacs, json.loads(job.query)
+            labs = None if job.labs is None else frozenset(json.loads(job.labs))
         log.info("retrieval job %d (%s) started", job_id, origin)
         try:
             peer = self._settings.peer(pacs)
@@ -70,6 +72,8 @@ class JobRunner:
                 retrievals.finish(self._sessions, job_id, JobState.FAILED, str(exc))
                 log.warning("retrieval job %d failed: %s", job_id, exc)
                 return
+            if labs is not None:
+                matches = self._of_labs(job_id, matches, labs)
             retrievals.add_studies(self._sessions, job_id, [m.study_uid for m in matches])
         for row_id, study_uid, only in self._open_studies(job_id):
             if retrievals.touch(self._sessions, job_id):
@@ -84,6 +88,22 @@ class JobRunner:
         )
         retrievals.finish(self._sessions, job_id, state, reason, gaps)
         log.info("retrieval job %d %s%s", job_id, state, f": {reason}" if reason else "")
+
+    def _of_labs(
+        self, job_id: int, matches: list[StudyMatch], labs: frozenset[str]
+    ) -> list[StudyMatch]:
+        """The matches a lab's job may fetch: those its referring physician files into
+        one of the job's labs, as the sorter would file them."""
+        aliases = self._settings.aliases()
+        kept = [m for m in matches if physician_folder(m.referring_physician, aliases) in labs]
+        if len(kept) < len(matches):
+            log.info(
+                "retrieval job %d: %d of %d studies found belong to other labs and are left",
+                job_id,
+                len(matches) - len(kept),
+                len(matches),
+            )
+        return kept
 
     def _open_studies(self, job_id: int) -> list[tuple[int, str, list[str]]]:
         with self._sessions() as session:

@@ -9,6 +9,8 @@ The order makes every step safe to repeat after a crash:
    over the destination (newest wins), then record the instance and commit;
 3. remove the file from ``incoming/``.
 
+Folders and files placed in the archive get the share's group and modes (`shared.share`).
+
 A crash before 3 leaves the file in ``incoming/``; the broker redelivers the
 event (or the receiver's sweep announces it again) and the same steps give the
 same result. An event whose file is gone and whose reception the catalog
@@ -46,6 +48,7 @@ from shared.naming import (
     instance_file_name,
     resolve_under,
 )
+from shared.share import LabFolders, make_archive_root, settle_file
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +85,17 @@ class Filer:
         archive_root: Path,
         quarantine_dir: Path,
         aliases: PhysicianAliases | None = None,
+        keys_file: Path | None = None,
     ) -> None:
+        """``keys_file`` names each lab folder's group (`shared.share`); by default
+        ``<data_dir>/keys.yaml``, as the settings' default."""
         self._sessions = sessions
         self._data_dir = data_dir
         self._archive = archive_root
         self._quarantine = quarantine_dir
         self._aliases = aliases
-        archive_root.mkdir(parents=True, exist_ok=True)
+        self._folders = LabFolders(archive_root, keys_file or data_dir / "keys.yaml")
+        make_archive_root(archive_root)
 
     def file(self, event: InstanceReceived) -> Outcome:
         return self.file_batch([event])[0]
@@ -156,6 +163,7 @@ class Filer:
                     current_series = {row.series_pk for row in rows.instances.values()}
                     recount_series(session, previous_series | current_series)
                     for source, destination in placements:
+                        self._folders.make(destination.parent)
                         _place(source, destination)
                     for folder in {d.parent for _, d in placements}:  # durable before the commit
                         fsync_directory(folder)
@@ -261,8 +269,8 @@ class Filer:
 
 
 def _place(source: Path, destination: Path) -> None:
-    """Put ``source``'s bytes at ``destination`` atomically, keeping ``source``."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    """Put ``source``'s bytes at ``destination`` (its folder exists) atomically, keeping
+    ``source``, mode 0640 in the folder's group."""
     temporary = destination.with_name(f".{uuid.uuid4().hex}.partial")
     try:
         os.link(source, temporary)
@@ -271,6 +279,12 @@ def _place(source: Path, destination: Path) -> None:
             raise
         copy_synced(source, temporary)  # the archive is on another filesystem
     try:
+        if not settle_file(temporary):
+            # This process may not give the link (one file with the source) the folder's
+            # group; a copy made in the (setgid) folder takes it.
+            temporary.unlink()
+            copy_synced(source, temporary)
+            settle_file(temporary)
         os.replace(temporary, destination)
     finally:
         # rename() does nothing when both names are links to one file (the source was placed

@@ -18,7 +18,6 @@ from shared.catalog.database import open_catalog
 from shared.logs import about
 from shared.messages import SORTER_QUEUE, InstanceFiled, InstanceReceived, SeriesCompleted
 from shared.monitoring import SidePort, broker_status, catalog_status
-from shared.naming import PhysicianAliases
 from shared.outbox import publishing_from_thread
 from shared.service import Stop, serve
 
@@ -27,9 +26,7 @@ log = logging.getLogger("dcmdb.sorter")
 
 async def run(settings: SorterSettings, side: SidePort, stop: Stop) -> None:
     """File until cancelled (`shared.service`)."""
-    aliases = (
-        PhysicianAliases.load(settings.physician_aliases) if settings.physician_aliases else None
-    )
+    aliases = settings.aliases()
     catalog, broker = side.dependency("catalog"), side.dependency("broker")
     engine, sessions = await asyncio.to_thread(open_catalog, settings.catalog_url, writer=True)
     catalog.watch(lambda: catalog_status(engine))
@@ -37,7 +34,12 @@ async def run(settings: SorterSettings, side: SidePort, stop: Stop) -> None:
     if renamed:
         log.info("renamed %d instance file(s) to <SOPInstanceUID>.dcm", renamed)
     filer = Filer(
-        sessions, settings.data_dir, settings.archive_root, settings.quarantine_dir, aliases
+        sessions,
+        settings.data_dir,
+        settings.archive_root,
+        settings.quarantine_dir,
+        aliases,
+        keys_file=settings.keys_path,
     )
     connection = await connect(settings.broker_url, name="dcmdb-sorter")
     publisher = Publisher(connection, settings.topology)

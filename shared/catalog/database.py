@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,8 +34,8 @@ def create_catalog_engine(url: str, *, writer: bool = False) -> Engine:
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:":
+            _owner_only(Path(parsed.database))
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _begin_immediate if writer else _begin)
@@ -42,6 +43,14 @@ def create_catalog_engine(url: str, *, writer: bool = False) -> Engine:
     if parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))
     return create_engine(url, pool_pre_ping=True)
+
+
+def _owner_only(database: Path) -> None:
+    """Create the catalog file readable by dcmdb alone (it names every lab's patients):
+    lab members pass through the data directory to reach the archive. SQLite creates its
+    -wal and -shm files with the database file's mode."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
 
 
 def _begin(connection: Any) -> None:

@@ -205,7 +205,10 @@ class RetrievalJob(Base):
     """A C-FIND at study level on a PACS, then a C-MOVE (or C-GET) of each match to dcmdb."""
 
     __tablename__ = "retrieval_jobs"
-    __table_args__ = (Index("ix_retrieval_jobs_state", "state", "heartbeat_at"),)
+    __table_args__ = (
+        Index("ix_retrieval_jobs_state", "state", "heartbeat_at"),
+        Index("ix_retrieval_jobs_requested_by", "requested_by", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     state: Mapped[JobState] = mapped_column(StateColumn(JobState), default=JobState.QUEUED)
@@ -223,6 +226,9 @@ class RetrievalJob(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     reason: Mapped[str] = mapped_column(String, default="")
     gaps: Mapped[str] = mapped_column(String, default="")  # JSON: what the check found missing
+    requested_by: Mapped[str | None] = mapped_column(String)  # the key's name, if any
+    # JSON list of the lab folders whose studies it may fetch; NULL: every lab.
+    labs: Mapped[str | None] = mapped_column(String)
 
     studies: Mapped[list[RetrievalStudy]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="RetrievalStudy.id"

@@ -8,7 +8,6 @@ themselves, not from the catalog.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import gzip
 import io
 import json
@@ -16,8 +15,6 @@ import subprocess
 import sys
 import zipfile
 from collections import defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,142 +24,10 @@ import pytest
 from PIL import Image
 
 from shared.naming import physician_folder
-from tests.conftest import REPO, TESTDATA, fresh_postgres_database, fresh_vhost
-from tests.support import SLOW_POLL, wait_for
-from tests.system import Dcmdb, dicom_files, send_dicom
+from tests.api.pipeline import ADMIN_KEY, READ_KEY, Api, study_facts
+from tests.conftest import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup("api")]
-
-READ_KEY = "r" * 8 + "read-key-for-tests-0123456789"
-ADMIN_KEY = "a" * 8 + "admin-key-for-tests-012345678"
-
-
-@dataclass
-class StudyFacts:
-    """What the test data's headers say about one study."""
-
-    physicians: set[str] = field(default_factory=set)
-    patient_ids: set[str] = field(default_factory=set)
-    patient_names: set[str] = field(default_factory=set)
-    dates: set[str] = field(default_factory=set)
-    modalities: set[str] = field(default_factory=set)
-    accessions: set[str] = field(default_factory=set)
-    descriptions: set[str] = field(default_factory=set)
-    instances: set[str] = field(default_factory=set)
-    series: set[str] = field(default_factory=set)
-
-
-@functools.cache
-def study_facts() -> dict[str, StudyFacts]:
-    """Read when a test needs them, not when every worker collects the tests."""
-    studies: dict[str, StudyFacts] = defaultdict(StudyFacts)
-    for path in dicom_files(TESTDATA):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        facts = studies[str(ds.StudyInstanceUID)]
-        facts.physicians.add(str(ds.get("ReferringPhysicianName") or ""))
-        facts.patient_ids.add(str(ds.get("PatientID") or ""))
-        facts.patient_names.add(str(ds.get("PatientName") or ""))
-        facts.dates.add(str(ds.get("StudyDate") or ""))
-        facts.modalities.add(str(ds.get("Modality") or ""))
-        facts.accessions.add(str(ds.get("AccessionNumber") or ""))
-        facts.descriptions.add(str(ds.get("StudyDescription") or ""))
-        facts.instances.add(str(ds.SOPInstanceUID))
-        facts.series.add(str(ds.SeriesInstanceUID))
-    return dict(studies)
-
-
-@dataclass
-class Api:
-    dcmdb: Dcmdb
-    client: httpx.Client
-
-    @property
-    def archive(self) -> Path:
-        return self.dcmdb.data_dir / "archive"
-
-    def get(self, path: str, key: str | None = READ_KEY, **params: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return self.client.get(path, params=params, headers=headers)
-
-    def all_studies(self, **params: Any) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        cursor = None
-        while True:
-            page = self.get("/studies", **params, **({"cursor": cursor} if cursor else {}))
-            assert page.status_code == 200, page.text
-            body = page.json()
-            items += body["items"]
-            cursor = body["next"]
-            if cursor is None:
-                return items
-
-
-def _everything_converted(api: Api) -> bool:
-    try:
-        items = api.all_studies(limit=1000)
-    except (httpx.HTTPError, AssertionError):
-        return False
-    return len(items) == len(study_facts()) and all(
-        item["conversion"]["pending"] == 0
-        and item["instance_count"] == len(study_facts()[item["study_uid"]].instances)
-        for item in items
-    )
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    root = tmp_path_factory.mktemp(f"api-{request.param}")
-    with _catalog(request.param, root) as url, _vhost() as broker:
-        dcmdb = Dcmdb(
-            root / "data",
-            broker,
-            url,
-            extra_env={
-                "DCMDB_STABLE_AGE": "2",
-                "DCMDB_API_KEYS": f"{READ_KEY}:read,{ADMIN_KEY}:admin",
-            },
-        )
-        dcmdb.start("up")
-        try:
-            dcmdb.wait_until_listening()
-            client = httpx.Client(base_url=f"http://127.0.0.1:{dcmdb.api_port}", timeout=60)
-            api = Api(dcmdb, client)
-            send_dicom(dcmdb.port, dicom_files(TESTDATA))
-            wait_for(
-                lambda: _everything_converted(api),
-                600,
-                "every study filed and converted",
-                SLOW_POLL,
-            )
-            yield api
-            client.close()
-        finally:
-            dcmdb.stop()
-
-
-class _catalog:  # noqa: N801 - a context manager used like a function
-    def __init__(self, backend: str, root: Path) -> None:
-        self._backend, self._root = backend, root
-        self._postgres: Iterator[str] | None = None
-
-    def __enter__(self) -> str:
-        if self._backend == "sqlite":
-            return f"sqlite:///{self._root / 'catalog.sqlite'}"
-        self._postgres = fresh_postgres_database()
-        return next(self._postgres)
-
-    def __exit__(self, *_: object) -> None:
-        if self._postgres is not None:
-            next(self._postgres, None)
-
-
-class _vhost:  # noqa: N801
-    def __enter__(self) -> str:
-        self._vhosts = fresh_vhost()
-        return next(self._vhosts)
-
-    def __exit__(self, *_: object) -> None:
-        next(self._vhosts, None)
 
 
 def _uids(items: list[dict[str, Any]]) -> list[str]:
@@ -483,7 +348,9 @@ def test_keys_never_reach_the_logs(api: Api) -> None:
 
 def test_metrics_count_requests_by_route(api: Api) -> None:
     api.get(f"/studies/{next(iter(study_facts()))}")
-    text = api.get("/metrics", key=None).text
+    assert api.get("/metrics", key=None).status_code == 401
+    assert api.get("/metrics", key=READ_KEY).status_code == 403
+    text = api.get("/metrics", key=ADMIN_KEY).text
     assert 'route="/studies/{study_uid}"' in text
     assert "dcmdb_api_request_duration_seconds_bucket" in text
     assert next(iter(study_facts())) not in text  # UIDs stay out of the labels

@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import REPO, TESTDATA, fresh_vhost
 from tests.pacs_peers import Dcmqrscp, Orthanc
-from tests.support import finished_job, wait_for
+from tests.support import add_key, finished_job, wait_for
 from tests.system import Dcmdb, dicom_files, send_dicom
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup()]
@@ -31,6 +31,8 @@ ADMIN = "admin-key-for-retrieval-tests-0123"
 READ = "read-key-for-retrieval-tests-01234"
 ON_DCMQRSCP = ("ge_fmri_epi_4d", "d2n_hitachi_mr", "siemens_xa30_t1w_3d_classic")
 ON_ORTHANC = ("d2n_ct_missing_slice", "d2n_mr_4slice_jpeg")
+UNKNOWN_LAB = "unknown"  # the lab of studies without a referring physician, as these are
+OTHER_LAB = "SMITH_JOHN"
 
 
 def _study(folder: str) -> tuple[str, list[Path]]:
@@ -46,6 +48,7 @@ class Site:
     pacs: Dcmqrscp
     orthanc: Orthanc
     client: httpx.Client
+    lab_keys: dict[str, str]  # lab folder: a key of that lab alone
 
     def post(self, path: str, key: str = ADMIN, **body: Any) -> httpx.Response:
         return self.client.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
@@ -88,12 +91,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 "DCMDB_API_KEYS": f"{READ}:read,{ADMIN}:admin",
             }
         )
+        keys_file = dcmdb.data_dir / "keys.yaml"
+        lab_keys = {
+            lab: add_key(keys_file, f"lab-{lab}", [lab]) for lab in (UNKNOWN_LAB, OTHER_LAB)
+        }
         dcmdb.start("up")
         try:
             dcmdb.wait_until_listening()
             client = httpx.Client(base_url=f"http://127.0.0.1:{dcmdb.api_port}", timeout=120)
             dcmdb.wait_until_api_answers()
-            yield Site(dcmdb, pacs, orthanc, client)
+            yield Site(dcmdb, pacs, orthanc, client, lab_keys)
             client.close()
         finally:
             dcmdb.stop()
@@ -197,7 +204,8 @@ def test_nothing_matching_is_a_completed_empty_job(site: Site) -> None:
 
 def test_requests_are_checked_before_any_job_exists(site: Site) -> None:
     before = len(site.get("/retrievals", limit=500).json())
-    assert site.post("/retrievals", study_uid="1.2.3", key=READ).status_code == 403
+    other = site.post("/retrievals", referring_physician="Doe^Jane", key=site.lab_keys[UNKNOWN_LAB])
+    assert other.status_code == 422 and "unknown only" in other.text
     assert site.post("/retrievals").status_code == 422
     bad_date = site.post("/retrievals", study_date="20241301")
     assert bad_date.status_code == 422 and "study_date" in bad_date.text
@@ -269,5 +277,28 @@ def test_the_retrieve_and_pacs_check_commands(site: Site) -> None:
     assert "complete on ORTHANC" in check.stdout
     unknown = _dcmdb(site, "pacs-check", "1.2.3.4.5.6.7", key=READ)
     assert unknown.returncode == 1 and "404" in unknown.stderr
-    refused = _dcmdb(site, "retrieve", "--study-uid", uid, key=READ)
-    assert refused.returncode == 1 and "403" in refused.stderr
+    elsewhere = _dcmdb(site, "retrieve", "--study-uid", uid, key=site.lab_keys[OTHER_LAB])
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert "completed: 0/0 studies" in elsewhere.stdout  # found, but of another lab
+
+
+def test_a_lab_retrieves_its_own_studies_and_follows_only_its_jobs(site: Site) -> None:
+    uid, files = _study("d2n_mr_4slice_jpeg")
+    own = site.post("/retrievals", study_uid=uid, pacs="ORTHANC", key=site.lab_keys[UNKNOWN_LAB])
+    assert own.status_code == 202, own.text
+    job = site.finished(own.json()["id"])
+    assert job["state"] == "completed" and [s["study_uid"] for s in job["studies"]] == [uid]
+    other_key = site.lab_keys[OTHER_LAB]
+    assert site.get(f"/retrievals/{job['id']}", key=other_key).status_code == 404
+    assert (
+        site.client.delete(
+            f"/retrievals/{job['id']}", headers={"Authorization": f"Bearer {other_key}"}
+        ).status_code
+        == 404
+    )
+    assert job["id"] not in [j["id"] for j in site.get("/retrievals", key=other_key).json()]
+    assert job["id"] in [j["id"] for j in site.get("/retrievals", key=ADMIN).json()]
+    # The study is the unknown lab's: the other lab's key cannot even learn the PACS has it.
+    assert site.get(f"/studies/{uid}/pacs-check", pacs="ORTHANC", key=other_key).status_code == 404
+    check = site.get(f"/studies/{uid}/pacs-check", pacs="ORTHANC", key=site.lab_keys[UNKNOWN_LAB])
+    assert check.status_code == 200 and check.json()["complete"]

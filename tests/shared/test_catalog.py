@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import traceback
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -130,3 +131,15 @@ def test_services_starting_at_once_all_open_the_fresh_catalog(catalog_url: str) 
         assert ids == [f"P{n}" for n in range(processes)]
     finally:
         engine.dispose()
+
+
+def test_a_new_sqlite_catalog_is_readable_by_dcmdb_alone(tmp_path: Path) -> None:
+    """Lab members pass through the data directory to reach their folders on the share."""
+    from shared.catalog.database import open_catalog
+
+    engine, _ = open_catalog(f"sqlite:///{tmp_path / 'data' / 'catalog.sqlite'}")
+    engine.dispose()
+    made = [p for p in (tmp_path / "data").iterdir() if not p.name.endswith(".lock")]
+    assert (tmp_path / "data" / "catalog.sqlite") in made
+    for path in made:  # the catalog, its -wal and -shm files
+        assert path.stat().st_mode & 0o777 == 0o600, path

@@ -51,7 +51,6 @@ SECRETS = {
     "RABBITMQ_PASSWORD": "mq-secret-for-the-test",
     "GRAFANA_ADMIN_PASSWORD": "grafana-secret-for-the-test",
     "DCMDB_API_KEYS": "compose-test-admin-key-0123456789:admin",
-    "SAMBA_PASSWORD": "samba-secret-for-the-test",
 }
 
 
@@ -224,12 +223,34 @@ def test_the_image_runs_as_a_user_with_the_locked_dependencies() -> None:
     assert re.search(r"^ENTRYPOINT \[\"dcmdb\"\]", dockerfile, re.MULTILINE)
 
 
-def test_the_samba_share_is_read_only_and_validates(tmp_path: Path) -> None:
+def test_the_samba_share_is_read_only_and_each_user_reads_as_themself(tmp_path: Path) -> None:
+    """dperson/samba's environment: SHARE is name;path;browsable;read-only;guest[;users...],
+    GLOBALn an smb.conf [global] option (an empty value unsets the image's own), USERn an
+    account of the image's own making (one group only), PERMISSIONS hands every share's
+    files to one account. Who reads what is the host's users and groups, by the lab folders'
+    Unix groups (tests/shared/test_share.py)."""
     config = yaml.safe_load(docker_compose(env_file(tmp_path), COMPOSE, SAMBA))
     samba = config["services"]["samba"]
-    assert mounts(samba) == [Mount("dcmdb-data", "/data", read_only=True)]
-    name, path, _browse, read_only, guest, *_ = samba["environment"]["SHARE"].split(";")
+    assert set(mounts(samba)) == {
+        Mount("dcmdb-data", "/data", read_only=True),
+        Mount("/etc/passwd", "/etc/passwd", read_only=True),
+        Mount("/etc/group", "/etc/group", read_only=True),
+        Mount("samba-state", "/var/lib/samba", read_only=False),  # Samba's passwords
+    }
+    environment = samba["environment"]
+    name, path, _browse, read_only, guest, *users = environment["SHARE"].split(";")
     assert (name, path, read_only, guest) == ("archive", "/data/archive", "yes", "no")
+    assert users in ([], [""], ["all"])  # every account; the lab folders' modes decide
+    options = dict(
+        (part.strip() for part in value.partition("=")[::2])
+        for variable, value in environment.items()
+        if variable.startswith("GLOBAL")
+    )
+    assert options["force user"] == options["force group"] == ""
+    assert options["hide unreadable"] == "yes"
+    assert not [v for v in environment if v.startswith("USER") or v == "PERMISSIONS"]
+    # The sorter (and dcmdb share run as the sorter) find the lab groups by the host's names.
+    assert Mount("/etc/group", "/etc/group", read_only=True) in mounts(config["services"]["sorter"])
 
 
 def health_url(service: dict[str, Any]) -> str:
@@ -260,8 +281,17 @@ def test_health_checks_and_prometheus_reach_each_service_on_its_port(
     assert Mount(str(configuration), "/etc/prometheus/prometheus.yml", True) in mounts(
         config["services"]["prometheus"]
     )
+    # The API's /metrics wants an admin key, which Prometheus reads from a file compose mounts.
+    [api_job] = [job for job in prometheus["scrape_configs"] if job["job_name"] == "dcmdb-api"]
+    key_file = api_job["authorization"]["credentials_file"]
+    assert Mount(str(REPO / "deploy/prometheus/api-key"), key_file, True) in mounts(
+        config["services"]["prometheus"]
+    )
+    (tmp_path / "api-key").write_text("dcmdb_an-admin-key\n")  # promtool wants the file there
+    checked_copy = tmp_path / "prometheus.yml"
+    checked_copy.write_text(configuration.read_text().replace(key_file, str(tmp_path / "api-key")))
     checked = subprocess.run(
-        [require_tool("promtool"), "check", "config", str(configuration)],
+        [require_tool("promtool"), "check", "config", str(checked_copy)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert checked.returncode == 0, checked.stdout + checked.stderr

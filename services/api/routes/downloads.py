@@ -11,12 +11,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import FileResponse, Response, StreamingResponse
-from sqlalchemy import select
 
 from services.api.archives import Entry, zip_stream
 from services.api.audit import audited
 from services.api.dependencies import (
     READ,
+    CallerDep,
     SeriesUid,
     SessionDep,
     SettingsDep,
@@ -25,8 +25,8 @@ from services.api.dependencies import (
     not_found,
     not_found_answer,
 )
-from services.api.studies import find_series, instance_paths
-from shared.catalog.models import LISTED, Series, Study
+from services.api.studies import find_series, find_study, instance_paths
+from shared.catalog.models import Series
 from shared.catalog.states import AuditAction
 
 log = logging.getLogger("dcmdb.api")
@@ -44,12 +44,13 @@ router = APIRouter(tags=["downloads"])
     response_class=StreamingResponse,
 )
 def get_study_archive(
+    caller: CallerDep,
     settings: SettingsDep,
     study_uid: StudyUid,
     session: SessionDep,
     format: Annotated[Literal["dicom", "nifti", "all"], Query()] = "dicom",  # noqa: A002
 ) -> StreamingResponse:
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid, LISTED))
+    study = find_study(session, study_uid, caller.labs)
     if study is None:
         raise not_found("study", study_uid)
     series = session.query(Series).filter_by(study_pk=study.id).all()
@@ -78,6 +79,7 @@ def get_study_archive(
     response_class=Response,
 )
 def get_series_nifti(
+    caller: CallerDep,
     settings: SettingsDep,
     series_uid: SeriesUid,
     session: SessionDep,
@@ -85,7 +87,7 @@ def get_series_nifti(
         bool, Query(description="Also the JSON sidecar(s); the answer is then a ZIP")
     ] = False,
 ) -> Response:
-    found = find_series(session, series_uid)
+    found = find_series(session, series_uid, caller.labs)
     if found is None:
         raise not_found("series", series_uid)
     series, study = found

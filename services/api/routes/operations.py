@@ -1,4 +1,5 @@
-"""Routes for whoever runs dcmdb, open without a key: liveness, readiness, metrics.
+"""Routes for whoever runs dcmdb: liveness and readiness, open without a key, and the
+metrics, for an admin key (their labels name the labs).
 
 Readiness is decided as on every service's side port (`shared.monitoring`): the
 dependencies `create_app` declares, each with its status, 503 unless all are ok.
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 
 from services.api import metrics
-from services.api.dependencies import OPEN, ReadinessDep
+from services.api.dependencies import ADMIN, OPEN, ReadinessDep
 from shared.monitoring import readiness
 
 router = APIRouter(tags=["operations"])
@@ -35,8 +36,9 @@ def readyz(dependencies: ReadinessDep) -> Response:
     return JSONResponse(statuses, status_code=code)
 
 
-@router.get("/metrics", dependencies=OPEN, response_class=Response)
+@router.get("/metrics", dependencies=ADMIN, response_class=Response)
 def get_metrics() -> Response:
-    """Prometheus metrics of this process."""
+    """Prometheus metrics of this process; Prometheus sends an admin key
+    (`authorization: credentials_file` in its scrape configuration)."""
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)

@@ -7,6 +7,7 @@ from fastapi import APIRouter, HTTPException, Response, status
 from services.api.audit import audited
 from services.api.dependencies import (
     READ,
+    CallerDep,
     SeriesUid,
     SessionDep,
     SettingsDep,
@@ -28,8 +29,8 @@ router = APIRouter(tags=["series"])
     response_model=SeriesSummary,
     responses=not_found_answer("No such study or series"),
 )
-def get_series(series_uid: SeriesUid, session: SessionDep) -> SeriesSummary:
-    found = find_series(session, series_uid)
+def get_series(caller: CallerDep, series_uid: SeriesUid, session: SessionDep) -> SeriesSummary:
+    found = find_series(session, series_uid, caller.labs)
     if found is None:
         raise not_found("series", series_uid)
     return series_summary(*found)
@@ -45,9 +46,9 @@ def get_series(series_uid: SeriesUid, session: SessionDep) -> SeriesSummary:
     response_class=Response,
 )
 def get_series_preview(
-    settings: SettingsDep, series_uid: SeriesUid, session: SessionDep
+    caller: CallerDep, settings: SettingsDep, series_uid: SeriesUid, session: SessionDep
 ) -> Response:
-    found = find_series(session, series_uid)
+    found = find_series(session, series_uid, caller.labs)
     if found is None:
         raise not_found("series", series_uid)
     files = [archive_file(settings, p) for p in instance_paths(session, [found[0].id])]

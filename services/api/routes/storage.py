@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from services.api.dependencies import READ, SessionDep, SettingsDep
+from services.api.dependencies import READ, CallerDep, SessionDep, SettingsDep
 from services.api.schemas import Storage
 from services.api.storage import storage_report
 
@@ -16,10 +16,11 @@ router = APIRouter(tags=["storage"])
 
 @router.get("/storage", dependencies=READ, response_model=Storage)
 def get_storage(
+    caller: CallerDep,
     settings: SettingsDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=0, le=1000, description="Studies of the dry run listed")] = 100,
 ) -> Storage:
     """Disk usage, free space, the retention thresholds, and what the next eviction
-    would remove (a dry run)."""
-    return storage_report(session, settings, limit)
+    would remove (a dry run). A lab's key sees its own labs' usage and evictions."""
+    return storage_report(session, settings, limit, caller.labs)

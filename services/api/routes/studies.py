@@ -13,6 +13,7 @@ from services.api.audit import audited
 from services.api.dependencies import (
     ADMIN,
     READ,
+    CallerDep,
     PhysiciansDep,
     SessionDep,
     StudyUid,
@@ -51,6 +52,7 @@ def _optional_time(value: str | None) -> dt.datetime | None:
     response_model=StudyPage,
 )
 def get_studies(
+    caller: CallerDep,
     directory: PhysiciansDep,
     session: SessionDep,
     physician: Annotated[
@@ -105,6 +107,7 @@ def get_studies(
         if (position.sort, position.order) != (sort, order):
             raise invalid("query", "cursor", "the cursor belongs to another sort or order")
     filters = StudyFilters(
+        labs=caller.labs,
         physician_folders=directory.folders_for(physician) if physician else None,
         patient_id=patient_id,
         patient_name=like_pattern(patient_name, wildcards=True) if patient_name else None,
@@ -129,16 +132,17 @@ def get_studies(
     response_model=StudyDetail,
     responses=not_found_answer("No such study or series"),
 )
-def get_study(study_uid: StudyUid, session: SessionDep) -> StudyDetail:
-    detail = study_detail(session, study_uid)
+def get_study(caller: CallerDep, study_uid: StudyUid, session: SessionDep) -> StudyDetail:
+    detail = study_detail(session, study_uid, caller.labs)
     if detail is None:
         raise not_found("study", study_uid)
     return detail
 
 
 @router.get("/physicians", dependencies=READ, response_model=list[Physician])
-def get_physicians(session: SessionDep) -> list[Physician]:
-    return physicians(session)
+def get_physicians(caller: CallerDep, session: SessionDep) -> list[Physician]:
+    """The labs of the key that hold studies."""
+    return physicians(session, caller.labs)
 
 
 @router.post(

@@ -1,0 +1,213 @@
+"""Each lab sees only its own studies, by every route: the access matrix.
+
+Callers: an admin key, a key of lab A, a key of lab B, a revoked key and none. Every route
+of the API is in `ROUTES` with what it reads; `test_every_route_is_in_the_matrix` fails
+when a route is added without joining it. Another lab's study, series or job answers 404
+exactly as an unknown one does, and listings never name another lab's study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+
+from services.api.app import create_app
+from services.api.settings import ApiSettings
+from shared import keys, retrievals
+from shared.catalog.database import open_catalog
+from shared.naming import physician_folder
+from tests.api.pipeline import ADMIN_KEY, Api, study_facts
+from tests.support import add_key
+
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup("api")]
+
+
+class Reads(Enum):
+    NOTHING = "open to anyone: liveness and readiness"
+    LISTING = "a listing, filtered to the caller's labs"
+    STUDY = "one study, by its UID"
+    SERIES = "one series, by its UID"
+    JOB = "one retrieval job, by its id"
+    REQUEST = "a retrieval request, refused here: this catalog has no PACS"
+    ADMIN = "an admin's operation"
+
+
+ROUTES: dict[tuple[str, str], Reads] = {
+    ("GET", "/healthz"): Reads.NOTHING,
+    ("GET", "/readyz"): Reads.NOTHING,
+    ("GET", "/metrics"): Reads.ADMIN,
+    ("GET", "/studies"): Reads.LISTING,
+    ("GET", "/physicians"): Reads.LISTING,
+    ("GET", "/storage"): Reads.LISTING,
+    ("GET", "/retrievals"): Reads.LISTING,
+    ("GET", "/studies/{study_uid}"): Reads.STUDY,
+    ("GET", "/studies/{study_uid}/archive"): Reads.STUDY,
+    ("GET", "/studies/{study_uid}/pacs-check"): Reads.STUDY,
+    ("GET", "/series/{series_uid}"): Reads.SERIES,
+    ("GET", "/series/{series_uid}/preview.png"): Reads.SERIES,
+    ("GET", "/series/{series_uid}/nifti"): Reads.SERIES,
+    ("GET", "/retrievals/{job_id}"): Reads.JOB,
+    ("DELETE", "/retrievals/{job_id}"): Reads.JOB,
+    ("POST", "/retrievals"): Reads.REQUEST,
+    ("POST", "/studies/{study_uid}/pin"): Reads.ADMIN,
+    ("DELETE", "/studies/{study_uid}/pin"): Reads.ADMIN,
+    ("POST", "/studies/{study_uid}/repair"): Reads.ADMIN,
+    ("GET", "/audit"): Reads.ADMIN,
+}
+
+
+def api_routes() -> set[tuple[str, str]]:
+    routes = list(create_app(ApiSettings()).routes)
+    found = set()
+    while routes:
+        route = routes.pop()
+        routes += getattr(getattr(route, "original_router", None), "routes", [])
+        if isinstance(route, APIRoute):
+            found |= {(method, route.path) for method in route.methods}
+    return found
+
+
+def test_every_route_is_in_the_matrix() -> None:
+    assert api_routes() == set(ROUTES)
+
+
+@dataclass(frozen=True)
+class LabA:
+    """What lab A holds: a study, a series with NIfTI, and a job its key asked for."""
+
+    study_uid: str
+    series_uid: str
+    job_id: int
+
+
+def lab_a(api: Api) -> LabA:
+    folder = api.labs.lab_a
+    study, series = next(
+        (uid, series)
+        for uid, facts in sorted(study_facts().items())
+        if physician_folder(next(iter(facts.physicians))) == folder
+        for series in api.get(f"/studies/{uid}", key=ADMIN_KEY).json()["series"]
+        if series["nifti"]["outputs"]
+    )
+    engine, sessions = open_catalog(api.dcmdb.database_url, writer=True)
+    try:
+        with sessions() as session, session.begin():
+            job = retrievals.new_job(
+                session,
+                origin="request",
+                pacs="NOWHERE",
+                query={"study_uid": study},
+                requested_by="lab-a",
+                labs=frozenset({folder}),
+            )
+            job_id = job.id
+    finally:
+        engine.dispose()
+    return LabA(study, series["series_uid"], job_id)
+
+
+def call(api: Api, method: str, path: str, key: str | None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body: dict[str, Any] | None = {"study_uid": "1.2.3"} if method == "POST" else None
+    return api.client.request(method, path, headers=headers, json=body)
+
+
+def concrete(path: str, a: LabA) -> str:
+    return path.format(study_uid=a.study_uid, series_uid=a.series_uid, job_id=a.job_id)
+
+
+def test_the_access_matrix(api: Api) -> None:
+    a = lab_a(api)
+    callers = {
+        "admin": ADMIN_KEY,
+        "lab A": api.labs.key_a,
+        "lab B": api.labs.key_b,
+        "revoked": api.labs.revoked,
+        "no key": None,
+    }
+    for (method, template), reads in ROUTES.items():
+        path = concrete(template, a)
+        for who, key in callers.items():
+            answer = call(api, method, path, key)
+            where = f"{who}: {method} {template} -> {answer.status_code} {answer.text[:200]}"
+            assert answer.status_code < 500, where
+            if reads is Reads.NOTHING:
+                assert answer.status_code == 200, where
+            elif key in (None, api.labs.revoked):
+                assert answer.status_code == 401, where
+                assert a.study_uid not in answer.text, where
+            elif reads is Reads.ADMIN and who != "admin":
+                assert answer.status_code == 403, where
+            elif (method, template) in ASK_THE_PACS:
+                # Refused for the missing PACS before any study is looked at (a lab's
+                # pacs-check with a PACS: tests/retriever/test_retrieval.py).
+                assert answer.status_code == 422 and "PACS" in answer.text, where
+            elif who == "lab B" and reads is not Reads.LISTING:
+                # Word for word what an unknown UID gets.
+                unknown = call(api, method, concrete(template, UNKNOWN), key)
+                assert answer.status_code == unknown.status_code == 404, where
+                assert _as_unknown(answer.text, a) == unknown.text, where
+            else:
+                assert answer.status_code in (200, 202), where
+            if who == "lab B" and reads is Reads.LISTING:
+                assert a.study_uid not in answer.text, where
+
+
+ASK_THE_PACS = {
+    ("POST", "/retrievals"),
+    ("GET", "/studies/{study_uid}/pacs-check"),
+    ("POST", "/studies/{study_uid}/repair"),
+}
+UNKNOWN = LabA("1.2.3.999.1", "1.2.3.999.2", 2**31 - 1)
+
+
+def _as_unknown(text: str, a: LabA) -> str:
+    text = text.replace(a.study_uid, UNKNOWN.study_uid).replace(a.series_uid, UNKNOWN.series_uid)
+    return text.replace(f"job {a.job_id}", f"job {UNKNOWN.job_id}")
+
+
+def _studies_of(lab: str) -> set[str]:
+    return {
+        uid
+        for uid, facts in study_facts().items()
+        if physician_folder(next(iter(facts.physicians))) == lab
+    }
+
+
+def test_a_lab_lists_only_its_own(api: Api) -> None:
+    labs = {api.labs.lab_a: api.labs.key_a, api.labs.lab_b: api.labs.key_b}
+    for lab, key in labs.items():
+        listed = api.get("/studies", key=key, limit=1000).json()["items"]
+        assert {item["study_uid"] for item in listed} == _studies_of(lab)
+        # A physician filter naming another lab finds nothing, as for an unknown lab.
+        other = next(other for other in labs if other != lab)
+        assert api.get("/studies", key=key, physician=other).json()["items"] == []
+        assert [p["folder"] for p in api.get("/physicians", key=key).json()] == [lab]
+        storage = api.get("/storage", key=key).json()
+        assert storage["catalog"]["studies"] == len(_studies_of(lab))
+        assert {p["physician_folder"] for p in storage["next_eviction"]["studies"]} <= {lab}
+    admin = api.get("/physicians", key=ADMIN_KEY).json()
+    assert set(labs) <= {p["folder"] for p in admin}
+
+
+def test_a_lab_follows_only_its_own_jobs(api: Api) -> None:
+    a = lab_a(api)
+    assert a.job_id in [job["id"] for job in api.get("/retrievals", key=api.labs.key_a).json()]
+    assert a.job_id not in [job["id"] for job in api.get("/retrievals", key=api.labs.key_b).json()]
+    assert a.job_id in [job["id"] for job in api.get("/retrievals", key=ADMIN_KEY).json()]
+    job = api.get(f"/retrievals/{a.job_id}", key=api.labs.key_a).json()
+    assert job["query"] == {"study_uid": a.study_uid}
+
+
+def test_a_key_revoked_or_added_takes_effect_without_a_restart(api: Api) -> None:
+    keys_file = api.dcmdb.data_dir / "keys.yaml"
+    key = add_key(keys_file, "newcomer", [api.labs.lab_b])
+    assert api.get("/physicians", key=key).json()[0]["folder"] == api.labs.lab_b
+    with keys.editing(keys_file) as document:
+        document.keys.remove(next(e for e in document.keys if e.name == "newcomer"))
+    assert api.get("/physicians", key=key).status_code == 401

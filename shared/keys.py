@@ -195,6 +195,21 @@ class KeyRing:
         self._refresh()
         return next((c for c in self._callers.values() if c.name == name), None)
 
+    def holder(self, name: str, digest_prefix: str) -> Caller | None:
+        """The caller of the key named `name` whose digest begins with `digest_prefix`, as a
+        web session remembers it; None once that key is revoked or given to another key."""
+        self._refresh()
+        if len(digest_prefix) < 16:
+            return None
+        return next(
+            (
+                caller
+                for found, caller in (*self._callers.items(), *self._fixed.items())
+                if caller.name == name and found.startswith(digest_prefix)
+            ),
+            None,
+        )
+
     def _stat(self) -> tuple[int, int, int] | None:
         try:
             info = os.stat(self._path)

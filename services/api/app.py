@@ -3,7 +3,8 @@
 `create_app` builds the FastAPI application from settings; `services.api.main` serves it
 with uvicorn. Routes live in `services.api.routes`, one module per resource, and stay
 thin: what they share is in `dependencies`, queries in `studies`, parsing in
-`parameters`, files in `previews` and `archives`.
+`parameters`, files in `previews` and `archives`. The web page for people
+(`services.api.web`) is joined in too, outside the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi import APIRouter, FastAPI, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api import metrics
@@ -25,6 +27,7 @@ from services.api.routes import audit, downloads, operations, retrievals, series
 from services.api.schemas import Problem
 from services.api.settings import ApiSettings, is_loopback
 from services.api.studies import PhysicianDirectory
+from services.api.web import docs, site
 from shared.catalog.database import create_catalog_engine, open_catalog, session_factory
 from shared.keys import KeyRing
 from shared.monitoring import Dependency, broker_reachable, catalog_status
@@ -68,7 +71,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
         writer.dispose()
         engine.dispose()
 
-    app = FastAPI(
+    # Swagger UI's and ReDoc's assets served by dcmdb itself, not a CDN, for /docs and
+    # /redoc on a network without internet (their pages: `services.api.web.docs`).
+    app = FastAPIOffline(
+        docs_url=None,
+        redoc_url=None,
+        static_url=docs.STATIC_URL,
         title="dcmdb",
         summary="Find, preview and download the studies dcmdb received, by lab.",
         version="1",
@@ -81,9 +89,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.readiness = [catalog, broker]
     app.add_middleware(metrics.RequestMetrics)
     app.add_middleware(AuditMiddleware)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
     for router in _ROUTERS:
         app.include_router(router)
+    # The web page at /, for people; an HTTP error on its paths is a page, elsewhere
+    # `_http_error` answers it.
+    site.install(app, settings, _http_error)
     return app
 
 

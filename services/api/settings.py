@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shared import keys as key_file
 from shared.keys import Scope
@@ -25,6 +25,16 @@ class ApiSettings(PacsSettings, StorageSettings):  # GET /storage shows the thre
     api_workers: int = Field(default=1, ge=1, le=64)
     # Days the audit trail (GET /audit) keeps what each key read or changed.
     audit_days: int = Field(default=365, ge=1)
+    # Signs the web page's session cookies (services/api/web/session.py); without it, a
+    # secret generated once into <data dir>/web-session.secret (mode 0600).
+    session_secret: SecretStr | None = Field(default=None, min_length=32)
+    # How long a sign-in on the web page lasts.
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+
+    @field_validator("session_secret", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _check_keys(self) -> Self:

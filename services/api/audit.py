@@ -8,11 +8,12 @@ A route says what it does where it declares its key, as one more dependency::
 
 Run once the key is known, the dependency marks the request with the key's name, the action
 and the UIDs of its path (``study_uid``, ``series_uid``, ``job_id``); a route that learns
-more as it runs (the job it queued) adds it with `audit_note`. `AuditMiddleware` completes the
-mark when the answer ends, or is cut, with the status and the bytes handed to the server,
-and gives it to the application's `AuditTrail`, which writes it behind
-(services/api/audit_trail.py). So a download records the bytes actually sent, however it
-is streamed, and no route has to measure anything.
+more as it runs (the job it queued) adds it with `audit_note`, which needs no argument but
+what it notes: the request is found in the context `AuditMiddleware` sets for it. The
+middleware completes the mark when the answer ends, or is cut, with the status and the
+bytes handed to the server, and gives it to the application's `AuditTrail`, which writes
+it behind (services/api/audit_trail.py). So a download records the bytes actually sent,
+however it is streamed, and no route has to measure anything.
 
 What is recorded: every answer of a marked route once its key passed (a request refused for
 its key, 401 or 403, is not). The UIDs only with an answer that succeeded: a UID that
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +36,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.api.access import CallerDep
 from services.api.audit_trail import AuditRecord, AuditTrail
 from shared.catalog.states import AuditAction
-
-_MARK = "dcmdb.audit"  # the request's mark, in its ASGI scope
 
 
 @dataclass
@@ -61,6 +61,18 @@ class _Mark:
         )
 
 
+@dataclass
+class _Answering:
+    """The request being answered, as the middleware and the routes share it."""
+
+    mark: _Mark | None = None  # set when the route is audited and the key passed
+
+
+# Set by the middleware for each request; the routes' threads see it in their copy of the
+# context, and change the very object it holds.
+_answering: ContextVar[_Answering | None] = ContextVar("dcmdb_audit_answering", default=None)
+
+
 def audited(action: AuditAction) -> Any:
     """The dependency that puts a route's answers into the audit trail as `action`."""
 
@@ -70,17 +82,22 @@ def audited(action: AuditAction) -> Any:
             for name in ("study_uid", "series_uid", "job_id")
             if name in request.path_params
         }
-        request.scope[_MARK] = _Mark(caller.name, action, path)
+        answering = _answering.get()
+        if answering is None:
+            raise RuntimeError("an audited route needs AuditMiddleware")
+        answering.mark = _Mark(caller.name, action, path)
 
     return Depends(mark)
 
 
-def audit_note(
-    request: Request, *, study_uid: str | None = None, job_id: int | None = None
-) -> None:
-    """What a marked route learnt as it ran: the study it acted on, the job it queued."""
-    mark: _Mark = request.scope[_MARK]  # a KeyError: the route is not marked as audited
-    mark.noted.update(
+def audit_note(*, study_uid: str | None = None, job_id: int | None = None) -> None:
+    """What an audited route learnt as it ran: the study it acted on, the job it queued.
+    Called from a request that is not audited (the web page uses the routes' functions),
+    it notes nothing."""
+    answering = _answering.get()
+    if answering is None or answering.mark is None:
+        return
+    answering.mark.noted.update(
         {
             name: value
             for name, value in (("study_uid", study_uid), ("job_id", job_id))
@@ -112,11 +129,13 @@ class AuditMiddleware:
             elif message["type"] == "http.response.pathsend":  # a server that sends files
                 sent += os.stat(message["path"]).st_size
 
+        answering = _Answering()
+        token = _answering.set(answering)
         try:
             await self.app(scope, receive, sending)
         finally:
-            mark: _Mark | None = scope.get(_MARK)
-            if mark is not None:
+            _answering.reset(token)
+            if answering.mark is not None:
                 client = scope.get("client")
                 trail: AuditTrail = scope["app"].state.audit_trail
-                trail.add(mark.record(status, sent, client[0] if client else None))
+                trail.add(answering.mark.record(status, sent, client[0] if client else None))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -55,11 +55,7 @@ router = APIRouter(tags=["retrievals"])
     responses={400: {"model": Problem, "description": "The body is not JSON"}},
 )
 def start_retrieval(
-    request: Request,
-    caller: CallerDep,
-    settings: SettingsDep,
-    body: RetrievalRequest,
-    session: WriterSessionDep,
+    caller: CallerDep, settings: SettingsDep, body: RetrievalRequest, session: WriterSessionDep
 ) -> Retrieval:
     """Queue a retrieval: a C-FIND at study level, then a C-MOVE of each match to dcmdb.
     A key of some labs fetches only the matches of its labs."""
@@ -75,7 +71,7 @@ def start_retrieval(
             labs=caller.labs,
         )
         job_id = job.id
-    audit_note(request, job_id=job_id, study_uid=body.study_uid)
+    audit_note(job_id=job_id, study_uid=body.study_uid)
     return job_view(session, job_id)
 
 
@@ -159,7 +155,6 @@ async def pacs_check(
     tags=["studies"],
 )
 async def repair(
-    request: Request,
     caller: CallerDep,
     settings: SettingsDep,
     sessions: SessionsDep,
@@ -182,5 +177,5 @@ async def repair(
                 requested_by=caller.name,
             )
             job_id = job.id
-        audit_note(request, job_id=job_id)
+        audit_note(job_id=job_id)
         return job_view(session, job_id)

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.api.access import CallerDep
 from services.api.audit_trail import AuditRecord, AuditTrail
 from shared.catalog.states import AuditAction
+from shared.keys import Caller
 
 
 @dataclass
@@ -46,7 +47,7 @@ class _Mark:
     noted: dict[str, Any] = field(default_factory=dict)
 
     def record(self, status: int, bytes_sent: int, client: str | None) -> AuditRecord:
-        known = {**self.path, **self.noted} if 200 <= status < 300 else {}
+        known = {**self.path, **self.noted} if status < 400 else {}  # a form's 303 too
         job_id = known.get("job_id")
         return AuditRecord(
             at=dt.datetime.now(dt.UTC),
@@ -77,26 +78,39 @@ def audited(action: AuditAction) -> Any:
     """The dependency that puts a route's answers into the audit trail as `action`."""
 
     def mark(request: Request, caller: CallerDep) -> None:
-        path: dict[str, Any] = {
-            name: request.path_params[name]
-            for name in ("study_uid", "series_uid", "job_id")
-            if name in request.path_params
-        }
-        answering = _answering.get()
-        if answering is None:
-            raise RuntimeError("an audited route needs AuditMiddleware")
-        answering.mark = _Mark(caller.name, action, path)
+        mark_answer(request, caller, action)
 
     return Depends(mark)
 
 
-def audit_note(*, study_uid: str | None = None, job_id: int | None = None) -> None:
-    """What an audited route learnt as it ran: the study it acted on, the job it queued.
-    Called from a request that is not audited (the web page uses the routes' functions),
-    it notes nothing."""
+def mark_answer(request: Request, caller: Caller, action: AuditAction) -> None:
+    """Mark the request being answered as `action` by `caller`, with the UIDs of its path;
+    for a dependency that knows the caller another way (the web page's visitor)."""
+    answering = _answering.get()
+    if answering is None:
+        raise RuntimeError("an audited route needs AuditMiddleware")
+    path: dict[str, Any] = {
+        name: request.path_params[name]
+        for name in ("study_uid", "series_uid", "job_id")
+        if name in request.path_params
+    }
+    answering.mark = _Mark(caller.name, action, path)
+
+
+def audit_note(
+    *,
+    study_uid: str | None = None,
+    job_id: int | None = None,
+    action: AuditAction | None = None,
+) -> None:
+    """What an audited route learnt as it ran: the study it acted on, the job it queued,
+    or what it did after all (a form that pins or unpins). Called from a request that is
+    not audited, it notes nothing."""
     answering = _answering.get()
     if answering is None or answering.mark is None:
         return
+    if action is not None:
+        answering.mark.action = action
     answering.mark.noted.update(
         {
             name: value

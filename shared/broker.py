@@ -6,7 +6,7 @@ default installation ``dcmdb``:
 
 - ``dcmdb.events``: a durable topic exchange, routing key = event name;
 - one durable quorum queue per consumer (``messages.ALL_QUEUES``: ``dcmdb.sorter``,
-  ``dcmdb.converter``), with a delivery limit and a dead-letter exchange;
+  ``dcmdb.converter``, ``dcmdb.notifier``), with a delivery limit and a dead-letter exchange;
 - ``dcmdb.dead-letter``: a direct exchange routing each dead letter to
   ``<queue>.dead``, where it stays until an admin looks at it.
 
@@ -40,7 +40,7 @@ from aio_pika.exceptions import (
 )
 from pamqp.commands import Basic
 from prometheus_client import Counter
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from shared.errors import PermanentError, TransientError
 from shared.logs import about
@@ -173,6 +173,8 @@ class Publisher:
         EVENTS_PUBLISHED.labels(event.routing_key).inc()
 
 
+# What a queue's messages are: one event class, or several told apart (`SERIES_OUTCOMES`).
+Model = type[EventT] | TypeAdapter[EventT]
 Handler = Callable[[EventT], Awaitable[None]]
 BatchHandler = Callable[[list[EventT]], Awaitable[None]]
 
@@ -181,7 +183,7 @@ async def consume(
     connection: AbstractRobustConnection,
     topology: Topology,
     queue: Queue,
-    model: type[EventT],
+    model: Model[EventT],
     handler: Handler[EventT],
     *,
     prefetch: int = 16,
@@ -201,7 +203,7 @@ async def consume_batches(
     connection: AbstractRobustConnection,
     topology: Topology,
     queue: Queue,
-    model: type[EventT],
+    model: Model[EventT],
     handler: BatchHandler[EventT],
     *,
     prefetch: int = 64,
@@ -264,8 +266,10 @@ async def _next_batch(
     return batch
 
 
-async def _decode(message: AbstractIncomingMessage, model: type[EventT]) -> EventT | None:
+async def _decode(message: AbstractIncomingMessage, model: Model[EventT]) -> EventT | None:
     try:
+        if isinstance(model, TypeAdapter):
+            return model.validate_json(message.body)
         return model.model_validate_json(message.body)
     except ValidationError as exc:
         log.error(

@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from shared.catalog.states import EvictionReason
 
@@ -130,6 +130,13 @@ class SeriesFailed(SeriesEvent):
     reason: str
 
 
+# What became of a completed series, told apart by its ``outcome``: one queue takes all three.
+SeriesOutcome = Annotated[
+    SeriesConverted | SeriesSkipped | SeriesFailed, Field(discriminator="outcome")
+]
+SERIES_OUTCOMES: TypeAdapter[SeriesOutcome] = TypeAdapter(SeriesOutcome)
+
+
 class StudyEvicted(Event):
     """Retention removed a study: its files, NIfTI and catalog rows are gone."""
 
@@ -164,7 +171,17 @@ CONVERTER_QUEUE = Queue(
     consumer="converter", routing_keys=(SeriesCompleted.routing_key,), delivery_limit=3
 )
 
-ALL_QUEUES: tuple[Queue, ...] = (SORTER_QUEUE, CONVERTER_QUEUE)
+# Lab webhooks: the notifier decides from each outcome whether a study is ready.
+NOTIFIER_QUEUE = Queue(
+    consumer="notifier",
+    routing_keys=(
+        SeriesConverted.routing_key,
+        SeriesSkipped.routing_key,
+        SeriesFailed.routing_key,
+    ),
+)
+
+ALL_QUEUES: tuple[Queue, ...] = (SORTER_QUEUE, CONVERTER_QUEUE, NOTIFIER_QUEUE)
 
 # The installation of a deployment that never set one: its names are those dcmdb always had,
 # so that its queues, and the messages waiting in them, stay where they are.

@@ -31,6 +31,7 @@ METRICS_PORTS = {
     "converter": 9103,
     "retriever": 9104,
     "retention": 9105,
+    "notifier": 9106,
 }
 
 

@@ -23,7 +23,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.api import metrics
 from services.api.audit import AuditMiddleware
 from services.api.audit_trail import AuditTrail
-from services.api.routes import audit, downloads, operations, retrievals, series, storage, studies
+from services.api.routes import (
+    audit,
+    downloads,
+    operations,
+    retrievals,
+    series,
+    storage,
+    studies,
+    webhooks,
+)
 from services.api.schemas import Problem
 from services.api.settings import ApiSettings, is_loopback
 from services.api.studies import PhysicianDirectory
@@ -45,6 +54,7 @@ _ROUTERS: tuple[APIRouter, ...] = (
     retrievals.router,
     storage.router,
     audit.router,
+    webhooks.router,
 )
 
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StrictBool
 
 from shared.catalog.states import (
     AuditAction,
     Completion,
     ConversionState,
+    DeliveryState,
     EvictionReason,
     JobState,
     StudyRetrievalState,
+    WebhookEvent,
 )
+from shared.keys import LAB_PATTERN
 
 
 class _Model(BaseModel):
@@ -262,3 +265,47 @@ class AuditEntry(_Model):
 class AuditPage(_Model):
     items: list[AuditEntry]
     next: int | None = Field(description="`before` of the next page; null on the last page")
+
+
+class WebhookRequest(_Model):
+    """A lab's webhook: where to post which of the lab's events."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lab: str = Field(pattern=LAB_PATTERN, description="The lab: a physician folder")
+    url: HttpUrl = Field(description="The http:// or https:// URL each delivery is posted to")
+    events: list[WebhookEvent] = Field(min_length=1, max_length=16)
+    include_patient: StrictBool = Field(
+        default=False, description="Put the patient's name and ID (and study folder) in bodies"
+    )
+
+
+class Webhook(_Model):
+    id: int
+    lab: str
+    url: str
+    events: list[WebhookEvent]
+    include_patient: bool
+    created_at: datetime
+    created_by: str = Field(description="The name of the API key that registered it")
+
+
+class NewWebhook(Webhook):
+    secret: str = Field(
+        description="The HMAC-SHA256 key of each delivery's X-Dcmdb-Signature; shown only here"
+    )
+
+
+class WebhookDelivery(_Model):
+    delivery_id: str = Field(description="The X-Dcmdb-Delivery header, the same for each attempt")
+    event: WebhookEvent
+    state: DeliveryState
+    study_uid: str | None
+    series_uid: str | None
+    retrieval_id: int | None
+    attempts: int
+    last_status: int | None = Field(description="The HTTP status of the last attempt's answer")
+    last_error: str = Field(description="Why the last attempt failed; '' when it did not")
+    created_at: datetime
+    next_attempt_at: datetime | None = Field(description="When it is tried again, if pending")
+    delivered_at: datetime | None

@@ -32,6 +32,7 @@ SERVICES = {
     "api": Command("services.api.main", "serve the catalog and its files over a REST API"),
     "retriever": Command("services.retriever.main", "run the retrieval jobs, the nightly one too"),
     "retention": Command("services.retention.main", "evict the oldest studies when space runs low"),
+    "notifier": Command("services.notifier.main", "tell labs' webhooks of ready studies and more"),
 }
 UP_SUMMARY = "run every service here, each in its own process"
 TOOLS = {

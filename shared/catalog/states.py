@@ -77,3 +77,19 @@ class AuditAction(StrEnum):
     STUDY_UNPIN = "study.unpin"
     STUDY_REPAIR = "study.repair"
     STUDY_PACS_CHECK = "study.pacs_check"
+
+
+class DeliveryState(StrEnum):
+    """Where one webhook delivery is (see services/notifier/delivery.py)."""
+
+    PENDING = "pending"  # not yet answered 2xx: tried again with backoff
+    DELIVERED = "delivered"
+    ABANDONED = "abandoned"  # given up after DCMDB_WEBHOOK_GIVE_UP_AFTER; the next one goes on
+
+
+class WebhookEvent(StrEnum):
+    """What a lab's webhook may be told of."""
+
+    STUDY_READY = "study.ready"  # every series of a study converted or skipped
+    SERIES_FAILED = "series.failed"  # a series' conversion failed
+    RETRIEVAL_FINISHED = "retrieval.finished"  # a retrieval job with the lab's studies ended

@@ -182,6 +182,11 @@ def test_the_admin_routes_are_known() -> None:
         ("POST", "/studies/{study_uid}/pin"),
         ("DELETE", "/studies/{study_uid}/pin"),
         ("GET", "/audit"),
+        ("POST", "/webhooks"),
+        ("GET", "/webhooks"),
+        ("GET", "/webhooks/{webhook_id}"),
+        ("DELETE", "/webhooks/{webhook_id}"),
+        ("GET", "/webhooks/{webhook_id}/deliveries"),
     }
 
 
@@ -283,7 +288,12 @@ def test_traversal_in_every_path_query_and_body_parameter_finds_nothing(
     """With the admin key, so that no refusal for want of access hides what a parameter
     would do; the other path parameters name a real study, series or job."""
     spec = httpx.get(f"{running.url}/openapi.json").json()
-    real = {"study_uid": running.study_uid, "series_uid": running.series_uid, "job_id": "1"}
+    real = {
+        "study_uid": running.study_uid,
+        "series_uid": running.series_uid,
+        "job_id": "1",
+        "webhook_id": "1",
+    }
     tried = 0
     for method, path, operation in operations(spec):
         parameters = [(p["in"], p["name"]) for p in operation.get("parameters", [])]

@@ -164,18 +164,18 @@ def test_a_crash_mid_eviction_is_finished_on_restart(archive: Archive) -> None:
     # Nothing half-visible meanwhile: every reader sees the three as gone.
     with archive.sessions() as session:
         listed, _ = list_studies(
-            session, StudyFilters(), sort="received", order="asc", limit=100, cursor=None
+            session, StudyFilters(labs=None), sort="received", order="asc", limit=100, cursor=None
         )
         assert [s.study_uid for s in listed] == [kept]
         for uid in evicting:
-            assert study_detail(session, uid) is None
+            assert study_detail(session, uid, None) is None
             assert retrievals.filed_instances(session, [uid]) == {}
         series_uid = session.scalar(
             select(Series.series_instance_uid)
             .join(Study, Study.id == Series.study_pk)
             .where(Study.study_instance_uid == after_claim)
         )
-        assert series_uid is not None and find_series(session, series_uid) is None
+        assert series_uid is not None and find_series(session, series_uid, None) is None
     # ... and the sorter files nothing into a study being evicted: the instance waits.
     resent = with_new_uids(dicom_files(archive.testdata, SERIES)[0], study=after_claim)
     waiting = arrive(resent, archive.sorter.data, stamp=next_stamp())

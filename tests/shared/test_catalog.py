@@ -13,6 +13,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, func, inspect, select, text
 
+from shared.catalog import webhooks as _webhooks  # noqa: F401 - its tables are in Base too
 from shared.catalog.database import MIGRATIONS, migrate, open_catalog
 from shared.catalog.models import Base, Patient
 
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.integration
 TABLES = {"patients", "studies", "series", "instances", "nifti_outputs"}
 TABLES |= {"retrieval_jobs", "retrieval_studies", "expected_series", "evictions"}
 TABLES |= {"audit_events"}
+TABLES |= {"webhooks", "webhook_deliveries", "notified_retrievals"}
 
 
 def head_revision() -> str:

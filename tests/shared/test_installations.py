@@ -32,8 +32,16 @@ def test_the_default_installation_keeps_the_names_dcmdb_always_had() -> None:
     assert topology == Topology()
     assert topology.events_exchange == "dcmdb.events"
     assert topology.dead_letter_exchange == "dcmdb.dead-letter"
-    assert [topology.queue_name(q) for q in ALL_QUEUES] == ["dcmdb.sorter", "dcmdb.converter"]
-    assert topology.dead_letter_names == ("dcmdb.sorter.dead", "dcmdb.converter.dead")
+    assert [topology.queue_name(q) for q in ALL_QUEUES] == [
+        "dcmdb.sorter",
+        "dcmdb.converter",
+        "dcmdb.notifier",
+    ]
+    assert topology.dead_letter_names == (
+        "dcmdb.sorter.dead",
+        "dcmdb.converter.dead",
+        "dcmdb.notifier.dead",
+    )
 
 
 def test_two_installations_share_no_name() -> None:

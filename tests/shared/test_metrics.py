@@ -37,7 +37,7 @@ from tests.system import Dcmdb, dicom_files, echo, send_dicom, send_raw
 pytestmark = pytest.mark.e2e
 
 SERIES = "ge_fmri_epi_4d"
-SERVICES = ("receiver", "sorter", "converter", "retriever", "retention", "api")
+SERVICES = ("receiver", "sorter", "converter", "retriever", "retention", "notifier", "api")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -205,6 +205,13 @@ def test_each_service_counts_what_was_sent(system: Dcmdb, testdata: Path, tmp_pa
         state: value(retriever, "dcmdb_retrieval_jobs", state=state) for state in tuple(JobState)
     }
     assert jobs == {**dict.fromkeys(tuple(JobState), 0), "failed": 1}
+
+    notifier = samples["notifier"]  # no webhook registered: nothing to deliver
+    assert value(notifier, "dcmdb_webhook_deliveries_pending") == 0
+    assert total(notifier, "dcmdb_webhook_attempts_total") == 0
+    assert value(
+        notifier, "dcmdb_webhook_attempts_total", event="study.ready", state="delivered"
+    ) == 0  # fmt: skip
 
     assert value(
         samples["api"], "dcmdb_api_requests_total", method="POST", route="/retrievals",

@@ -149,6 +149,7 @@ def test_up_gives_each_service_its_default_side_port(
         "retriever": "9104",
     }
     assert METRICS_PORTS["retention"] == 9105
+    assert METRICS_PORTS["notifier"] == 9106
 
 
 def test_up_takes_ports_per_service_or_none_at_all(

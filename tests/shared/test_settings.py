@@ -47,6 +47,9 @@ def run_service(command: str, env: dict[str, str], tmp_path: Path, seconds: floa
         ("retention", "DCMDB_RETENTION_LOW_FREE", "a lot"),
         ("retention", "DCMDB_RETENTION_INTERVAL", "0"),
         ("receiver", "DCMDB_MIN_FREE", "-1GB"),
+        ("notifier", "DCMDB_WEBHOOK_RETRY_MAX", "1"),  # below the minimum's 10
+        ("notifier", "DCMDB_WEBHOOK_TIMEOUT", "0"),
+        ("notifier", "DCMDB_WEBHOOK_LINK_BASE", "dcmdb.example.org"),
     ],
 )
 def test_a_bad_value_stops_the_service_with_one_line(

@@ -40,7 +40,7 @@ COMPOSE = REPO / "docker-compose.yml"
 SAMBA = REPO / "docker-compose.samba.yml"
 DCMDB_IMAGE = "dcmdb:latest"
 # The sub-commands the compose file runs, one service each.
-DCMDB_SERVICES = {"receiver", "sorter", "converter", "retriever", "retention", "api"}
+DCMDB_SERVICES = {"receiver", "sorter", "converter", "retriever", "retention", "notifier", "api"}
 # Services whose sub-command is merged separately: the file may name them before the CLI
 # knows them; the host run below covers each one the CLI knows.
 NOT_YET_IN_THE_CLI: set[str] = set()

@@ -2,6 +2,7 @@
 
 from alembic import context
 
+from shared.catalog import webhooks as _webhooks  # noqa: F401 - its tables too
 from shared.catalog.models import Base
 
 connection = context.config.attributes["connection"]

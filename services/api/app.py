@@ -21,7 +21,10 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api import metrics
+from services.api.audit import AuditMiddleware
+from services.api.audit_trail import AuditTrail
 from services.api.routes import (
+    audit,
     downloads,
     operations,
     retrievals,
@@ -50,6 +53,7 @@ _ROUTERS: tuple[APIRouter, ...] = (
     operations.router,
     retrievals.router,
     storage.router,
+    audit.router,
     webhooks.router,
 )
 
@@ -70,7 +74,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
         writer = create_catalog_engine(settings.catalog_url, writer=True)
         app.state.writer_sessions = session_factory(writer)
         app.state.physicians = PhysicianDirectory(sessions)
+        trail = AuditTrail(app.state.writer_sessions, settings.audit_days)
+        app.state.audit_trail = trail.start()
         yield
+        trail.close()  # writes what it holds
         writer.dispose()
         engine.dispose()
 
@@ -91,6 +98,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.open_without_keys = is_loopback(settings.api_host)
     app.state.readiness = [catalog, broker]
     app.add_middleware(metrics.RequestMetrics)
+    app.add_middleware(AuditMiddleware)
     for router in _ROUTERS:
         app.include_router(router)
     # The web page at /, for people; an HTTP error on its paths is a page, elsewhere

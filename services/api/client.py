@@ -31,6 +31,7 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from services.api.schemas import (
+    AuditPage,
     PacsCheck,
     Physician,
     Retrieval,
@@ -208,6 +209,10 @@ class Client:
         params = {"pacs": pacs} if pacs else None
         path = f"/studies/{_segment(study_uid)}/repair"
         return self._call("POST", Retrieval, path, params=params)
+
+    def audit(self, **filters: str | int) -> AuditPage:
+        """A page of the audit trail, newest first (admin key); the filters of GET /audit."""
+        return self._read(AuditPage, "/audit", {name: str(v) for name, v in filters.items()})
 
     # --- HTTP ----------------------------------------------------------------------------
 

@@ -75,6 +75,11 @@ def utc_time(text: str) -> dt.datetime:
     return moment.astimezone(dt.UTC) if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
+def optional_utc_time(text: str | None) -> dt.datetime | None:
+    """`utc_time` of an optional parameter."""
+    return None if text is None else utc_time(text)
+
+
 def like_pattern(text: str, *, wildcards: bool) -> str:
     """A LIKE pattern (escape character backslash): ``*`` matches anything when `wildcards`,
     else the text matches as a substring; LIKE's own ``%`` and ``_`` match themselves."""

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StrictBool
 
 from shared.catalog.states import (
+    AuditAction,
     Completion,
     ConversionState,
     DeliveryState,
@@ -244,6 +245,26 @@ class PacsCheck(_Model):
     missing_instances: int
     series: list[SeriesComparison]
     only_in_catalog: list[str] = Field(description="Series the catalog has and the PACS lists not")
+
+
+class AuditEntry(_Model):
+    """One answer of the API that read patient data or changed something."""
+
+    id: int
+    at: datetime = Field(description="When the answer ended (or was cut)")
+    key_name: str = Field(description="The name of the API key")
+    action: AuditAction
+    study_uid: str | None
+    series_uid: str | None
+    job_id: int | None = Field(description="The retrieval job queued or cancelled")
+    status: int = Field(description="The HTTP status answered")
+    bytes_sent: int = Field(description="Body bytes handed to the server, fewer when cut")
+    client: str | None = Field(description="The client's address")
+
+
+class AuditPage(_Model):
+    items: list[AuditEntry]
+    next: int | None = Field(description="`before` of the next page; null on the last page")
 
 
 class WebhookRequest(_Model):

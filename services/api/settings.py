@@ -23,6 +23,8 @@ class ApiSettings(PacsSettings, StorageSettings):  # GET /storage shows the thre
     # The same in a file (one pair per line or comma-separated), for docker secrets.
     api_keys_file: Path | None = None
     api_workers: int = Field(default=1, ge=1, le=64)
+    # Days the audit trail (GET /audit) keeps what each key read or changed.
+    audit_days: int = Field(default=365, ge=1)
     # Signs the web page's session cookies (services/api/web/session.py); without it, a
     # secret generated once into <data dir>/web-session.secret (mode 0600).
     session_secret: SecretStr | None = Field(default=None, min_length=32)

@@ -48,6 +48,7 @@ TOOLS = {
     "share": Command(
         "services.commands.share:main", "give the lab folders their Unix groups and modes"
     ),
+    "audit": Command("services.commands.audit:audit", "show who read or changed what, and when"),
 }
 _INTRODUCTION = """\
 dcmdb receives DICOM studies from the PACS, sorts them by lab, converts them to

@@ -6,14 +6,13 @@ Newest received first, as a table or (--json) one JSON object a line.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
-from collections.abc import Iterator
 
-from services.api.client import Client, StudyQuery
+from services.api.client import StudyQuery
 from services.api.schemas import StudySummary
 from services.commands.api_connection import client_for, connection_options, reporting
-from services.commands.parsing import command_parser
+from services.commands.paging import Pages
+from services.commands.parsing import command_parser, count, iso_time
 from services.commands.terminal import human_size, table
 
 PAGE_LIMIT = 1000  # the most studies the API gives in one page
@@ -47,7 +46,15 @@ def studies(argv: list[str]) -> None:
         if value is not None:
             query[name] = value  # type: ignore[literal-required]
     with reporting("studies"), client_for("studies", args) as client:
-        listing = _Listing(client, query, args.limit)
+
+        def page(size: int, cursor: str | None) -> tuple[list[StudySummary], str | None]:
+            asked: StudyQuery = {**query, "limit": size}
+            if cursor is not None:
+                asked["cursor"] = cursor
+            found = client.studies(**asked)
+            return found.items, found.next
+
+        listing = Pages(page, args.limit, PAGE_LIMIT)
         if args.json:
             for study in listing:
                 print(study.model_dump_json())
@@ -59,35 +66,6 @@ def studies(argv: list[str]) -> None:
                 print("no study matches", file=sys.stderr)
         if listing.more:
             print(f"({args.limit} shown; more match: --limit 0 shows them all)", file=sys.stderr)
-
-
-class _Listing:
-    """The studies to show, fetched page by page; `more` says whether `limit` cut some off."""
-
-    def __init__(self, client: Client, query: StudyQuery, limit: int) -> None:
-        self._client = client
-        self._query = query
-        self._limit = limit
-        self.more = False
-
-    def __iter__(self) -> Iterator[StudySummary]:
-        left = self._limit or None
-        query: StudyQuery = {**self._query, "limit": min(left or PAGE_LIMIT, PAGE_LIMIT)}
-        while True:
-            page = self._client.studies(**query)
-            for study in page.items:
-                if left == 0:
-                    self.more = True
-                    return
-                yield study
-                if left is not None:
-                    left -= 1
-            if page.next is None:
-                return
-            if left == 0:
-                self.more = True
-                return
-            query["cursor"] = page.next
 
 
 def _row(study: StudySummary) -> list[str]:
@@ -119,27 +97,13 @@ def _studies_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accession", help="accession number")
     parser.add_argument("--description", help="a part of the study description, any case")
     parser.add_argument(
-        "--since", type=_iso_time, metavar="ISO", help="received at or after (naive: UTC)"
+        "--since", type=iso_time, metavar="ISO", help="received at or after (naive: UTC)"
     )
     parser.add_argument("--sort", choices=("received", "study_date"), default="received")
     parser.add_argument("--order", choices=("desc", "asc"), default="desc")
     parser.add_argument(
-        "--limit", type=_count, default=50, metavar="N", help="show N (default 50; 0: all)"
+        "--limit", type=count, default=50, metavar="N", help="show N (default 50; 0: all)"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object a line")
     connection_options(parser)
     return parser
-
-
-def _iso_time(text: str) -> str:
-    try:
-        dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
-    return text
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"not a whole number of 0 or more: {text!r}")
-    return int(text)

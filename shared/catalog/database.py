@@ -49,10 +49,13 @@ def create_catalog_engine(url: str, *, writer: bool = False) -> Engine:
 def _owner_only(database: Path) -> None:
     """Create the catalog file readable by dcmdb alone (it names every lab's patients):
     lab members pass through the data directory to reach the archive. SQLite creates its
-    -wal and -shm files with the database file's mode."""
+    -wal and -shm files with the database file's mode.
+
+    Only a file that is not there yet is opened: closing any descriptor of a file drops
+    every POSIX lock the process holds on it, SQLite's too, and a process whose catalog
+    connections lost their lock lets another delete the WAL under them ("disk I/O error").
+    """
     database.parent.mkdir(parents=True, exist_ok=True)
-    # Never an open and close of an existing catalog: closing any descriptor of the file
-    # drops every POSIX lock this process's SQLite connections hold on it.
     with contextlib.suppress(FileExistsError):
         os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql.expression import false as sa_false
 
 from shared.catalog.states import (
+    AuditAction,
     Completion,
     ConversionState,
     EvictionReason,
@@ -295,3 +296,35 @@ class Eviction(Base):
     started_at: Mapped[datetime] = mapped_column(UtcDateTime)
     evicted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     announced: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+
+
+# Audit ------------------------------------------------------------------------------------
+
+
+class AuditEvent(Base):
+    """One answer of the API that read patient data or changed something: who (the key's
+    name, the client's address), what (the action and the study, series or job), when the
+    answer ended, its HTTP status and the body bytes sent (services/api/audit.py).
+
+    Never a patient's name or ID: the UIDs only, and only of an answer that succeeded (a
+    UID that failed may be anything a caller typed); never a query parameter.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        # Newest first (by id), within one key, action or study, or over all.
+        Index("ix_audit_events_key_name", "key_name", "id"),
+        Index("ix_audit_events_action", "action", "id"),
+        Index("ix_audit_events_study_uid", "study_uid", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)  # since/until, pruning
+    key_name: Mapped[str] = mapped_column(String)
+    action: Mapped[AuditAction] = mapped_column(StateColumn(AuditAction))
+    study_uid: Mapped[str | None] = mapped_column(UID)
+    series_uid: Mapped[str | None] = mapped_column(UID)
+    job_id: Mapped[int | None] = mapped_column(Integer)  # no foreign key: outlives its job
+    status: Mapped[int] = mapped_column(Integer)
+    bytes_sent: Mapped[int] = mapped_column(BigInteger)
+    client: Mapped[str | None] = mapped_column(String)  # the peer's address, None if unknown

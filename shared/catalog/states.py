@@ -62,6 +62,23 @@ class EvictionReason(StrEnum):
     AGE = "age"  # older than the maximum age
 
 
+class AuditAction(StrEnum):
+    """What a request did, as the API's audit trail records it (`AuditEvent`)."""
+
+    STUDIES_LIST = "studies.list"
+    STUDY_READ = "study.read"
+    STUDY_ARCHIVE = "study.archive"
+    SERIES_READ = "series.read"
+    SERIES_PREVIEW = "series.preview"
+    SERIES_NIFTI = "series.nifti"
+    RETRIEVAL_START = "retrieval.start"
+    RETRIEVAL_CANCEL = "retrieval.cancel"
+    STUDY_PIN = "study.pin"
+    STUDY_UNPIN = "study.unpin"
+    STUDY_REPAIR = "study.repair"
+    STUDY_PACS_CHECK = "study.pacs_check"
+
+
 class DeliveryState(StrEnum):
     """Where one webhook delivery is (see services/notifier/delivery.py)."""
 

@@ -181,6 +181,7 @@ def test_the_admin_routes_are_known() -> None:
         ("POST", "/studies/{study_uid}/repair"),
         ("POST", "/studies/{study_uid}/pin"),
         ("DELETE", "/studies/{study_uid}/pin"),
+        ("GET", "/audit"),
         ("POST", "/webhooks"),
         ("GET", "/webhooks"),
         ("GET", "/webhooks/{webhook_id}"),

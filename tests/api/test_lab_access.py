@@ -62,6 +62,7 @@ ROUTES: dict[tuple[str, str], Reads] = {
     ("POST", "/studies/{study_uid}/pin"): Reads.ADMIN,
     ("DELETE", "/studies/{study_uid}/pin"): Reads.ADMIN,
     ("POST", "/studies/{study_uid}/repair"): Reads.ADMIN,
+    ("GET", "/audit"): Reads.ADMIN,
     ("POST", "/webhooks"): Reads.ADMIN,
     ("GET", "/webhooks"): Reads.ADMIN,
     ("GET", "/webhooks/{webhook_id}"): Reads.ADMIN,

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 
 TABLES = {"patients", "studies", "series", "instances", "nifti_outputs"}
 TABLES |= {"retrieval_jobs", "retrieval_studies", "expected_series", "evictions"}
+TABLES |= {"audit_events"}
 TABLES |= {"webhooks", "webhook_deliveries", "notified_retrievals"}
 
 
@@ -144,3 +145,33 @@ def test_a_new_sqlite_catalog_is_readable_by_dcmdb_alone(tmp_path: Path) -> None
     assert (tmp_path / "data" / "catalog.sqlite") in made
     for path in made:  # the catalog, its -wal and -shm files
         assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_opening_the_catalog_again_keeps_the_locks_of_the_connections_open(
+    tmp_path: Path,
+) -> None:
+    """A process that opens a second engine (the API's writer beside its reader) keeps
+    SQLite's lock on the file: else another process that writes and closes its last
+    connection deletes the WAL under the first one's ("disk I/O error")."""
+    import subprocess
+    import sys
+
+    from shared.catalog.database import create_catalog_engine, open_catalog
+
+    database = tmp_path / "catalog.sqlite"
+    engine, _ = open_catalog(f"sqlite:///{database}")
+    with engine.connect() as connection:
+        connection.execute(text("SELECT count(*) FROM studies"))
+    second = create_catalog_engine(f"sqlite:///{database}", writer=True)
+    another_service = (
+        "import sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute(\"INSERT INTO patients (patient_id, patient_name) VALUES ('x', '')\")\n"
+        "c.close()\n"
+    )
+    try:
+        subprocess.run([sys.executable, "-c", another_service, str(database)], check=True)
+        assert (tmp_path / "catalog.sqlite-wal").exists()
+    finally:
+        second.dispose()
+        engine.dispose()

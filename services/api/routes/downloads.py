@@ -13,6 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from services.api.archives import Entry, zip_stream
+from services.api.audit import audited
 from services.api.dependencies import (
     READ,
     CallerDep,
@@ -26,6 +27,7 @@ from services.api.dependencies import (
 )
 from services.api.studies import find_series, find_study, instance_paths
 from shared.catalog.models import Series
+from shared.catalog.states import AuditAction
 
 log = logging.getLogger("dcmdb.api")
 
@@ -34,7 +36,7 @@ router = APIRouter(tags=["downloads"])
 
 @router.get(
     "/studies/{study_uid}/archive",
-    dependencies=READ,
+    dependencies=[*READ, audited(AuditAction.STUDY_ARCHIVE)],
     responses={
         **not_found_answer("No such study or series"),
         200: {"content": {"application/zip": {}}},
@@ -69,7 +71,7 @@ def get_study_archive(
 
 @router.get(
     "/series/{series_uid}/nifti",
-    dependencies=READ,
+    dependencies=[*READ, audited(AuditAction.SERIES_NIFTI)],
     responses={
         **not_found_answer("No such study or series"),
         200: {"content": {"application/gzip": {}, "application/zip": {}}},

@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.api.audit import audit_note, audited
 from services.api.dependencies import (
     ADMIN,
     READ,
@@ -35,7 +36,7 @@ from services.api.retrievals import (
 from services.api.schemas import PacsCheck, Problem, Retrieval, RetrievalRequest
 from shared import retrievals
 from shared.catalog.models import RetrievalJob
-from shared.catalog.states import JobState
+from shared.catalog.states import AuditAction, JobState
 from shared.keys import Caller
 
 _NOT_FOUND = not_found_answer("No such job or study")
@@ -48,7 +49,7 @@ router = APIRouter(tags=["retrievals"])
 
 @router.post(
     "/retrievals",
-    dependencies=READ,
+    dependencies=[*READ, audited(AuditAction.RETRIEVAL_START)],
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Retrieval,
     responses={400: {"model": Problem, "description": "The body is not JSON"}},
@@ -70,6 +71,7 @@ def start_retrieval(
             labs=caller.labs,
         )
         job_id = job.id
+    audit_note(job_id=job_id, study_uid=body.study_uid)
     return job_view(session, job_id)
 
 
@@ -102,7 +104,7 @@ def get_retrieval(caller: CallerDep, job_id: JobId, session: SessionDep) -> Retr
 
 @router.delete(
     "/retrievals/{job_id}",
-    dependencies=READ,
+    dependencies=[*READ, audited(AuditAction.RETRIEVAL_CANCEL)],
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Retrieval,
     responses=_NOT_FOUND,
@@ -128,7 +130,7 @@ def _own_job(session: Session, job_id: int, caller: Caller) -> None:
 
 @router.get(
     "/studies/{study_uid}/pacs-check",
-    dependencies=READ,
+    dependencies=[*READ, audited(AuditAction.STUDY_PACS_CHECK)],
     response_model=PacsCheck,
     responses={**_NOT_FOUND, **_PACS_AWAY},
     tags=["studies"],
@@ -146,7 +148,7 @@ async def pacs_check(
 
 @router.post(
     "/studies/{study_uid}/repair",
-    dependencies=ADMIN,
+    dependencies=[*ADMIN, audited(AuditAction.STUDY_REPAIR)],
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Retrieval,
     responses={**_NOT_FOUND, **_PACS_AWAY, 409: {"model": Problem, "description": "Complete"}},
@@ -175,4 +177,5 @@ async def repair(
                 requested_by=caller.name,
             )
             job_id = job.id
+        audit_note(job_id=job_id)
         return job_view(session, job_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Response, status
 
+from services.api.audit import audited
 from services.api.dependencies import (
     READ,
     CallerDep,
@@ -17,13 +18,14 @@ from services.api.dependencies import (
 from services.api.previews import PreviewUnavailable, render_preview
 from services.api.schemas import SeriesSummary
 from services.api.studies import find_series, instance_paths, series_summary
+from shared.catalog.states import AuditAction
 
 router = APIRouter(tags=["series"])
 
 
 @router.get(
     "/series/{series_uid}",
-    dependencies=READ,
+    dependencies=[*READ, audited(AuditAction.SERIES_READ)],
     response_model=SeriesSummary,
     responses=not_found_answer("No such study or series"),
 )
@@ -36,7 +38,7 @@ def get_series(caller: CallerDep, series_uid: SeriesUid, session: SessionDep) ->
 
 @router.get(
     "/series/{series_uid}/preview.png",
-    dependencies=READ,
+    dependencies=[*READ, audited(AuditAction.SERIES_PREVIEW)],
     responses={
         **not_found_answer("No such study or series"),
         200: {"content": {"image/png": {}}},

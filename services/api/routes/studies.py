@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import AfterValidator
 from sqlalchemy.orm import Session
 
+from services.api.audit import audited
 from services.api.dependencies import (
     ADMIN,
     READ,
@@ -32,6 +33,7 @@ from services.api.parameters import (
 from services.api.schemas import Physician, Pin, StudyDetail, StudyPage
 from services.api.storage import set_pinned
 from services.api.studies import StudyFilters, list_studies, physicians, study_detail
+from shared.catalog.states import AuditAction
 
 router = APIRouter(tags=["studies"])
 
@@ -44,7 +46,11 @@ def _optional_time(value: str | None) -> dt.datetime | None:
     return None if value is None else utc_time(value)
 
 
-@router.get("/studies", dependencies=READ, response_model=StudyPage)
+@router.get(
+    "/studies",
+    dependencies=[*READ, audited(AuditAction.STUDIES_LIST)],
+    response_model=StudyPage,
+)
 def get_studies(
     caller: CallerDep,
     directory: PhysiciansDep,
@@ -122,7 +128,7 @@ def get_studies(
 
 @router.get(
     "/studies/{study_uid}",
-    dependencies=READ,
+    dependencies=[*READ, audited(AuditAction.STUDY_READ)],
     response_model=StudyDetail,
     responses=not_found_answer("No such study or series"),
 )
@@ -141,7 +147,7 @@ def get_physicians(caller: CallerDep, session: SessionDep) -> list[Physician]:
 
 @router.post(
     "/studies/{study_uid}/pin",
-    dependencies=ADMIN,
+    dependencies=[*ADMIN, audited(AuditAction.STUDY_PIN)],
     response_model=Pin,
     responses=not_found_answer("No such study"),
 )
@@ -152,7 +158,7 @@ def pin_study(caller: CallerDep, study_uid: StudyUid, session: WriterSessionDep)
 
 @router.delete(
     "/studies/{study_uid}/pin",
-    dependencies=ADMIN,
+    dependencies=[*ADMIN, audited(AuditAction.STUDY_UNPIN)],
     response_model=Pin,
     responses=not_found_answer("No such study"),
 )

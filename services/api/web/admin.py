@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
+from services.api.audit import audit_note
 from services.api.dependencies import (
     JobId,
     SessionDep,
@@ -33,19 +34,24 @@ from services.api.web.pages import (
     AdminDep,
     PageError,
     VisitorDep,
+    audited_page,
     checked_form,
     local_path,
     render,
 )
 from shared import retrievals
 from shared.catalog.models import LISTED, Patient, RetrievalJob, Study
+from shared.catalog.states import AuditAction
 
 router = APIRouter(include_in_schema=False)
 
 JOBS_SHOWN = 50
 
 
-@router.get("/web/studies/{study_uid}/pacs-check")
+@router.get(
+    "/web/studies/{study_uid}/pacs-check",
+    dependencies=[audited_page(AuditAction.STUDY_PACS_CHECK, admin=True)],
+)
 async def pacs_check_page(
     request: Request,
     visitor: AdminDep,
@@ -68,7 +74,10 @@ async def pacs_check_page(
     return render(request, "pacs_check.html", visitor, study=study, check=check, problem="")
 
 
-@router.post("/web/studies/{study_uid}/repair")
+@router.post(
+    "/web/studies/{study_uid}/repair",
+    dependencies=[audited_page(AuditAction.STUDY_REPAIR, admin=True)],
+)
 async def repair_study(
     request: Request,
     visitor: AdminDep,
@@ -107,7 +116,10 @@ def retrievals_page(request: Request, visitor: VisitorDep, session: SessionDep) 
     )
 
 
-@router.post("/web/retrievals/{job_id}/cancel")
+@router.post(
+    "/web/retrievals/{job_id}/cancel",
+    dependencies=[audited_page(AuditAction.RETRIEVAL_CANCEL)],
+)
 async def cancel_job(
     request: Request, visitor: VisitorDep, job_id: JobId, session: WriterSessionDep
 ) -> Response:
@@ -130,7 +142,7 @@ def storage_page(
     return render(request, "storage.html", visitor, storage=report)
 
 
-@router.get("/web/pins")
+@router.get("/web/pins", dependencies=[audited_page(AuditAction.STUDIES_LIST, admin=True)])
 def pins_page(request: Request, visitor: AdminDep, session: SessionDep) -> Response:
     """The pinned studies, which retention never evicts."""
     statement = (
@@ -144,7 +156,10 @@ def pins_page(request: Request, visitor: AdminDep, session: SessionDep) -> Respo
     return render(request, "pins.html", visitor, pinned=session.execute(statement).all())
 
 
-@router.post("/web/studies/{study_uid}/pin")
+@router.post(
+    "/web/studies/{study_uid}/pin",
+    dependencies=[audited_page(AuditAction.STUDY_PIN, admin=True)],
+)
 async def pin_study(
     request: Request, visitor: AdminDep, study_uid: StudyUid, session: WriterSessionDep
 ) -> Response:
@@ -154,6 +169,7 @@ async def pin_study(
     session.rollback()  # set_pinned begins its own transaction
     if fields.get("pinned") not in ("0", "1"):
         raise PageError(status.HTTP_400_BAD_REQUEST, "Pin with pinned=1, unpin with pinned=0.")
+    audit_note(action=AuditAction.STUDY_PIN if fields["pinned"] == "1" else AuditAction.STUDY_UNPIN)
     if not set_pinned(session, study_uid, fields["pinned"] == "1", visitor.caller.labs):
         raise PageError(status.HTTP_404_NOT_FOUND, f"No study with UID {study_uid!r} here.")
     back = local_path(fields.get("back"), f"/web/studies/{study_uid}")

@@ -19,8 +19,9 @@ from services.api.dependencies import PhysiciansDep, SessionDep, StudyUid
 from services.api.parameters import Cursor, date_range, like_pattern
 from services.api.schemas import StudyDetail
 from services.api.studies import PhysicianDirectory, StudyFilters, list_studies, study_detail
-from services.api.web.pages import PageError, Visitor, VisitorDep, render
+from services.api.web.pages import PageError, Visitor, VisitorDep, audited_page, render
 from shared.catalog.models import LISTED, Study
+from shared.catalog.states import AuditAction
 from shared.keys import Caller
 
 router = APIRouter(include_in_schema=False)
@@ -88,7 +89,7 @@ class Search:
         )
 
 
-@router.get("/")
+@router.get("/", dependencies=[audited_page(AuditAction.STUDIES_LIST)])
 def studies_page(
     request: Request, visitor: VisitorDep, session: SessionDep, directory: PhysiciansDep
 ) -> Response:
@@ -146,7 +147,7 @@ def _lab_choices(session: Session, caller: Caller) -> list[str]:
     return sorted(session.scalars(select(Study.physician_folder).where(LISTED).distinct()))
 
 
-@router.get("/web/studies/{study_uid}")
+@router.get("/web/studies/{study_uid}", dependencies=[audited_page(AuditAction.STUDY_READ)])
 def study_page(
     request: Request, visitor: VisitorDep, session: SessionDep, study_uid: StudyUid
 ) -> Response:

@@ -18,6 +18,7 @@ from fastapi import Depends, Request, Response, status
 from fastapi.templating import Jinja2Templates
 
 from services.api.access import ANONYMOUS
+from services.api.audit import mark_answer
 from services.api.web.session import (
     CSRF_FIELD,
     SessionCookies,
@@ -25,6 +26,7 @@ from services.api.web.session import (
     form_fields,
     holder,
 )
+from shared.catalog.states import AuditAction
 from shared.keys import Caller
 
 HERE = Path(__file__).parent
@@ -101,6 +103,23 @@ def _admin(visitor: VisitorDep) -> Visitor:
 
 
 AdminDep = Annotated[Visitor, Depends(_admin)]
+
+
+def audited_page(action: AuditAction, *, admin: bool = False) -> Any:
+    """The dependency that puts a page's answers into the audit trail, as `audited` puts
+    the API's (services.api.audit): once the visitor, and for an admin page its scope,
+    passed."""
+    if admin:
+
+        def mark_admin(request: Request, visitor: AdminDep) -> None:
+            mark_answer(request, visitor.caller, action)
+
+        return Depends(mark_admin)
+
+    def mark(request: Request, visitor: VisitorDep) -> None:
+        mark_answer(request, visitor.caller, action)
+
+    return Depends(mark)
 
 
 async def checked_form(request: Request, session: WebSession) -> dict[str, str]:

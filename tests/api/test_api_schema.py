@@ -316,5 +316,10 @@ def test_traversal_in_every_path_query_and_body_parameter_finds_nothing(
                 assert answer.status_code < 500 or PACS_AWAY in answer.text, where_what
                 assert not any(leak in answer.content for leak in LEAKS), where_what
                 if where == "path":
-                    assert answer.status_code in (404, 405, 422), where_what
+                    # "/studies/.." is "/" once normalised: the web page, which sends a
+                    # caller without a session to its sign-in form.
+                    to_sign_in = answer.status_code == 303 and answer.headers[
+                        "location"
+                    ].startswith("/signin")
+                    assert answer.status_code in (404, 405, 422) or to_sign_in, where_what
     assert tried > 200

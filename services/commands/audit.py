@@ -9,13 +9,12 @@ Needs an admin key.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from services.api.schemas import AuditEntry
 from services.commands.api_connection import client_for, connection_options, reporting
-from services.commands.paging import Pages
+from services.commands.paging import Pages, show
 from services.commands.parsing import command_parser, count, iso_time
-from services.commands.terminal import human_size, table
+from services.commands.terminal import human_size
 from shared.catalog.states import AuditAction
 
 PAGE_LIMIT = 1000  # the most records the API gives in one page
@@ -53,17 +52,7 @@ def audit(argv: list[str]) -> None:
             return found.items, found.next
 
         shown = Pages(page, args.limit, PAGE_LIMIT)
-        if args.json:
-            for entry in shown:
-                print(entry.model_dump_json())
-        else:
-            rows = [_row(entry) for entry in shown]
-            if rows:
-                print(table(rows, _COLUMNS))
-            else:
-                print("no record matches", file=sys.stderr)
-        if shown.more:
-            print(f"({args.limit} shown; more match: --limit 0 shows them all)", file=sys.stderr)
+        show(shown, json_lines=args.json, row=_row, columns=_COLUMNS, nothing="no record matches")
 
 
 def _row(entry: AuditEntry) -> list[str]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
+
+from services.commands.terminal import Columns, table
 
 T = TypeVar("T")
 C = TypeVar("C")  # where the next page starts: the API's cursor, of whatever type
@@ -21,12 +24,12 @@ class Pages(Generic[T, C]):
         page_limit: int,
     ) -> None:
         self._fetch = fetch
-        self._limit = limit
+        self.limit = limit
         self._page_limit = page_limit
         self.more = False
 
     def __iter__(self) -> Iterator[T]:
-        left = self._limit or None
+        left = self.limit or None
         cursor: C | None = None
         while True:
             items, cursor = self._fetch(min(left or self._page_limit, self._page_limit), cursor)
@@ -42,3 +45,25 @@ class Pages(Generic[T, C]):
             if left == 0:
                 self.more = True
                 return
+
+
+def show(
+    listing: Pages[T, C],
+    *,
+    json_lines: bool,
+    row: Callable[[T], list[str]],
+    columns: Columns,
+    nothing: str,
+) -> None:
+    """Print a listing as a table (or JSON lines), and say when its limit cut some off."""
+    if json_lines:
+        for item in listing:
+            print(item.model_dump_json())  # type: ignore[attr-defined]
+    else:
+        rows = [row(item) for item in listing]
+        if rows:
+            print(table(rows, columns))
+        else:
+            print(nothing, file=sys.stderr)
+    if listing.more:
+        print(f"({listing.limit} shown; more match: --limit 0 shows them all)", file=sys.stderr)

@@ -6,14 +6,13 @@ Newest received first, as a table or (--json) one JSON object a line.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from services.api.client import StudyQuery
 from services.api.schemas import StudySummary
 from services.commands.api_connection import client_for, connection_options, reporting
-from services.commands.paging import Pages
+from services.commands.paging import Pages, show
 from services.commands.parsing import command_parser, count, iso_time
-from services.commands.terminal import human_size, table
+from services.commands.terminal import human_size
 
 PAGE_LIMIT = 1000  # the most studies the API gives in one page
 _COLUMNS = (
@@ -55,17 +54,7 @@ def studies(argv: list[str]) -> None:
             return found.items, found.next
 
         listing = Pages(page, args.limit, PAGE_LIMIT)
-        if args.json:
-            for study in listing:
-                print(study.model_dump_json())
-        else:
-            rows = [_row(study) for study in listing]
-            if rows:
-                print(table(rows, _COLUMNS))
-            else:
-                print("no study matches", file=sys.stderr)
-        if listing.more:
-            print(f"({args.limit} shown; more match: --limit 0 shows them all)", file=sys.stderr)
+        show(listing, json_lines=args.json, row=_row, columns=_COLUMNS, nothing="no study matches")
 
 
 def _row(study: StudySummary) -> list[str]:

@@ -190,11 +190,6 @@ class KeyRing:
         found = digest(presented)
         return self._callers.get(found) or self._fixed.get(found)
 
-    def named(self, name: str) -> Caller | None:
-        """The caller of a key by its name, as a web session remembers it."""
-        self._refresh()
-        return next((c for c in self._callers.values() if c.name == name), None)
-
     def holder(self, name: str, digest_prefix: str) -> Caller | None:
         """The caller of the key named `name` whose digest begins with `digest_prefix`, as a
         web session remembers it; None once that key is revoked or given to another key."""

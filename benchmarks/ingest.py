@@ -33,6 +33,7 @@ from processes import (
     Children,
     Proc,
     Vhost,
+    clean_up,
     cpu_model,
     dcmtk,
     echo_ok,
@@ -275,6 +276,16 @@ def report(bench: Bench, results: dict[str, list[float] | str], total_bytes: int
         f"\ntargets: receiver >= 1.5 x Orthanc: {verdict('c', 1.5)}; "
         f"end to end >= 1.0 x Orthanc: {verdict('d', 1.0)}"
     )
+    timed = {k: sorted(v) for k, v in results.items() if isinstance(v, list)}
+    if "b" in timed:  # medians, and how far the rounds spread, as rates against Orthanc's
+        orthanc = timed["b"][len(timed["b"]) // 2]
+        for key in (k for k in "acd" if k in timed):
+            rates = [orthanc / s for s in timed[key]]
+            middle = orthanc / timed[key][len(timed[key]) // 2]
+            print(
+                f"median ({key}) {TARGETS[key]}: {middle:.2f} x Orthanc's median rate, "
+                f"rounds {min(rates):.2f} to {max(rates):.2f}"
+            )
 
 
 def parse_args() -> argparse.Namespace:
@@ -327,12 +338,7 @@ def main() -> int:
         report(bench, results, total)
         return 1 if any(isinstance(r, str) for r in results.values()) else 0
     finally:
-        bench.kids.stop_all()
-        bench.vhost.delete()
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(bench.kids, bench.vhost, work, args.keep)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,16 @@ class Vhost:
             self.exists = False
 
 
+def clean_up(children: Children, vhost: Vhost, work: Path, keep: bool) -> None:
+    """Stop every child, delete the vhost, and the work directory unless it is kept."""
+    children.stop_all()
+    vhost.delete()
+    if keep:
+        print(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def session_cpu(session: int) -> float:
     """CPU seconds (user + system) of the live processes in a session (`Children` starts each
     child as a session leader, so its pid is the session's id)."""
@@ -146,3 +156,19 @@ NODELAY_ENV["TCP_NODELAY"] = "1"
 def echo_ok(ae: str, port: int) -> bool:
     argv = [dcmtk("echoscu"), "-aec", ae, "-to", "2", HOST, str(port)]
     return subprocess.run(argv, capture_output=True, env=NODELAY_ENV).returncode == 0
+
+
+# Orthanc's DICOMweb plugin (Debian: orthanc-dicomweb), the DICOMweb benchmarks' peer.
+ORTHANC_DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def orthanc_dicomweb_config(base: Path, http_port: int) -> dict[str, object]:
+    """An Orthanc with its DICOMweb plugin at /dicom-web/, its files under `base`."""
+    return {
+        "Name": "dcmdb-bench", "StorageDirectory": str(base / "storage"),
+        "IndexDirectory": str(base / "index"), "HttpPort": http_port, "DicomPort": free_port(),
+        "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "KeepAlive": True, "TcpNoDelay": True, "StorageCompression": False,
+        "StableAge": 1, "SaveJobs": False, "Plugins": [str(ORTHANC_DICOMWEB)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }  # fmt: skip

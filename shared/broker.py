@@ -10,6 +10,10 @@ default installation ``dcmdb``:
 - ``dcmdb.dead-letter``: a direct exchange routing each dead letter to
   ``<queue>.dead``, where it stays until an admin looks at it.
 
+Connecting, to one broker or to the nodes of a cluster, is ``shared.broker_connection``'s
+(`connect`, also importable from here); the channels of its connection declare the topology
+again and its consumers consume again on whichever node it reaches.
+
 Ack policy, in one place (``_settle_batch``): success -> ack; ``PermanentError`` or
 an undecodable message -> reject without requeue (dead-lettered at once);
 ``TransientError`` -> retried in process with backoff, then requeued; any other
@@ -42,6 +46,7 @@ from pamqp.commands import Basic
 from prometheus_client import Counter
 from pydantic import TypeAdapter, ValidationError
 
+from shared.broker_connection import connect as connect
 from shared.errors import PermanentError, TransientError
 from shared.logs import about
 from shared.messages import ALL_QUEUES, Event, Queue, Topology
@@ -70,33 +75,6 @@ def count_from_zero(*kinds: type[Event]) -> None:
     for kind in kinds:
         EVENTS_PUBLISHED.labels(kind.routing_key)
         EVENTS_FAILED.labels(kind.routing_key)
-
-
-async def connect(url: str, *, name: str) -> AbstractRobustConnection:
-    """Connect, retrying with one clear line per attempt until the broker answers."""
-    delay = 1.0
-    while True:
-        try:
-            return await aio_pika.connect_robust(url, client_properties={"connection_name": name})
-        except (OSError, aio_pika.exceptions.AMQPError) as exc:
-            log.warning(
-                "RabbitMQ at %s is not reachable (%s); retrying in %.0f s",
-                _redact(url),
-                exc.__class__.__name__,
-                delay,
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-
-def _redact(url: str) -> str:
-    """The broker URL without its password, for log lines."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        credentials, _, host = rest.rpartition("@")
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}{sep}{user}:***@{host}"
-    return url
 
 
 async def declare_topology(channel: AbstractChannel, topology: Topology) -> AbstractExchange:
@@ -142,6 +120,7 @@ class Publisher:
         self._connection = connection
         self._topology = topology
         self._channel: AbstractChannel | None = None
+        self._renewing = asyncio.Lock()
 
     async def start(self) -> None:
         self._channel = await self._connection.channel(publisher_confirms=True)
@@ -150,7 +129,8 @@ class Publisher:
     async def publish(self, event: Event) -> None:
         """Return once the broker has confirmed the message; raise if it did not."""
         assert self._channel is not None, "Publisher.start() first"
-        channel = await self._channel.get_underlay_channel()
+        robust = self._channel
+        channel = await robust.get_underlay_channel()
         properties = Basic.Properties(
             delivery_mode=PERSISTENT,
             content_type="application/json",
@@ -167,10 +147,29 @@ class Publisher:
             )
             if not isinstance(confirmation, Basic.Ack):
                 raise DeliveryError(None, confirmation)  # type: ignore[arg-type]
+        except DeliveryError:  # a negative confirm
+            EVENTS_FAILED.labels(event.routing_key).inc()
+            await self._renew(robust)
+            raise
         except Exception:
             EVENTS_FAILED.labels(event.routing_key).inc()
             raise
         EVENTS_PUBLISHED.labels(event.routing_key).inc()
+
+    async def _renew(self, refused: AbstractChannel) -> None:
+        """Replace a channel the broker refused a message on (a negative confirm) with a new
+        one, so that the next try goes through a channel of its own. On a cluster, a channel
+        restored on another node before that node noticed a queue's leader had gone with the
+        lost one is refused every message from then on (RabbitMQ 3.10), while a new channel
+        is served; where the queue itself cannot take messages, the new one is refused too,
+        and the caller tries again as it does after any failure."""
+        async with self._renewing:
+            if self._channel is not refused:
+                return  # a publish refused beside this one renewed it already
+            self._channel = await self._connection.channel(publisher_confirms=True)
+        log.warning("the broker refused a message; publishing on a new channel")
+        with contextlib.suppress(Exception):
+            await refused.close()
 
 
 # What a queue's messages are: one event class, or several told apart (`SERIES_OUTCOMES`).

@@ -18,6 +18,8 @@ filed that a power cut can still take away.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 from collections.abc import Callable
@@ -29,8 +31,9 @@ Writer = Callable[[BinaryIO], None]
 _COPY_CHUNK = 1 << 20
 
 
-def write_synced(path: Path | str, *parts: bytes, create: bool = True) -> None:
-    """Write `parts` one after the other to `path` and fsync it.
+def write_synced(path: Path | str, *parts: bytes, create: bool = True, sync: bool = True) -> None:
+    """Write `parts` one after the other to `path` and fsync it (unless not `sync`: the
+    caller makes it durable later, see `sync_filesystem`).
 
     A new file when `create` (it must not exist; readable by owner and group only, as
     received objects are), else an existing empty one. Plain descriptors and no copy of
@@ -43,7 +46,8 @@ def write_synced(path: Path | str, *parts: bytes, create: bool = True) -> None:
             view = memoryview(part)
             while view:
                 view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -65,6 +69,17 @@ def copy_synced(source: Path, target: Path) -> None:
         stream_synced(target, lambda handle: shutil.copyfileobj(reader, handle, _COPY_CHUNK))
 
 
+def link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a new name of ``source``'s file, or a synced copy of it where the two
+    are on different filesystems."""
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        copy_synced(source, target)
+
+
 def replace_durably(path: Path, temporary: Path, content: bytes | Writer) -> None:
     """Replace `path` atomically by `content`, written and fsynced under `temporary` (a name
     in the same folder) first. The folder is not synced: see `fsync_directory`."""
@@ -84,3 +99,21 @@ def fsync_directory(directory: Path | str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sync_filesystem(path: Path | str) -> None:
+    """Make everything written to the filesystem holding `path` durable, by anyone: file
+    contents, names created, renamed and removed (syncfs(2), one call however many files).
+
+    Its errors are raised as ``OSError`` (since Linux 5.8 syncfs reports a writeback
+    error met since the last call on this descriptor's filesystem)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _LIBC.syncfs(fd) != 0:
+            number = ctypes.get_errno()
+            raise OSError(number, f"syncfs {path}: {os.strerror(number)}")
+    finally:
+        os.close(fd)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)

@@ -36,6 +36,9 @@ CATALOG_KEYWORDS = (
     "SeriesDescription",
     "PatientName",
     "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
     "ProtocolName",
     "SeriesNumber",
     "InstanceNumber",
@@ -93,7 +96,7 @@ class Header:
     ) -> Header:
         """Raises UnreadableObject when the bytes do not parse or stop short."""
         if transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
-            dataset = _inflate(dataset)
+            dataset = inflate(dataset)
         walker = _Walker(
             dataset,
             implicit=transfer_syntax_uid == ImplicitVRLittleEndian,
@@ -201,7 +204,7 @@ MAX_INFLATION = 50
 INFLATION_ALLOWANCE = 64 * 1024 * 1024
 
 
-def _inflate(dataset: bytes) -> bytes:
+def inflate(dataset: bytes) -> bytes:
     limit = len(dataset) * MAX_INFLATION + INFLATION_ALLOWANCE
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:

@@ -59,6 +59,9 @@ class InstanceReceived(Event):
     calling_ae: str
     peer_host: str
     association_id: str
+    # Written but not synced: an instance of a retrieval dcmdb asked for itself, made
+    # durable by the retrieval job's sync at its end (`shared.unsynced`).
+    deferred_sync: bool = False
 
 
 class AssociationClosed(Event):

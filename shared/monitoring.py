@@ -31,6 +31,7 @@ from sqlalchemy import Engine
 
 from shared.catalog.database import ping
 from shared.errors import ConfigurationError
+from shared.settings import broker_addresses
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractConnection
@@ -156,18 +157,23 @@ def broker_status(connection: AbstractConnection) -> str:
     return OK if connection.connected.is_set() else "unreachable: reconnecting to RabbitMQ"
 
 
-def broker_reachable(url: str) -> str:
-    """For a service that holds no broker connection (the API): one opened and closed."""
+def broker_reachable(urls: str) -> str:
+    """For a service that holds no broker connection (the API): one opened and closed, to the
+    first of the brokers in ``urls`` (``DCMDB_BROKER_URL``) that answers."""
 
-    async def connect_and_close() -> None:
+    async def connect_and_close(url: str) -> None:
         connection = await asyncio.wait_for(aiormq.connect(url), CHECK_TIMEOUT)
         await connection.close()
 
-    try:
-        asyncio.run(connect_and_close())
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", said why
-        return f"unreachable: {type(exc).__name__}"
-    return OK
+    failure = ""
+    for url in broker_addresses(urls):
+        try:
+            asyncio.run(connect_and_close(url))
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready", said why
+            failure = f"unreachable: {type(exc).__name__}"
+            continue
+        return OK
+    return failure
 
 
 def catalog_status(engine: Engine) -> str:

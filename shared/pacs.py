@@ -148,7 +148,7 @@ def associate(
             tls_args=tls_args,
         )
     except OSError as error:  # the host name does not resolve
-        raise PacsError(f"PACS {peer} unreachable: {_os_error(error)}") from None
+        raise PacsError(f"{peer.kind} {peer} unreachable: {_os_error(error)}") from None
     if not assoc.is_established:
         if negotiation.connected:
             # The answer reaches our event handler from pynetdicom's own thread, at times
@@ -158,7 +158,7 @@ def associate(
     tuned_requestor(assoc)
     try:
         if not any(cx.abstract_syntax == model for cx in assoc.accepted_contexts):
-            raise PacsError(f"PACS {peer} does not offer {SERVICES[model]}")
+            raise PacsError(f"{peer.kind} {peer} does not offer {SERVICES[model]}")
         yield assoc
     finally:
         if assoc.is_established:
@@ -169,16 +169,20 @@ def _refusal(peer: Peer, negotiation: _Negotiation, elapsed: float, ae: AE) -> s
     answer = negotiation.answer
     if answer is not None and answer.result in (0x01, 0x02):
         return (
-            f"association rejected by PACS {peer}: {answer.reason_str} "
+            f"association rejected by {peer.kind} {peer}: {answer.reason_str} "
             f"({answer.result_str.lower()}, by the {answer.source_str})"
         )
     if answer is not None:
-        return f"PACS {peer} accepted the association but none of the services asked for"
+        return f"{peer.kind} {peer} accepted the association but none of the services asked for"
     if negotiation.connected:
         if negotiation.peer_aborted:
-            return f"association aborted by PACS {peer} before it answered"
-        return f"PACS {peer} did not answer the association request within {ae.acse_timeout:g} s"
-    return f"PACS {peer} unreachable: {_connection_failure(peer, elapsed, ae.connection_timeout)}"
+            return f"association aborted by {peer.kind} {peer} before it answered"
+        return (
+            f"{peer.kind} {peer} did not answer the association request "
+            f"within {ae.acse_timeout:g} s"
+        )
+    failure = _connection_failure(peer, elapsed, ae.connection_timeout)
+    return f"{peer.kind} {peer} unreachable: {failure}"
 
 
 def _connection_failure(peer: Peer, elapsed: float, limit: float | None) -> str:
@@ -200,8 +204,8 @@ def lost_association(peer: Peer, operation: str, waiting_since: float, timeout: 
     """pynetdicom ends the answers with an empty status when the association is gone."""
     waited = time.monotonic() - waiting_since
     if waited < timeout * 0.95:
-        return PacsError(f"association aborted by PACS {peer} during {operation}")
-    return PacsError(f"no answer from PACS {peer} to {operation} within {timeout:g} s")
+        return PacsError(f"association aborted by {peer.kind} {peer} during {operation}")
+    return PacsError(f"no answer from {peer.kind} {peer} to {operation} within {timeout:g} s")
 
 
 def _handle_store(event: evt.Event, store: StoreInstance) -> int:

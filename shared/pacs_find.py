@@ -106,25 +106,98 @@ def _with_modalities(
     return replace(study, modalities=tuple(sorted({_text(found, "Modality") for found in series})))
 
 
+_SERIES_KEYS = {
+    "SeriesInstanceUID": None,
+    "Modality": None,
+    "SeriesNumber": None,
+    "SeriesDescription": None,
+    "NumberOfSeriesRelatedInstances": None,
+}
+
+
 def find_series(peer: Peer, study_uid: str, *, timeout: float = 30) -> list[SeriesMatch]:
+    keys = {"StudyInstanceUID": study_uid, **_SERIES_KEYS}
+    return [_series(found) for found in _find(peer, "SERIES", keys, timeout)]
+
+
+def counted_series(peer: Peer, study_uid: str, *, timeout: float = 30) -> list[SeriesMatch]:
+    """A study's series, each with its instance count: counted one IMAGE-level match at a
+    time where the PACS gives none (dcmqrscp), all over one association."""
+    with associate(peer, FIND_MODEL, timeout) as assoc:
+        keys = {"StudyInstanceUID": study_uid, **_SERIES_KEYS}
+        series = [_series(found) for found in _matches(assoc, peer, "SERIES", keys, timeout)]
+        return [
+            found
+            if found.instance_count is not None
+            else replace(
+                found,
+                instance_count=len(
+                    _matches(assoc, peer, "IMAGE", _instance_keys(study_uid, found), timeout)
+                ),
+            )
+            for found in series
+        ]
+
+
+def studies_on(assoc: Association, peer: Peer, study_date: str, timeout: float) -> list[StudyMatch]:
+    """The studies of a date range, on an association the caller holds (see ``associate``)."""
     keys = {
-        "StudyInstanceUID": study_uid,
-        "SeriesInstanceUID": None,
-        "Modality": None,
-        "SeriesNumber": None,
-        "SeriesDescription": None,
-        "NumberOfSeriesRelatedInstances": None,
+        "StudyDate": study_date,
+        "StudyTime": None,
+        "PatientID": None,
+        "AccessionNumber": None,
+        "ReferringPhysicianName": None,
+        "StudyInstanceUID": None,
+        "StudyDescription": None,
+        "NumberOfStudyRelatedSeries": None,
+        "NumberOfStudyRelatedInstances": None,
     }
-    return [
-        SeriesMatch(
-            series_uid=_text(found, "SeriesInstanceUID"),
-            modality=_text(found, "Modality"),
-            series_number=_number(found, "SeriesNumber"),
-            description=_text(found, "SeriesDescription"),
-            instance_count=_number(found, "NumberOfSeriesRelatedInstances"),
-        )
-        for found in _find(peer, "SERIES", keys, timeout)
-    ]
+    return [_study(found) for found in _matches(assoc, peer, "STUDY", keys, timeout)]
+
+
+def series_counts_on(
+    assoc: Association, peer: Peer, study_uid: str, timeout: float
+) -> tuple[dict[str, int], bool]:
+    """Instances per series of a study, on an association the caller holds, and whether
+    the peer gave the counts: one SERIES query, and where a count is missing one IMAGE
+    query for the whole study (not one per series), see ``image_counts_on``."""
+    keys = {"StudyInstanceUID": study_uid, **_SERIES_KEYS}
+    series = [_series(found) for found in _matches(assoc, peer, "SERIES", keys, timeout)]
+    counts = {s.series_uid: s.instance_count for s in series}
+    if all(count is not None for count in counts.values()):
+        return {uid: count for uid, count in counts.items() if count is not None}, True
+    return dict.fromkeys(counts, 0) | image_counts_on(assoc, peer, study_uid, timeout), False
+
+
+def image_counts_on(
+    assoc: Association, peer: Peer, study_uid: str, timeout: float
+) -> dict[str, int]:
+    """Instances per series of a study, counted from one IMAGE-level query: for a peer
+    known to give no counts at series level (dcmqrscp)."""
+    keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": None, "SOPInstanceUID": None}
+    counted: dict[str, int] = {}
+    for found in _matches(assoc, peer, "IMAGE", keys, timeout):
+        uid = _text(found, "SeriesInstanceUID")
+        counted[uid] = counted.get(uid, 0) + 1
+    return counted
+
+
+def _series(found: Dataset) -> SeriesMatch:
+    return SeriesMatch(
+        series_uid=_text(found, "SeriesInstanceUID"),
+        modality=_text(found, "Modality"),
+        series_number=_number(found, "SeriesNumber"),
+        description=_text(found, "SeriesDescription"),
+        instance_count=_number(found, "NumberOfSeriesRelatedInstances"),
+    )
+
+
+def _instance_keys(study_uid: str, series: SeriesMatch) -> dict[str, str | None]:
+    return {
+        "StudyInstanceUID": study_uid,
+        "SeriesInstanceUID": series.series_uid,
+        "SOPInstanceUID": None,
+    }
 
 
 def count_instances(peer: Peer, study_uid: str, series_uid: str, *, timeout: float = 30) -> int:
@@ -152,7 +225,7 @@ def _matches(
         elif status.Status != SUCCESS:
             code = int(status.Status)
             reason = failure_reason(code, Progress(), comment=status.get("ErrorComment"))
-            raise PacsError(f"C-FIND at PACS {peer} failed: {reason}")
+            raise PacsError(f"C-FIND at {peer.kind} {peer} failed: {reason}")
     return matches
 
 

@@ -8,8 +8,10 @@ C-CANCEL when asked to, and words what went wrong for people (``failure_reason``
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import cast
 
@@ -86,6 +88,7 @@ def retrieve(
     progress: Callable[[Progress], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
     timeout: float = 600,
+    association: Association | None = None,
 ) -> RetrieveResult:
     """Retrieve a study, or only ``series_uids`` of it, over one association.
 
@@ -94,6 +97,8 @@ def retrieve(
     "get"``) hands each one to ``store`` instead. ``cancelled`` is asked at each
     answer of the PACS; once it says True a C-CANCEL is sent and the result has the
     PACS's answer, normally CANCEL. ``timeout`` is how long to wait for each answer.
+    ``association``: an established C-MOVE association to use, and leave open, instead of
+    one of its own (`MoveAssociations`).
     """
     if peer.retrieve == "get" and store is None:
         raise ValueError(f"PACS {peer.name} is retrieved by C-GET: a store callback is needed")
@@ -104,7 +109,12 @@ def retrieve(
             for uid in series_uids
         ]
     model = GET_MODEL if peer.retrieve == "get" else MOVE_MODEL
-    with associate(peer, model, timeout, store if model == GET_MODEL else None) as assoc:
+    opened = (
+        nullcontext(association)
+        if association is not None and model == MOVE_MODEL
+        else associate(peer, model, timeout, store if model == GET_MODEL else None)
+    )
+    with opened as assoc:
         retrieval = _Retrieval(assoc, peer, model, destination_ae, progress, cancelled, timeout)
         for message_id, identifier in enumerate(requests, 1):
             if retrieval.status not in (SUCCESS, WARNING):
@@ -124,6 +134,42 @@ def retrieve(
         result.status,
     )
     return result
+
+
+class MoveAssociations:
+    """C-MOVE associations kept open for the next study, one per thread that moves: a
+    PACS's answer to a new association (DCMTK's dcmqrscp forks a process for each) is
+    then paid once per thread, not once per study. Closed (released) all at once."""
+
+    def __init__(self, peer: Peer, timeout: float = 600) -> None:
+        self._peer, self._timeout = peer, timeout
+        self._open: dict[int, tuple[ExitStack, Association]] = {}
+        self._lock = threading.Lock()
+
+    def current(self) -> Association:
+        """This thread's association, opened anew when it has none or lost it; PacsError
+        when the PACS cannot be associated with."""
+        key = threading.get_ident()
+        with self._lock:
+            held = self._open.pop(key, None)
+        if held is not None:
+            stack, association = held
+            if association.is_established:
+                with self._lock:
+                    self._open[key] = held
+                return association
+            stack.close()
+        stack = ExitStack()
+        association = stack.enter_context(associate(self._peer, MOVE_MODEL, self._timeout))
+        with self._lock:
+            self._open[key] = (stack, association)
+        return association
+
+    def close(self) -> None:
+        with self._lock:
+            held, self._open = list(self._open.values()), {}
+        for stack, _association in held:
+            stack.close()
 
 
 @dataclass

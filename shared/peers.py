@@ -1,4 +1,6 @@
-"""The PACS peers dcmdb talks to, from `DCMDB_PACS` or `DCMDB_PACS_FILE`."""
+"""The DICOM peers dcmdb talks to, from `DCMDB_PACS` or `DCMDB_PACS_FILE`: the PACS it
+retrieves from, and the scanners (``role: scanner``) whose studies the reconciliation
+(`shared.reconciliation`) looks for on the PACS before the scanner deletes them."""
 
 from __future__ import annotations
 
@@ -14,6 +16,10 @@ from pydantic import field_validator, model_validator
 from shared.settings import CommonSettings
 from shared.tls import check_pair, client_context, unset_if_empty
 
+#: An AE title as dcmdb accepts one: 1 to 16 printable ASCII characters, no backslash, not
+#: starting with a space (trailing spaces are padding, stripped before this check).
+AE_TITLE_PATTERN = r"[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]{0,15}"
+
 
 @dataclass(frozen=True)
 class Peer:
@@ -24,12 +30,21 @@ class Peer:
     calling_ae: str = "DCMDB"
     retrieve: Literal["move", "get"] = "move"
     tls: bool = False
+    # "pacs": retrieved from; "scanner": a console that keeps its studies `keeps_days` days.
+    role: Literal["pacs", "scanner"] = "pacs"
+    keeps_days: int = 14
+    # The AE title this peer knows dcmdb by as a move destination, when not DCMDB_AE_TITLE
+    # (a console set up with one of DCMDB_AE_ALIASES, say).
+    move_destination: str | None = None
     # Set by PacsSettings for a peer with tls: the context its associations use.
     tls_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for title in (self.ae_title, self.calling_ae):
-            if not re.fullmatch(r"[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]{0,15}", title):
+        titles = [self.ae_title, self.calling_ae]
+        if self.move_destination is not None:
+            titles.append(self.move_destination)
+        for title in titles:
+            if not re.fullmatch(AE_TITLE_PATTERN, title):
                 raise ValueError(f"{title!r} is not an AE title (1 to 16 characters)")
         if not self.host:
             raise ValueError("the host is empty")
@@ -37,6 +52,15 @@ class Peer:
             raise ValueError(f"port {self.port} is not between 1 and 65535")
         if self.retrieve not in ("move", "get"):
             raise ValueError(f"retrieve must be move or get, not {self.retrieve!r}")
+        if self.role not in ("pacs", "scanner"):
+            raise ValueError(f"role must be pacs or scanner, not {self.role!r}")
+        if not 1 <= self.keeps_days <= 3650:
+            raise ValueError(f"keeps_days {self.keeps_days} is not between 1 and 3650")
+
+    @property
+    def kind(self) -> str:
+        """What it is, as a message names it: "PACS" or "scanner"."""
+        return "scanner" if self.role == "scanner" else "PACS"
 
     def __str__(self) -> str:
         address = f"{self.ae_title}@{self.host}:{self.port}"
@@ -62,7 +86,8 @@ def parse_peers(text: str, calling_ae: str) -> list[Peer]:
 
 
 def load_peers_file(path: Path, calling_ae: str) -> list[Peer]:
-    """A YAML list of ``{name, ae_title, host, port, calling_ae?, retrieve?: move|get, tls?}``."""
+    """A YAML list of ``{name, ae_title, host, port, calling_ae?, retrieve?: move|get, tls?,
+    role?: pacs|scanner, keeps_days?, move_destination?}``."""
     entries = yaml.safe_load(path.read_text())
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a list of PACS")
@@ -75,24 +100,29 @@ def load_peers_file(path: Path, calling_ae: str) -> list[Peer]:
     return _unique(peers, str(path))
 
 
-_PEER_KEYS = {"name", "ae_title", "host", "port", "calling_ae", "retrieve", "tls"}
+_PEER_KEYS = {
+    "name",
+    "ae_title",
+    "host",
+    "port",
+    "calling_ae",
+    "retrieve",
+    "tls",
+    "role",
+    "keeps_days",
+    "move_destination",
+}
 
 
 def _peer_entry(entry: object, calling_ae: str) -> Peer:
     if not isinstance(entry, dict) or not {"name", "ae_title", "host", "port"} <= set(entry):
         raise ValueError("needs name, ae_title, host and port")
-    if unknown := set(entry) - {
-        "name",
-        "ae_title",
-        "host",
-        "port",
-        "calling_ae",
-        "retrieve",
-        "tls",
-    }:
+    if unknown := set(entry) - _PEER_KEYS:
         raise ValueError(f"unknown keys {sorted(unknown)}")
     if not isinstance(entry["port"], int):
         raise ValueError("port must be a number")
+    if not isinstance(entry.get("keeps_days", 14), int):
+        raise ValueError("keeps_days must be a number of days")
     if not isinstance(entry.get("tls", False), bool):
         raise ValueError("tls must be true or false")
     text = {key: str(value) for key, value in entry.items()}
@@ -104,6 +134,9 @@ def _peer_entry(entry: object, calling_ae: str) -> Peer:
         calling_ae=text.get("calling_ae", calling_ae),
         retrieve=cast(Literal["move", "get"], text.get("retrieve", "move")),
         tls=entry.get("tls", False),
+        role=cast(Literal["pacs", "scanner"], text.get("role", "pacs")),
+        keeps_days=entry.get("keeps_days", 14),
+        move_destination=text.get("move_destination"),
     )
 
 
@@ -117,7 +150,8 @@ def _unique(peers: list[Peer], source: str) -> list[Peer]:
 class PacsSettings(CommonSettings):
     # Comma-separated AETITLE@host:port entries, the first being the default.
     pacs: str = ""
-    # Or a YAML list of {name, ae_title, host, port, calling_ae, retrieve: move|get, tls}.
+    # Or a YAML list of {name, ae_title, host, port, calling_ae, retrieve: move|get, tls,
+    # role: pacs|scanner, keeps_days}.
     pacs_file: Path | None = None
     # For PACS reached over TLS: the CAs their certificates are checked against (default:
     # the system's), and dcmdb's own certificate for a PACS that asks for one.
@@ -132,7 +166,7 @@ class PacsSettings(CommonSettings):
     @model_validator(mode="after")
     def _valid_peers(self) -> Self:
         check_pair(self.pacs_tls_cert, self.pacs_tls_key, "PACS_TLS")
-        self.peers  # noqa: B018 - parses, so that a bad entry stops the start
+        self.all_peers  # noqa: B018 - parses, so that a bad entry stops the start
         return self
 
     def own_receiver_tls(self) -> ssl.SSLContext | None:
@@ -147,6 +181,16 @@ class PacsSettings(CommonSettings):
     @property
     def peers(self) -> list[Peer]:
         """Every configured PACS; the first is the default."""
+        return [peer for peer in self.all_peers if peer.role == "pacs"]
+
+    @property
+    def scanners(self) -> list[Peer]:
+        """The scanners the reconciliation checks against the PACS."""
+        return [peer for peer in self.all_peers if peer.role == "scanner"]
+
+    @property
+    def all_peers(self) -> list[Peer]:
+        """PACS and scanners alike, as configured."""
         peers = parse_peers(self.pacs, self.ae_title) if self.pacs.strip() else []
         if self.pacs_file is not None:
             try:
@@ -173,3 +217,11 @@ class PacsSettings(CommonSettings):
                 return peer
         known = ", ".join(p.name for p in peers)
         raise ValueError(f"no PACS named {name!r}; configured: {known}")
+
+    def scanner(self, name: str) -> Peer:
+        """The scanner called `name`; ValueError naming the known ones."""
+        for peer in self.scanners:
+            if peer.name == name:
+                return peer
+        known = ", ".join(p.name for p in self.scanners) or "none"
+        raise ValueError(f"no scanner named {name!r}; configured: {known}")

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from shared.catalog.models import (
     LISTED,
     Eviction,
+    InstanceHistory,
     NiftiOutput,
     RetrievalJob,
     RetrievalStudy,
@@ -226,7 +227,8 @@ def in_flight(session: Session, study_pks: list[int], now: datetime, stable_age:
 
 
 def study_sizes(session: Session, study_pks: list[int]) -> dict[int, int]:
-    """Bytes of each study's DICOM files and NIfTI volumes."""
+    """Bytes of each study's DICOM files and NIfTI volumes, and of the copies of its
+    instances that others replaced (kept in history/ until the study goes)."""
     sizes: dict[int, int] = {}
     dicom = select(Series.study_pk, func.coalesce(func.sum(Series.size_bytes), 0)).group_by(
         Series.study_pk
@@ -239,6 +241,14 @@ def study_sizes(session: Session, study_pks: list[int]) -> dict[int, int]:
     for query in (dicom, nifti):
         for pk, size in session.execute(query.where(Series.study_pk.in_(study_pks))):
             sizes[pk] = sizes.get(pk, 0) + int(size)
+    replaced = (
+        select(Study.id, func.coalesce(func.sum(InstanceHistory.old_size), 0))
+        .join(InstanceHistory, InstanceHistory.study_instance_uid == Study.study_instance_uid)
+        .where(Study.id.in_(study_pks))
+        .group_by(Study.id)
+    )
+    for pk, size in session.execute(replaced):
+        sizes[pk] = sizes.get(pk, 0) + int(size)
     return sizes
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog.models import LISTED, RetrievalJob, RetrievalStudy, Series, Study
 from shared.catalog.states import JobState
+from shared.catalog.types import now
 
-
-def now() -> datetime:
-    return datetime.now(UTC)
+# The origin of a job that fetches from a scanner what the PACS lacks (shared.rescue).
+RESCUE = "rescue"
 
 
 def new_job(

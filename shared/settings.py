@@ -35,6 +35,25 @@ METRICS_PORTS = {
 }
 
 
+def broker_addresses(urls: str) -> list[str]:
+    """The URLs in ``DCMDB_BROKER_URL``: one, or a cluster's nodes separated by commas."""
+    return [url.strip() for url in urls.split(",") if url.strip()]
+
+
+def incoming_folder_name(value: str) -> str:
+    """``value`` if it may name an incoming folder in the data directory."""
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", value) or value in {
+        "archive",
+        "quarantine",
+        "history",
+    }:
+        raise ValueError(
+            "must be one folder name of letters, digits, '.', '-' and '_' (not archive,"
+            " quarantine or history), not starting with '.'"
+        )
+    return value
+
+
 class CommonSettings(BaseSettings):
     """What every service needs: where the data lives, the catalog and the broker."""
 
@@ -58,6 +77,9 @@ class CommonSettings(BaseSettings):
     # sorter files by them, and a lab's retrievals take what they name.
     physician_aliases: Path | None = None
     database_url: str | None = None
+    # One URL, or the nodes of a RabbitMQ cluster separated by commas
+    # (shared.broker_connection.connect tries them in turn and moves to the next when its node
+    # goes away).
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Begins the name of each exchange and queue on the broker: installations sharing one
     # RabbitMQ virtual host never see each other's events.
@@ -78,6 +100,9 @@ class CommonSettings(BaseSettings):
     # Seconds without an arrival after which a series is complete (the sorter decides it;
     # retention leaves a study alone that received anything this recently).
     stable_age: float = Field(default=60.0, gt=0)
+    # Whether a copy of an instance dcmdb holds replaces the filed one (shared/overwrite.py):
+    # the receiver, STOW-RS and the sorter decide alike.
+    overwrite: Literal["never", "better", "always"] = "better"
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Self:
@@ -125,24 +150,16 @@ class CommonSettings(BaseSettings):
             raise ValueError("must be 1 to 16 ASCII characters without a backslash")
         return value
 
-    @field_validator("incoming_folder")
-    @classmethod
-    def _one_folder_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", value) or value in {
-            "archive",
-            "quarantine",
-        }:
-            raise ValueError(
-                "must be one folder name of letters, digits, '.', '-' and '_' (not archive or"
-                " quarantine), not starting with '.'"
-            )
-        return value
+    valid_incoming_folder = field_validator("incoming_folder")(incoming_folder_name)
 
     @field_validator("broker_url")
     @classmethod
     def _amqp_url(cls, value: str) -> str:
-        if not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("must start with amqp:// or amqps://")
+        urls = broker_addresses(value)
+        if not urls or not all(url.startswith(("amqp://", "amqps://")) for url in urls):
+            raise ValueError(
+                "must be one URL starting with amqp:// or amqps://, or several separated by commas"
+            )
         return value
 
     valid_installation = field_validator("installation")(installation_name)
@@ -158,6 +175,11 @@ class CommonSettings(BaseSettings):
     @property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
+
+    @property
+    def history_dir(self) -> Path:
+        """Replaced copies of instances (shared/overwrite.py), evicted with their study."""
+        return self.data_dir / "history"
 
     @property
     def keys_path(self) -> Path:
@@ -224,6 +246,14 @@ class StorageSettings(CommonSettings):
                 f"DCMDB_RETENTION_LOW_FREE ({low}): eviction stops at the target"
             )
         return self
+
+
+class ArrivalSettings(StorageSettings):
+    """What a process that takes instances into an incoming folder needs (the receiver by
+    C-STORE, the API by STOW-RS): the free-space floor, and how often it sweeps the folder
+    for instances not yet announced (`shared.announcing`)."""
+
+    sweep_interval: float = Field(default=60.0, gt=0)
 
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)

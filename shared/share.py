@@ -26,6 +26,7 @@ import logging
 import os
 import stat
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,16 +72,17 @@ def make_archive_root(root: Path) -> None:
     os.chmod(root, ROOT_MODE)
 
 
-def make_folder(path: Path) -> None:
-    """Make `path` and its missing parents, each 2750 in its parent's group. An existing
-    folder is left as it is (``dcmdb share`` mends old ones)."""
+def make_folder(path: Path, make_parent: Callable[[Path], None] | None = None) -> None:
+    """Make `path` and its missing parents (through `make_parent`, by default this), each
+    2750 in its parent's group. An existing folder is left as it is (``dcmdb share`` mends
+    old ones): one mkdir when it exists, as for every instance filed."""
     try:
         os.mkdir(path, _CREATED)
     except FileExistsError:
         return
     except FileNotFoundError:
-        make_folder(path.parent)
-        make_folder(path)
+        (make_parent or make_folder)(path.parent)
+        make_folder(path, make_parent)
         return
     settle_folder(path, os.stat(path.parent).st_gid)
 
@@ -138,16 +140,8 @@ class LabFolders:
         """Make `folder` (inside the archive) and its missing parents."""
         if folder.parent == self.root:
             self._make_lab_folder(folder)
-            return
-        try:
-            os.mkdir(folder, _CREATED)
-        except FileExistsError:
-            return
-        except FileNotFoundError:
-            self.make(folder.parent)
-            make_folder(folder)
-            return
-        settle_folder(folder, os.stat(folder.parent).st_gid)
+        else:
+            make_folder(folder, self.make)
 
     def _make_lab_folder(self, lab: Path) -> None:
         if lab.is_dir():

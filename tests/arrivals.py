@@ -19,11 +19,11 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.receiver.storage import received_time
 from services.sorter.filing import Filer
 from shared.catalog.models import Instance
 from shared.errors import UnreadableObject
 from shared.headers import Header, Identifiers
+from shared.incoming import received_time
 from shared.messages import InstanceReceived
 
 _clock = itertools.count(time.time_ns() // 10**6 * 10**6, 10**6)  # a millisecond apart

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+import httpx
 import psycopg
 import pytest
 
@@ -28,10 +28,16 @@ from services.sorter.filing import Filer
 from shared.catalog.database import open_catalog
 from shared.logs import configure_logging
 from tests.arrivals import Sorter
+from tests.broker_cluster import RABBITMQ_BIN, Cluster
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = REPO.parent / "shared" / "testdata" / "dicom"
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+RABBITMQ_MANAGEMENT = "http://127.0.0.1:15672/api"
+# The group (``shared_setup(shared_by=...)``) of the tests that use RabbitMQ nodes of the
+# session's own (`rabbitmq_node`, `rabbitmq_cluster`): one worker starts them, once.
+OWN_RABBITMQ = "tests.conftest.own-rabbitmq"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -69,15 +75,78 @@ def broker_url() -> Iterator[str]:
 
 
 def fresh_vhost() -> Iterator[str]:
-    rabbitmqctl = require_tool("rabbitmqctl")
+    """A virtual host made and removed through the management plugin's HTTP API
+    (scripts/prepare enables it): rabbitmqctl boots an Erlang VM for each call, about a
+    second of CPU, for every test."""
     vhost = f"dcmdb-test-{uuid.uuid4().hex[:10]}"
-    subprocess.run([rabbitmqctl, "-q", "add_vhost", vhost], check=True)
-    subprocess.run(
-        [rabbitmqctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
+    with httpx.Client(base_url=RABBITMQ_MANAGEMENT, auth=("guest", "guest"), timeout=60) as api:
+        try:
+            api.put(f"/vhosts/{vhost}").raise_for_status()
+        except httpx.ConnectError:
+            pytest.fail(f"RabbitMQ's management API does not answer at {RABBITMQ_MANAGEMENT}")
+        everything = {"configure": ".*", "write": ".*", "read": ".*"}
+        api.put(f"/permissions/{vhost}/guest", json=everything).raise_for_status()
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+        api.delete(f"/vhosts/{vhost}")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A three-node RabbitMQ cluster of the test session's own (tests/broker_cluster.py),
+    started from the installed rabbitmq-server; the machine's node is left alone."""
+    if not (RABBITMQ_BIN / "rabbitmq-server").is_file():
+        pytest.fail(f"rabbitmq-server is not installed in {RABBITMQ_BIN} (scripts/prepare --test)")
+    cluster = Cluster(
+        tmp_path_factory.mktemp("rabbitmq-cluster"),
+        f"dcmdb-test-{uuid.uuid4().hex[:6]}",
+        [(free_port(), free_port()) for _ in range(3)],
     )
-    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    subprocess.run([rabbitmqctl, "-q", "delete_vhost", vhost], check=False)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A RabbitMQ node of the test session's own, for the tests that stop and start
+    RabbitMQ: the machine's node, which every other test uses, is left running."""
+    if not (RABBITMQ_BIN / "rabbitmq-server").is_file():
+        pytest.fail(f"rabbitmq-server is not installed in {RABBITMQ_BIN} (scripts/prepare --test)")
+    node = Cluster(
+        tmp_path_factory.mktemp("rabbitmq-node"),
+        f"dcmdb-test-{uuid.uuid4().hex[:6]}",
+        [(free_port(), free_port())],
+    )
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def own_broker_url(rabbitmq_node: Cluster) -> Iterator[str]:
+    """A fresh virtual host on the session's own RabbitMQ node, running."""
+    yield from _vhost_on(rabbitmq_node)
+
+
+@pytest.fixture
+def cluster_urls(rabbitmq_cluster: Cluster) -> Iterator[str]:
+    """A fresh virtual host on the whole cluster, every node running: DCMDB_BROKER_URL with
+    each node's URL."""
+    yield from _vhost_on(rabbitmq_cluster)
+
+
+def _vhost_on(cluster: Cluster) -> Iterator[str]:
+    for node in cluster.nodes:  # one a test before took away and left so
+        if node not in cluster.running():
+            cluster.restart(node)
+    vhost = f"dcmdb-test-{uuid.uuid4().hex[:10]}"
+    cluster.add_vhost(vhost)
+    yield cluster.urls(vhost)
+    cluster.delete_vhost(vhost)
 
 
 def fresh_postgres_database() -> Iterator[str]:
@@ -137,25 +206,22 @@ def json_log() -> Iterator[JsonLog]:
     logging.captureWarnings(False)
 
 
-@pytest.fixture(autouse=True)
-def _alone_when_restarting_the_broker(request: pytest.FixtureRequest) -> None:
-    """A test that restarts RabbitMQ would break every test running beside it."""
-    alongside = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
-    if alongside and request.node.get_closest_marker("restarts_broker"):
-        pytest.fail("this test restarts RabbitMQ: run it alone, as scripts/test does")
-
-
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that share an expensive setup (a module's running dcmdb, a folder's conversion)
     run in one pytest-xdist worker, so that it is made once: scripts/test distributes by
     these groups (``--dist loadgroup``). A module says what its setup is keyed by with
-    ``pytest.mark.shared_setup(*parameter_names)``: one group per module and values."""
+    ``pytest.mark.shared_setup(*parameter_names)``: one group per module and values. A setup
+    of wider scope, used by several modules, is named by ``shared_by``: one group per name
+    and values, across the modules."""
     for item in items:
         marker = item.get_closest_marker("shared_setup")
         if marker is None:
             continue
         params = getattr(item, "callspec", None)
         values = [str(params.params[n]) for n in marker.args if params and n in params.params]
-        group = "-".join([item.module.__name__ if item.module else item.nodeid, *values])
+        owner = marker.kwargs.get("shared_by") or (
+            item.module.__name__ if item.module else item.nodeid
+        )
+        group = "-".join([owner, *values])
         item.add_marker(pytest.mark.xdist_group(group))

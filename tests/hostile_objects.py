@@ -21,8 +21,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from services.receiver.storage import PREAMBLE, FileMeta
 from shared.headers import ElementPlace
+from shared.incoming import PREAMBLE, FileMeta
 from tests.mutations import LengthField
 
 CANNOT_PARSE, MISSING_UID = 0xC210, 0xC211

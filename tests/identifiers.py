@@ -40,7 +40,10 @@ def patient_identifiers(files: list[Path]) -> set[str]:
             found |= {patient_id, safe_component(patient_id, "-")}
         if len(birth_date) == 8 and birth_date.isdigit():
             found |= {birth_date, f"{birth_date[:4]}-{birth_date[4:6]}-{birth_date[6:]}"}
-    return {v for v in found if len(v) >= SHORTEST and v not in NOT_TELLING}
+    # A value of separators alone (a name sent as "^^^^") identifies no one, and would be
+    # found in any traceback's ^^^^ underline.
+    telling = {v for v in found if any(c.isalnum() for c in v)}
+    return {v for v in telling if len(v) >= SHORTEST and v not in NOT_TELLING}
 
 
 def leaks(log: str, identifiers: set[str]) -> list[str]:

@@ -7,6 +7,8 @@ until it holds or the time is up, and then the test fails saying what it waited 
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -18,11 +20,36 @@ T = TypeVar("T")
 SLOW_POLL = 0.5  # seconds between reads of a whole catalog or listing
 
 
+# Ports for the tests' listeners lie below the kernel's ephemeral range (32768-60999 here):
+# a port the kernel hands out would be free when probed and may be an outgoing connection's
+# (to RabbitMQ, say) by the time a service binds it. Each pytest-xdist worker has a band of
+# its own, so that no two workers hand out the same port.
+PORT_BANDS = range(10_000, 32_000, 2_000)
+
+
+def _ports() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    start = PORT_BANDS[int(worker) % len(PORT_BANDS) if worker.isdigit() else 0]
+    # From a random place in the band: two test runs on one machine seldom meet.
+    offset = random.randrange(PORT_BANDS.step)
+    while True:
+        for i in range(PORT_BANDS.step):
+            yield start + (offset + i) % PORT_BANDS.step
+
+
+_next_port = _ports()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on now, and no other test is given."""
+    while True:
+        port = next(_next_port)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @contextmanager

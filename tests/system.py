@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.filereader import read_file_meta_info
 from sqlalchemy import Engine, create_engine, inspect, select
 from sqlalchemy.orm import Session, selectinload
@@ -226,9 +226,24 @@ class Dcmdb:
 
 
 @contextmanager
-def receiver_alone(root: Path, broker_url: str) -> Iterator[Dcmdb]:
+def everything(root: Path, broker_url: str, database_url: str, **env: str) -> Iterator[Dcmdb]:
+    """``dcmdb up`` on a data directory in ``root``, listening, with ``env`` added."""
+    system = Dcmdb(root / "data", broker_url, database_url, extra_env=env)
+    system.start("up")
+    try:
+        system.wait_until_listening()
+        yield system
+    finally:
+        system.stop()
+
+
+@contextmanager
+def receiver_alone(
+    root: Path, broker_url: str, env: dict[str, str] | None = None
+) -> Iterator[Dcmdb]:
     """``dcmdb receiver`` alone: what it accepts stays in incoming/ for a test to look at."""
     system = Dcmdb(root / "data", broker_url, f"sqlite:///{root / 'catalog.sqlite'}")
+    system.extra_env.update(env or {})
     system.start("receiver")
     try:
         system.wait_until_listening()
@@ -238,7 +253,12 @@ def receiver_alone(root: Path, broker_url: str) -> Iterator[Dcmdb]:
 
 
 def send_raw(port: int, path: Path, *, calling_ae: str = "RAWSCU") -> int:
-    """C-STORE the data set bytes of ``path`` exactly as they are in the file; the status.
+    """C-STORE the data set bytes of ``path`` exactly as they are in the file; the status."""
+    return int(send_raw_answer(port, path, calling_ae=calling_ae).Status)
+
+
+def send_raw_answer(port: int, path: Path, *, calling_ae: str = "RAWSCU") -> Dataset:
+    """C-STORE the data set bytes of ``path`` exactly as they are in the file; the answer.
 
     DCMTK refuses to send a malformed object, so hostile input goes through
     pynetdicom's chunked sending, which copies the bytes after the file meta
@@ -258,7 +278,7 @@ def send_raw(port: int, path: Path, *, calling_ae: str = "RAWSCU") -> int:
     try:
         status = assoc.send_c_store(path)
         assert "Status" in status, "no response to the C-STORE"
-        return int(status.Status)
+        return status
     finally:
         assoc.release()
 

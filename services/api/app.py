@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pydicom.config
 from fastapi import APIRouter, FastAPI, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
@@ -22,11 +23,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api import metrics
 from services.api.audit import AuditMiddleware
-from services.api.audit_trail import AuditTrail
+from services.api.dicomweb import router as dicomweb
+from services.api.dicomweb.landing import Landing
 from services.api.routes import (
     audit,
     downloads,
     operations,
+    reconciliation,
     retrievals,
     series,
     storage,
@@ -37,6 +40,7 @@ from services.api.schemas import Problem
 from services.api.settings import ApiSettings, is_loopback
 from services.api.studies import PhysicianDirectory
 from services.api.web import docs, site
+from shared.audit_trail import AuditTrail
 from shared.catalog.database import create_catalog_engine, open_catalog, session_factory
 from shared.keys import KeyRing
 from shared.monitoring import Dependency, broker_reachable, catalog_status
@@ -55,10 +59,17 @@ _ROUTERS: tuple[APIRouter, ...] = (
     storage.router,
     audit.router,
     webhooks.router,
+    reconciliation.router,
+    *dicomweb.ROUTERS,
 )
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
+    # The API serves what was received as it is: pydicom's checks of values would refuse
+    # to rewrite an odd one (DICOMweb's transcoding) or put it, a patient's ID perhaps, in
+    # a warning of the log.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     # What /readyz reports, in this order; the catalog is watched once it is open.
     catalog, broker = Dependency("catalog"), Dependency("broker")
     broker.watch(lambda: broker_reachable(settings.broker_url))
@@ -76,7 +87,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
         app.state.physicians = PhysicianDirectory(sessions)
         trail = AuditTrail(app.state.writer_sessions, settings.audit_days)
         app.state.audit_trail = trail.start()
+        app.state.landing = Landing(settings, sessions)
+        await app.state.landing.start()
         yield
+        await app.state.landing.stop()  # announces what waits, for a while
         trail.close()  # writes what it holds
         writer.dispose()
         engine.dispose()

@@ -12,12 +12,14 @@ more as it runs (the job it queued) adds it with `audit_note`, which needs no ar
 what it notes: the request is found in the context `AuditMiddleware` sets for it. The
 middleware completes the mark when the answer ends, or is cut, with the status and the
 bytes handed to the server, and gives it to the application's `AuditTrail`, which writes
-it behind (services/api/audit_trail.py). So a download records the bytes actually sent,
+it behind (shared/audit_trail.py). So a download records the bytes actually sent,
 however it is streamed, and no route has to measure anything.
 
 What is recorded: every answer of a marked route once its key passed (a request refused for
 its key, 401 or 403, is not). The UIDs only with an answer that succeeded: a UID that
-failed may be anything a caller typed into the path, a patient's ID included. Never a query
+failed may be anything a caller typed into the path, a patient's ID included. A request
+that stored instances (STOW-RS) is one record per study it stored into, whatever its
+answer. Never a query
 parameter or a body (a listing's filters, a retrieval's patient ID): only what the route
 hands over.
 """
@@ -26,15 +28,16 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import Depends, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.access import CallerDep
-from services.api.audit_trail import AuditRecord, AuditTrail
+from shared.audit_trail import AuditRecord, AuditTrail
 from shared.catalog.states import AuditAction
 from shared.keys import Caller
 
@@ -45,11 +48,14 @@ class _Mark:
     action: AuditAction
     path: dict[str, Any] = field(default_factory=dict)  # as typed: kept only on success
     noted: dict[str, Any] = field(default_factory=dict)
+    # The studies the route changed (stored instances into): one record each, whatever the
+    # answer, since the change stays whether or not the request as a whole succeeded.
+    changed: list[str] = field(default_factory=list)
 
-    def record(self, status: int, bytes_sent: int, client: str | None) -> AuditRecord:
+    def records(self, status: int, bytes_sent: int, client: str | None) -> list[AuditRecord]:
         known = {**self.path, **self.noted} if status < 400 else {}  # a form's 303 too
         job_id = known.get("job_id")
-        return AuditRecord(
+        record = AuditRecord(
             at=dt.datetime.now(dt.UTC),
             key_name=self.key_name,
             action=self.action,
@@ -60,6 +66,7 @@ class _Mark:
             bytes_sent=bytes_sent,
             client=client,
         )
+        return [replace(record, study_uid=uid) for uid in self.changed] or [record]
 
 
 @dataclass
@@ -102,15 +109,17 @@ def audit_note(
     study_uid: str | None = None,
     job_id: int | None = None,
     action: AuditAction | None = None,
+    changed: Sequence[str] = (),
 ) -> None:
     """What an audited route learnt as it ran: the study it acted on, the job it queued,
-    or what it did after all (a form that pins or unpins). Called from a request that is
-    not audited, it notes nothing."""
+    what it did after all (a form that pins or unpins), or the studies it changed (one
+    record each). Called from a request that is not audited, it notes nothing."""
     answering = _answering.get()
     if answering is None or answering.mark is None:
         return
     if action is not None:
         answering.mark.action = action
+    answering.mark.changed.extend(changed)
     answering.mark.noted.update(
         {
             name: value
@@ -152,4 +161,6 @@ class AuditMiddleware:
             if answering.mark is not None:
                 client = scope.get("client")
                 trail: AuditTrail = scope["app"].state.audit_trail
-                trail.add(answering.mark.record(status, sent, client[0] if client else None))
+                peer = client[0] if client else None
+                for record in answering.mark.records(status, sent, peer):
+                    trail.add(record)

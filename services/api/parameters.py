@@ -75,6 +75,20 @@ def utc_time(text: str) -> dt.datetime:
     return moment.astimezone(dt.UTC) if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
+ISO_DAY_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+
+
+def optional_day(text: str | None) -> dt.date | None:
+    """An ISO 8601 day (2024-05-01) of an optional parameter; nothing else reads as one (no
+    number of seconds, as pydantic's own date would take)."""
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a day such as 2024-05-01") from None
+
+
 def optional_utc_time(text: str | None) -> dt.datetime | None:
     """`utc_time` of an optional parameter."""
     return None if text is None else utc_time(text)

@@ -1,4 +1,5 @@
-"""A preview of a series: its middle image as a PNG.
+"""A preview of a series: its middle image as a PNG; and the 8-bit pixels of any frame, which
+DICOMweb's rendered images encode (services/api/dicomweb/rendered.py).
 
 The image is chosen from the headers alone (read without the pixel data): the images are put
 in slice order and the middle one is taken, and the middle frame of a multi-frame object.
@@ -52,7 +53,13 @@ class _Image:
 
 
 def render_preview(files: Sequence[Path]) -> bytes:
-    """The PNG of the middle image of the series made of `files` (in any order).
+    """The PNG of the middle image of the series made of `files` (in any order)."""
+    return _png(middle_image(files))
+
+
+def middle_image(files: Sequence[Path]) -> np.ndarray:
+    """The 8-bit grey (rows, columns) or RGB (rows, columns, 3) pixels of the middle image of
+    the series made of `files` (in any order).
 
     Unreadable files are skipped; an image whose pixel data cannot be decoded gives way to
     the next one nearest the middle. Raises PreviewUnavailable when no image is left.
@@ -60,14 +67,28 @@ def render_preview(files: Sequence[Path]) -> bytes:
     images = _in_slice_order(_read_images(files))
     while images:
         image = images.pop(len(images) // 2)
-        frame = image.middle_frame
         try:
-            pixels = _decode(image, frame)
-        except Exception as exc:  # noqa: BLE001 - whatever the decoders make of bad data
-            log.warning("preview: an image could not be decoded (%s)", type(exc).__name__)
+            return _rendered(image, image.middle_frame)
+        except PreviewUnavailable:
             continue
-        return _png(_to_8bit(pixels, image.header, frame))
     raise PreviewUnavailable("the series has no image with pixel data")
+
+
+def frame_image(path: Path, frame: int) -> np.ndarray:
+    """The 8-bit pixels of one frame (0-based) of the image at `path`, as `middle_image`."""
+    images = _read_images([path])
+    if not images:
+        raise PreviewUnavailable("the instance is no image with pixel data")
+    return _rendered(images[0], frame)
+
+
+def _rendered(image: _Image, frame: int) -> np.ndarray:
+    try:
+        pixels = _decode(image, frame)
+    except Exception as exc:  # noqa: BLE001 - whatever the decoders make of bad data
+        log.warning("preview: an image could not be decoded (%s)", type(exc).__name__)
+        raise PreviewUnavailable("the image could not be decoded") from None
+    return _to_8bit(pixels, image.header, frame)
 
 
 def _read_images(files: Sequence[Path]) -> list[_Image]:

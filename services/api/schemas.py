@@ -96,8 +96,27 @@ class SeriesSummary(_Model):
     nifti: Nifti
 
 
+class ReplacedCopy(_Model):
+    """A filed copy of one of the study's instances that a newer copy replaced
+    (DCMDB_OVERWRITE), kept under history/ in the data directory until the study is evicted."""
+
+    sop_instance_uid: str
+    replaced_at: datetime
+    reason: str = Field(description="Why the other copy replaced it")
+    kept_path: str = Field(description="The replaced copy, relative to history/")
+    old_received_at: datetime
+    old_calling_ae: str = Field(description="Who sent the replaced copy")
+    old_size_bytes: int
+    new_received_at: datetime
+    new_calling_ae: str = Field(description="Who sent the copy filed in its place")
+    new_size_bytes: int
+
+
 class StudyDetail(StudySummary):
     series: list[SeriesSummary]
+    replaced: list[ReplacedCopy] = Field(
+        default_factory=list, description="Copies of its instances replaced by others, oldest first"
+    )
 
 
 class Physician(_Model):
@@ -248,18 +267,21 @@ class PacsCheck(_Model):
 
 
 class AuditEntry(_Model):
-    """One answer of the API that read patient data or changed something."""
+    """One answer of the API that read patient data or changed something, or a desktop's
+    C-MOVE or C-GET of a study."""
 
     id: int
     at: datetime = Field(description="When the answer ended (or was cut)")
-    key_name: str = Field(description="The name of the API key")
+    key_name: str = Field(description="The name of the API key, or desktop:<AE title>")
     action: AuditAction
     study_uid: str | None
     series_uid: str | None
     job_id: int | None = Field(description="The retrieval job queued or cancelled")
-    status: int = Field(description="The HTTP status answered")
+    status: int = Field(description="The HTTP status answered; the final DIMSE status")
     bytes_sent: int = Field(description="Body bytes handed to the server, fewer when cut")
     client: str | None = Field(description="The client's address")
+    instances: int | None = Field(default=None, description="Instances a C-MOVE or C-GET sent")
+    destination: str | None = Field(default=None, description="The AE title a C-MOVE sent to")
 
 
 class AuditPage(_Model):

@@ -6,15 +6,16 @@ import ipaddress
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 
 from shared import keys as key_file
 from shared.keys import Scope
 from shared.peers import PacsSettings
-from shared.settings import StorageSettings
+from shared.settings import ArrivalSettings, incoming_folder_name
 
 
-class ApiSettings(PacsSettings, StorageSettings):  # GET /storage shows the thresholds
+# GET /storage shows the thresholds; STOW-RS refuses instances below DCMDB_MIN_FREE.
+class ApiSettings(PacsSettings, ArrivalSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     # Comma-separated KEY:SCOPE pairs, scope "read" or "admin": keys that see every lab,
@@ -30,11 +31,36 @@ class ApiSettings(PacsSettings, StorageSettings):  # GET /storage shows the thre
     session_secret: SecretStr | None = Field(default=None, min_length=32)
     # How long a sign-in on the web page lasts.
     session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    # STOW-RS (services/api/dicomweb/stow.py): the API's incoming folder in the data
+    # directory (with several workers, each takes the first free of it, <it>-2, <it>-3, ...),
+    # the largest request body, and the largest instance, which is held in memory whole.
+    stow_folder: str = "incoming-stow"
+    stow_max_request: ByteSize = ByteSize(4_000_000_000)
+    stow_max_instance: ByteSize = ByteSize(1_000_000_000)
+
+    valid_stow_folder = field_validator("stow_folder")(incoming_folder_name)
 
     @field_validator("session_secret", mode="before")
     @classmethod
     def _empty_secret_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @property
+    def stow_folders(self) -> list[str]:
+        """The incoming folders of the API's worker processes, one each."""
+        return [self.stow_folder] + [
+            f"{self.stow_folder}-{n}" for n in range(2, self.api_workers + 1)
+        ]
+
+    @model_validator(mode="after")
+    def _stow_folders_of_their_own(self) -> Self:
+        if self.incoming_folder in self.stow_folders:
+            raise ValueError(
+                f"DCMDB_INCOMING_FOLDER ({self.incoming_folder}) is one of the API's STOW-RS "
+                f"folders ({self.stow_folder}...): each process takes instances into a folder "
+                "of its own"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_keys(self) -> Self:

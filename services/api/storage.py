@@ -58,14 +58,14 @@ def storage_report(
     )
 
 
-def set_pinned(session: Session, study_uid: str, pinned: bool, labs: frozenset[str] | None) -> bool:
-    """Pin or unpin a listed study of `labs` (None: any); False when there is none."""
-    of_labs = [] if labs is None else [Study.physician_folder.in_(sorted(labs))]
+def set_pinned(session: Session, study_uid: str, pinned: bool) -> bool:
+    """Pin or unpin a listed study; False when there is no such study. Admin keys see
+    every lab (`shared.keys`), so no lab narrows it."""
     with session.begin():
         # Conditional: a study retention marked evicting meanwhile is gone already.
         changed = session.execute(
             update(Study)
-            .where(Study.study_instance_uid == study_uid, LISTED, *of_labs)
+            .where(Study.study_instance_uid == study_uid, LISTED)
             .values(pinned=pinned)
             .execution_options(synchronize_session=False)
         )

@@ -24,22 +24,16 @@ from services.api.schemas import (
     Nifti,
     NiftiFile,
     Physician,
+    ReplacedCopy,
     SeriesSummary,
     StudyDetail,
     StudySummary,
 )
-from shared.catalog.models import LISTED, Instance, Patient, Series, Study
+from shared.catalog.models import Instance, InstanceHistory, Patient, Series, Study, of_labs
 from shared.catalog.states import ConversionState
 from shared.naming import physician_folder
 
 SORT_KEYS = {"received": Study.received_at, "study_date": Study.study_date}
-
-
-def of_labs(labs: frozenset[str] | None) -> list[ColumnElement[bool]]:
-    """The conditions of a listed study that these labs see (None: every lab)."""
-    if labs is None:
-        return [LISTED]
-    return [LISTED, Study.physician_folder.in_(sorted(labs))]
 
 
 @dataclass(frozen=True)
@@ -227,7 +221,31 @@ def study_detail(
     return StudyDetail(
         **summary.model_dump(),
         series=[_series_summary(s, study_uid, folder) for s in series],
+        replaced=_replaced(session, study_uid),
     )
+
+
+def _replaced(session: Session, study_uid: str) -> list[ReplacedCopy]:
+    rows = session.scalars(
+        select(InstanceHistory)
+        .where(InstanceHistory.study_instance_uid == study_uid)
+        .order_by(InstanceHistory.id)
+    )
+    return [
+        ReplacedCopy(
+            sop_instance_uid=row.sop_instance_uid,
+            replaced_at=row.replaced_at,
+            reason=row.reason,
+            kept_path=row.kept_path,
+            old_received_at=row.old_received_at,
+            old_calling_ae=row.old_calling_ae,
+            old_size_bytes=row.old_size,
+            new_received_at=row.new_received_at,
+            new_calling_ae=row.new_calling_ae,
+            new_size_bytes=row.new_size,
+        )
+        for row in rows
+    ]
 
 
 def find_study(session: Session, study_uid: str, labs: frozenset[str] | None) -> Study | None:

@@ -43,8 +43,14 @@ TOOLS = {
     "download": Command("services.commands.download:download", "download a study through the API"),
     "retrieve": Command("services.commands.pacs:retrieve", "fetch studies from the PACS"),
     "pacs-check": Command("services.commands.pacs:pacs_check", "compare a study with the PACS"),
+    "reconcile": Command(
+        "services.commands.reconcile:main", "find what the PACS lacks of the scanners' studies"
+    ),
     "reconvert": Command("services.commands.reconvert:main", "convert series to NIfTI again"),
     "keys": Command("services.commands.keys:main", "add, list or revoke API keys and their labs"),
+    "desktops": Command(
+        "services.commands.desktops:main", "add, list or remove the labs' DICOM desktops"
+    ),
     "share": Command(
         "services.commands.share:main", "give the lab folders their Unix groups and modes"
     ),

@@ -63,6 +63,8 @@ def _add(
         )
     except ValidationError as exc:
         problem = exc.errors()[0]
+        if not problem["loc"]:  # the entry as a whole: an admin key of some labs
+            parser.error(f"--scope admin: {problem['msg'].removeprefix('Value error, ')}")
         field = "NAME" if problem["loc"][0] == "name" else "--lab"
         parser.error(f"{field}: {_what_fits(field)}")
     with keys.editing(path) as document:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import httpx
 from sqlalchemy import Select, exists, func, or_, select, update
@@ -26,6 +26,7 @@ from sqlalchemy.orm import aliased
 
 from services.notifier.catalog import Catalog
 from shared.catalog.states import DeliveryState
+from shared.catalog.types import now
 from shared.catalog.webhooks import Webhook, WebhookDelivery
 from shared.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 from shared.webhooks import signature as sign
@@ -34,10 +35,6 @@ log = logging.getLogger("dcmdb.notifier")
 
 D = WebhookDelivery
 _ERROR_LENGTH = 500
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

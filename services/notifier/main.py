@@ -17,7 +17,7 @@ import logging
 
 import httpx
 
-from services.notifier import delivery, metrics, recognition
+from services.notifier import delivery, metrics, recognition, reconciliation
 from services.notifier.catalog import Catalog, transient
 from services.notifier.delivery import Backoff, Claimed
 from services.notifier.payloads import Links
@@ -54,7 +54,7 @@ class Notifier:
             self._wake.set()
 
     async def watch_retrievals(self) -> None:
-        """Recognise the retrieval jobs that ended, until cancelled."""
+        """Recognise the retrieval jobs and reconciliations that ended, until cancelled."""
         while True:
             try:
                 made = await asyncio.to_thread(
@@ -69,7 +69,21 @@ class Notifier:
             if made:
                 log.info("%d webhook deliveries for finished retrievals", made)
                 self._wake.set()
+            await self._watch_checks()
             await asyncio.sleep(self.settings.webhook_poll_interval)
+
+    async def _watch_checks(self) -> None:
+        """Recognise the scanners' checks that ended with studies the PACS lacks."""
+        try:
+            made = await asyncio.to_thread(
+                reconciliation.finished_checks, self.catalog, self.settings.admin_webhook_lab
+            )
+        except Exception as exc:  # the catalog is away: the next look retries
+            log.warning("looking for finished reconciliations failed (%s); retrying", exc)
+            made = 0
+        if made:
+            log.info("%d webhook deliveries for studies the PACS lacks", made)
+            self._wake.set()
 
     async def deliver(self) -> None:
         """Send due deliveries, a few at once, until cancelled; then let those in flight

@@ -26,7 +26,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import exists, select
@@ -44,15 +44,12 @@ from shared.catalog.states import (
     StudyRetrievalState,
     WebhookEvent,
 )
+from shared.catalog.types import now
 from shared.catalog.webhooks import NotifiedRetrieval, Webhook, WebhookDelivery
 from shared.messages import SeriesConverted, SeriesFailed, SeriesSkipped
 
 FINISHED_JOBS = tuple(state for state in JobState if state.finished)
 _DONE = (ConversionState.CONVERTED, ConversionState.SKIPPED)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

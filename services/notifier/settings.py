@@ -26,6 +26,9 @@ class NotifierSettings(CommonSettings):
     # Put before the API links of a delivery (/studies/<uid>): the API's address as the
     # labs reach it, e.g. https://dcmdb.example.org; empty: the links are paths.
     webhook_link_base: str = ""
+    # Webhooks registered for this lab name are the admins': they hear of every lab's
+    # studies the PACS lacks (reconciliation.missing).
+    admin_webhook_lab: str = Field(default="dcmdb-admins", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     metrics_port: int = metrics_port("notifier")
 
     @model_validator(mode="after")

@@ -97,6 +97,7 @@ class StorageServer(ThreadedAssociationServer):
     handshake_timeout: float = 30.0
     slots: dict[Any, Slot]
     refused: set[Any]
+    services: dict[type, Any]  # see transport/reactor.py: requests the server serves itself
     lingerer: _Lingerer
     # socketserver's 5 lets a burst of connections overflow the accept queue,
     # where they are dropped unanswered instead of being admitted or refused.
@@ -109,7 +110,9 @@ class StorageServer(ThreadedAssociationServer):
 
     def server_close(self) -> None:
         super().server_close()
-        self.lingerer.stop()
+        # Not there when binding failed (the port is taken): that error is the one to show.
+        if (lingerer := getattr(self, "lingerer", None)) is not None:
+            lingerer.stop()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = cast(socket.socket, self.socket).accept()

@@ -42,6 +42,13 @@ ASSOCIATIONS = Counter(
 )
 for _outcome in ("released", "aborted", "rejected"):
     ASSOCIATIONS.labels(_outcome)  # exported at 0 from the start
+QUERIES = Counter(
+    "dcmdb_receiver_queries_total",
+    "C-FIND requests, by level (none when refused before it was read) and outcome: answered,"
+    " cancelled, refused (not a desktop, or an identifier dcmdb does not answer), failed",
+    ["level", "outcome"],
+)
+QUERY_MATCHES = Counter("dcmdb_receiver_query_matches_total", "C-FIND matches sent", ["level"])
 DISK_FREE = Gauge(
     "dcmdb_disk_free_bytes", "Free bytes on the filesystem of a data directory", ["directory"]
 )

@@ -8,19 +8,20 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from shared.settings import StorageSettings, metrics_port
+from shared.settings import ArrivalSettings, metrics_port
 
 log = logging.getLogger(__name__)
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
-class ReceiverSettings(StorageSettings):  # DCMDB_MIN_FREE
+class ReceiverSettings(ArrivalSettings):  # DCMDB_MIN_FREE, DCMDB_SWEEP_INTERVAL
     dicom_host: str = "0.0.0.0"
+    # Other AE titles dcmdb answers to, besides DCMDB_AE_TITLE (a renamed node's old title).
+    ae_aliases: CommaList = ()
     allowed_calling_aes: CommaList = ()
     allowed_hosts: CommaList = ()
     maximum_pdu_size: int = Field(default=1_048_576, ge=4096, le=64 * 1_048_576)
-    sweep_interval: float = Field(default=60.0, gt=0)
     network_timeout: float = Field(default=60.0, gt=0)
     # From connecting to a complete association request (and a TLS handshake).
     acse_timeout: float = Field(default=30.0, gt=0)
@@ -29,12 +30,17 @@ class ReceiverSettings(StorageSettings):  # DCMDB_MIN_FREE
     max_associations_per_host: int = Field(default=16, ge=1, le=1000)
     metrics_port: int = metrics_port("receiver")
 
-    @field_validator("allowed_calling_aes", "allowed_hosts", mode="before")
+    @field_validator("ae_aliases", "allowed_calling_aes", "allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @property
+    def own_ae_titles(self) -> frozenset[str]:
+        """The called AE titles dcmdb accepts associations for."""
+        return frozenset({self.ae_title, *self.ae_aliases})
 
     def warn_if_open(self) -> None:
         if not self.allowed_calling_aes:

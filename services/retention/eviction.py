@@ -9,10 +9,11 @@ and the next round (of this or another retention process) finishes the job:
 2. ``remove_files``: under the study row's lock, its folder (instances and ``nifti/``)
    is renamed into ``.evicting/`` in the archive root, then deleted from there. The
    rename happens only while the row exists, so a folder the sorter makes again for the
-   same study after step 3 is never touched;
+   same study after step 3 is never touched. The copies of its instances that others
+   replaced (``history/<lab>/<study>/``, `shared.overwrite`) are deleted under the lock;
 3. ``close``, one transaction: every catalog row of the study (instances, NIfTI outputs,
-   series, expected counts, the study, and its patient when no other study is left)
-   deleted and the `Eviction` row closed; ``study.evicted`` is published afterwards
+   series, expected counts, replaced copies, the study, and its patient when no other
+   study is left) deleted and the `Eviction` row closed; ``study.evicted`` is published afterwards
    (an outbox: see `announce_next`).
 """
 
@@ -37,6 +38,7 @@ from shared.catalog.models import (
     Eviction,
     ExpectedSeries,
     Instance,
+    InstanceHistory,
     NiftiOutput,
     Patient,
     Series,
@@ -109,13 +111,18 @@ def unfinished(sessions: sessionmaker[Session]) -> list[int]:
         )
 
 
-def finish(sessions: sessionmaker[Session], archive: Path, eviction_id: int) -> Evicted | None:
-    """Steps 2 and 3; None when another retention process closed it first."""
-    remove_files(sessions, archive, eviction_id)
+def finish(
+    sessions: sessionmaker[Session], archive: Path, eviction_id: int, history: Path | None = None
+) -> Evicted | None:
+    """Steps 2 and 3; None when another retention process closed it first. ``history``: the
+    data directory's folder of replaced copies (none there when None)."""
+    remove_files(sessions, archive, eviction_id, history)
     return close(sessions, eviction_id)
 
 
-def remove_files(sessions: sessionmaker[Session], archive: Path, eviction_id: int) -> None:
+def remove_files(
+    sessions: sessionmaker[Session], archive: Path, eviction_id: int, history: Path | None = None
+) -> None:
     trash = archive / TRASH / str(eviction_id)
     with sessions.begin() as session:
         eviction = session.get(Eviction, eviction_id)
@@ -128,6 +135,13 @@ def remove_files(sessions: sessionmaker[Session], archive: Path, eviction_id: in
             os.rename(folder, trash)
         with contextlib.suppress(OSError):  # not empty: other studies of the lab
             lab.rmdir()
+        if history is not None:  # small, and on a disk of its own perhaps: deleted in place
+            replaced = resolve_under(history, eviction.physician_folder, eviction.folder)
+            shutil.rmtree(replaced, ignore_errors=True)
+            if replaced.exists():
+                raise OSError(f"cannot delete {replaced}")
+            with contextlib.suppress(OSError):
+                replaced.parent.rmdir()
     shutil.rmtree(trash, ignore_errors=True)  # another process may be deleting it too
     if trash.exists():
         raise OSError(f"cannot delete {trash}")
@@ -157,6 +171,11 @@ def close(sessions: sessionmaker[Session], eviction_id: int) -> Evicted | None:
         session.execute(
             delete(ExpectedSeries).where(
                 ExpectedSeries.study_instance_uid == study.study_instance_uid
+            )
+        )
+        session.execute(
+            delete(InstanceHistory).where(
+                InstanceHistory.study_instance_uid == study.study_instance_uid
             )
         )
         patient_pk = study.patient_pk

@@ -47,6 +47,7 @@ class Retention:
         measure: Callable[[Path], DiskUsage] = disk_usage,
     ) -> None:
         self.archive = settings.archive_root
+        self.history = settings.history_dir
         self.sessions = sessions
         self.policy = Policy.of(settings)
         self.stable_age = settings.stable_age
@@ -99,7 +100,7 @@ class Retention:
         return done
 
     def _finish(self, eviction_id: int) -> Evicted | None:
-        evicted = eviction.finish(self.sessions, self.archive, eviction_id)
+        evicted = eviction.finish(self.sessions, self.archive, eviction_id, self.history)
         if evicted is not None:
             EVICTIONS.labels(evicted.reason).inc()
             EVICTED_BYTES.labels(evicted.reason).inc(evicted.size_bytes)

@@ -4,7 +4,9 @@ They then take the path of every other arrival: made durable in ``incoming/``, a
 filed, converted. The PACS is told 0x0000 for an instance only once the receiver said so;
 anything else fails that sub-operation (see `shared.pacs`), so nothing is lost on the way.
 The instance is sent exactly as the PACS encoded it: one association per SOP class and
-transfer syntax, opened when first needed.
+transfer syntax, opened when first needed. Each C-STORE names dcmdb as its move originator,
+as a PACS does for the sub-operations of dcmdb's C-MOVE: the receiver answers it once
+written, and the job's sync at its end makes it durable (`shared.unsynced`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pynetdicom.association import Association
 from shared.dimse_status import SUCCESS
 from shared.errors import PacsError
 from shared.pacs import tuned_requestor
+
+_OWN_GET = 1  # the Move Originator Message ID of what dcmdb retrieved by C-GET
 
 
 class Forwarder:
@@ -47,7 +51,9 @@ class Forwarder:
             write_file_meta_info(handle, meta, enforce_standard=True)  # type: ignore[arg-type]
             handle.write(dataset)
         try:
-            status = association.send_c_store(path)
+            status = association.send_c_store(
+                path, originator_aet=self._ae_title, originator_id=_OWN_GET
+            )
         finally:
             path.unlink(missing_ok=True)
         code = getattr(status, "Status", None)

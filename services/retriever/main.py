@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from services.retriever import metrics, nightly
+from services.retriever import metrics, nightly, reconciling
 from services.retriever.runner import JobRunner
 from services.retriever.settings import RetrieverSettings
 from shared import retrievals
@@ -39,10 +39,14 @@ def run(settings: RetrieverSettings, side: SidePort, stop: Stop) -> None:
         log.warning("no PACS configured (DCMDB_PACS): there is nothing to retrieve from")
     elif settings.nightly_retrieve.strip():
         log.info("nightly retrieval at '%s'", settings.nightly_retrieve)
+    if settings.scanners and settings.nightly_reconcile.strip() and settings.rescue != "off":
+        names = ", ".join(scanner.name for scanner in settings.scanners)
+        log.info("scanners %s checked against the PACS at '%s'", names, settings.nightly_reconcile)
     try:
         while not stop.is_set():
             try:
                 nightly.schedule(settings, sessions)
+                reconciling.schedule(settings, sessions)
                 job_id = retrievals.claim(sessions, settings.job_lease)
                 if job_id is not None:
                     runner.run(job_id)

@@ -19,6 +19,7 @@ from shared.logs import about
 from shared.messages import SORTER_QUEUE, InstanceFiled, InstanceReceived, SeriesCompleted
 from shared.monitoring import SidePort, broker_status, catalog_status
 from shared.outbox import publishing_from_thread
+from shared.overwrite import OverwritePolicy
 from shared.service import Stop, serve
 
 log = logging.getLogger("dcmdb.sorter")
@@ -40,6 +41,8 @@ async def run(settings: SorterSettings, side: SidePort, stop: Stop) -> None:
         settings.quarantine_dir,
         aliases,
         keys_file=settings.keys_path,
+        policy=OverwritePolicy(settings.overwrite),
+        history_dir=settings.history_dir,
     )
     connection = await connect(settings.broker_url, name="dcmdb-sorter")
     publisher = Publisher(connection, settings.topology)

@@ -24,8 +24,10 @@ QUEUE_SAMPLE_INTERVAL = 5.0  # seconds; Prometheus scrapes every 15
 
 INSTANCES = Counter(
     "dcmdb_sorter_instances_total",
-    "Received instances handled: filed, replaced (newer copy, other bytes), duplicate "
-    "(filed already, or an older copy), quarantined (unreadable)",
+    "Received instances handled: filed, replaced (a copy that replaces the filed one, which is "
+    "kept in history/), duplicate (filed already, or an older copy kept in history/), "
+    "quarantined (unreadable, a copy that does not replace the filed one, or an instance of "
+    "a study filed under another lab)",
     ["outcome"],
 )
 BATCH_SECONDS = Histogram(

@@ -14,7 +14,14 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.catalog.models import ExpectedSeries, Instance, Patient, Series, Study
+from shared.catalog.models import (
+    ExpectedSeries,
+    Instance,
+    InstanceHistory,
+    Patient,
+    Series,
+    Study,
+)
 from shared.catalog.states import Completion, ConversionState
 from shared.errors import TransientError
 from shared.headers import Header
@@ -81,6 +88,20 @@ class BatchRows:
             self.instances[sop_instance_uid] = row
         return row
 
+    def lab_of(self, study_uid: str) -> str | None:
+        """The lab folder the study is filed under; None when it is not filed yet."""
+        study = self._studies.get(study_uid)
+        return study.physician_folder if study is not None else None
+
+    def add_history(self, row: InstanceHistory) -> None:
+        """Record a copy kept in history/, once (a filing done again finds it recorded)."""
+        recorded = select(InstanceHistory.id).where(
+            InstanceHistory.sop_instance_uid == row.sop_instance_uid,
+            InstanceHistory.old_sha256 == row.old_sha256,
+        )
+        if self._session.scalar(recorded) is None:
+            self._session.add(row)
+
     def study(self, uid: str, header: Header, received_at: datetime) -> Study:
         study = self._studies.get(uid) or self._create_study(uid, header, received_at)
         study.last_received_at = max(study.last_received_at, received_at)
@@ -118,6 +139,7 @@ class BatchRows:
             study_time=header.text("StudyTime") or None,
             description=header.text("StudyDescription"),
             accession_number=header.text("AccessionNumber"),
+            study_id=header.text("StudyID"),
             received_at=received_at,
             last_received_at=received_at,
         )
@@ -159,7 +181,12 @@ class BatchRows:
         patient_id = header.text("PatientID")
         patient = self._session.scalar(select(Patient).where(Patient.patient_id == patient_id))
         if patient is None:
-            patient = Patient(patient_id=patient_id, patient_name=header.text("PatientName"))
+            patient = Patient(
+                patient_id=patient_id,
+                patient_name=header.text("PatientName"),
+                birth_date=header.text("PatientBirthDate"),
+                sex=header.text("PatientSex"),
+            )
             self._add(patient)
         return patient
 

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +27,26 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_KEY = 0x64636D6462
 
 
-def create_catalog_engine(url: str, *, writer: bool = False) -> Engine:
+def create_catalog_engine(url: str, *, writer: bool = False, pooled: bool = True) -> Engine:
     """An engine with the settings dcmdb relies on for each backend.
 
     ``writer``: on SQLite, every transaction takes the write lock when it
     begins (BEGIN IMMEDIATE), so that several writing processes queue up
     instead of failing with "database is locked" when a reader turns writer.
+    ``pooled=False``: no pool (nor its ping); for a caller that keeps its connections.
     """
     parsed = make_url(url)
+    pool: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             _owner_only(Path(parsed.database))
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _begin_immediate if writer else _begin)
         return engine
     if parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, **(pool or {"pool_pre_ping": True}))
 
 
 def _owner_only(database: Path) -> None:

@@ -12,12 +12,15 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    ColumnElement,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
     UniqueConstraint,
+    func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql.expression import false as sa_false
@@ -47,10 +50,16 @@ class Base(DeclarativeBase):
 
 class Patient(Base):
     __tablename__ = "patients"
+    # Names match in any case: DICOMweb's PatientName (a whole name, or its start).
+    __table_args__ = (Index("ix_patients_patient_name_lower", func.lower(text("patient_name"))),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     patient_id: Mapped[str] = mapped_column(String, unique=True)  # "" when absent
     patient_name: Mapped[str] = mapped_column(String, default="")
+    # As the first instance of the patient said ("" when it did not); None for patients
+    # filed before they were recorded (migration 0011): a C-FIND reads those from a file.
+    birth_date: Mapped[str | None] = mapped_column(String)  # YYYYMMDD
+    sex: Mapped[str | None] = mapped_column(String)
 
     studies: Mapped[list[Study]] = relationship(back_populates="patient")
 
@@ -66,6 +75,16 @@ class Study(Base):
         Index("ix_studies_physician_received_at", "physician_folder", "received_at", "id"),
         # The API resolves a physician filter from these pairs, read off this index alone.
         Index("ix_studies_physician_names", "physician_folder", "physician_name"),
+        # A patient's studies by date, within a lab, listed or not: a DICOMweb search by
+        # name sorts its page from this index alone.
+        Index(
+            "ix_studies_patient_listing",
+            "patient_pk",
+            "study_date",
+            "id",
+            "physician_folder",
+            "evicting_at",
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -78,6 +97,7 @@ class Study(Base):
     study_time: Mapped[str | None] = mapped_column(String)
     description: Mapped[str] = mapped_column(String, default="")
     accession_number: Mapped[str] = mapped_column(String, default="")
+    study_id: Mapped[str | None] = mapped_column(String)  # None: filed before 0011, as above
     received_at: Mapped[datetime] = mapped_column(UtcDateTime)
     last_received_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # Retention never evicts a pinned study.
@@ -96,6 +116,14 @@ class Study(Base):
 
 # The studies a reader may see: every query that shows or serves a study filters on it.
 LISTED = Study.evicting_at.is_(None)
+
+
+def of_labs(labs: frozenset[str] | None) -> list[ColumnElement[bool]]:
+    """The conditions of a listed study that these labs see (None: every lab): the one lab
+    filter of the API's keys and the DICOM desktops alike."""
+    if labs is None:
+        return [LISTED]
+    return [LISTED, Study.physician_folder.in_(sorted(labs))]
 
 
 class Series(Base):
@@ -196,6 +224,32 @@ class Instance(Base):
     replacements: Mapped[int] = mapped_column(Integer, default=0)
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class InstanceHistory(Base):
+    """A filed copy of an instance that another copy replaced (`shared.overwrite`): kept
+    under ``history/`` at ``kept_path`` until its study is evicted."""
+
+    __tablename__ = "instance_history"
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", "old_sha256", name="uq_instance_history_copy"),
+        Index("ix_instance_history_study", "study_instance_uid", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    replaced_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    reason: Mapped[str] = mapped_column(String)  # why the new copy replaced it
+    kept_path: Mapped[str] = mapped_column(String)  # relative to history/
+    old_received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    old_calling_ae: Mapped[str] = mapped_column(String)
+    old_size: Mapped[int] = mapped_column(BigInteger)
+    old_sha256: Mapped[str] = mapped_column(String)
+    new_received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    new_calling_ae: Mapped[str] = mapped_column(String)
+    new_size: Mapped[int] = mapped_column(BigInteger)
+    new_sha256: Mapped[str] = mapped_column(String)
 
 
 # Retrievals from the PACS -------------------------------------------------------------------
@@ -304,7 +358,10 @@ class Eviction(Base):
 class AuditEvent(Base):
     """One answer of the API that read patient data or changed something: who (the key's
     name, the client's address), what (the action and the study, series or job), when the
-    answer ended, its HTTP status and the body bytes sent (services/api/audit.py).
+    answer ended, its HTTP status and the body bytes sent (services/api/audit.py). Or a
+    desktop's C-MOVE or C-GET of a study (services/receiver/retrieve.py): the key name is
+    ``desktop:<AE title>``, the status the final DIMSE status, with the instances and bytes
+    sent and a C-MOVE's destination.
 
     Never a patient's name or ID: the UIDs only, and only of an answer that succeeded (a
     UID that failed may be anything a caller typed); never a query parameter.
@@ -328,3 +385,5 @@ class AuditEvent(Base):
     status: Mapped[int] = mapped_column(Integer)
     bytes_sent: Mapped[int] = mapped_column(BigInteger)
     client: Mapped[str | None] = mapped_column(String)  # the peer's address, None if unknown
+    instances: Mapped[int | None] = mapped_column(Integer)  # C-MOVE and C-GET only
+    destination: Mapped[str | None] = mapped_column(String)  # C-MOVE only

@@ -63,7 +63,8 @@ class EvictionReason(StrEnum):
 
 
 class AuditAction(StrEnum):
-    """What a request did, as the API's audit trail records it (`AuditEvent`)."""
+    """What a request did, as the audit trail records it (`AuditEvent`): the API's routes,
+    and the desktops' retrieves from the receiver."""
 
     STUDIES_LIST = "studies.list"
     STUDY_READ = "study.read"
@@ -77,6 +78,18 @@ class AuditAction(StrEnum):
     STUDY_UNPIN = "study.unpin"
     STUDY_REPAIR = "study.repair"
     STUDY_PACS_CHECK = "study.pacs_check"
+    STUDY_STORE = "study.store"  # instances stored into it (STOW-RS)
+    RECONCILIATION_LIST = "reconciliation.list"  # what the PACS lacks of the scanners
+    RECONCILIATION_FORWARD = "reconciliation.forward"  # a rescued study sent to the PACS
+    MOVE = "dicom.move"  # a desktop's C-MOVE of a study
+    GET = "dicom.get"  # a desktop's C-GET of a study
+    # DICOMweb (services/api/dicomweb): searches, instances, metadata, frames and bulk data,
+    # rendered images and thumbnails.
+    DICOMWEB_SEARCH = "dicomweb.search"
+    DICOMWEB_RETRIEVE = "dicomweb.retrieve"
+    DICOMWEB_METADATA = "dicomweb.metadata"
+    DICOMWEB_BULKDATA = "dicomweb.bulkdata"
+    DICOMWEB_RENDERED = "dicomweb.rendered"
 
 
 class DeliveryState(StrEnum):
@@ -93,3 +106,37 @@ class WebhookEvent(StrEnum):
     STUDY_READY = "study.ready"  # every series of a study converted or skipped
     SERIES_FAILED = "series.failed"  # a series' conversion failed
     RETRIEVAL_FINISHED = "retrieval.finished"  # a retrieval job with the lab's studies ended
+    # a scanner's check found studies of the lab the PACS lacks (shared/reconciliation.py)
+    RECONCILIATION_MISSING = "reconciliation.missing"
+
+
+class DifferenceKind(StrEnum):
+    """What the reconciliation found the PACS lacks of a scanner's study."""
+
+    STUDY_MISSING = "study missing"
+    SERIES_MISSING = "series missing"
+    INSTANCES_MISSING = "instances missing"  # fewer on the PACS than on the scanner
+
+
+class DifferenceState(StrEnum):
+    """Where a difference between a scanner and the PACS is."""
+
+    OPEN = "open"
+    RESCUING = "rescuing"  # a retrieval from the scanner is queued or running
+    CLOSED = "closed"  # see `Resolution`
+
+
+class Resolution(StrEnum):
+    """How a difference was closed."""
+
+    ON_PACS = "arrived on the PACS"
+    RESCUED = "rescued from the scanner"  # dcmdb holds every instance the scanner listed
+    GONE = "no longer on the scanner"
+
+
+class CheckState(StrEnum):
+    """How one scanner's reconciliation run went."""
+
+    RUNNING = "running"
+    CHECKED = "checked"
+    FAILED = "failed"  # a peer down, refusing or slow: the reason says which; tried next night

@@ -9,6 +9,12 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import DateTime, Dialect, String
 from sqlalchemy.types import TypeDecorator
 
+
+def now() -> datetime:
+    """The time now, in UTC, as `UtcDateTime` columns hold it."""
+    return datetime.now(UTC)
+
+
 E = TypeVar("E", bound=StrEnum)
 
 

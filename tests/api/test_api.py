@@ -27,7 +27,7 @@ from shared.naming import physician_folder
 from tests.api.pipeline import ADMIN_KEY, READ_KEY, Api, study_facts
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup("api")]
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup("api", shared_by="tests.api.conftest.api")]
 
 
 def _uids(items: list[dict[str, Any]]) -> list[str]:

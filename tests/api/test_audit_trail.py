@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.api.app import create_app
-from services.api.audit_trail import AuditRecord, AuditTrail, prune
 from services.api.settings import ApiSettings
+from shared.audit_trail import AuditRecord, AuditTrail, prune
 from shared.catalog.database import create_catalog_engine, open_catalog, session_factory
 from shared.catalog.states import AuditAction
 from shared.settings import load_settings

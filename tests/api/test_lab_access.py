@@ -8,6 +8,7 @@ exactly as an unknown one does, and listings never name another lab's study.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -15,16 +16,20 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.routing import APIRoute
+from sqlalchemy.orm import Session
 
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from shared import keys, retrievals
 from shared.catalog.database import open_catalog
+from shared.catalog.reconciliation import Difference
+from shared.catalog.states import DifferenceKind, DifferenceState
+from shared.catalog.types import now
 from shared.naming import physician_folder
 from tests.api.pipeline import ADMIN_KEY, Api, study_facts
 from tests.support import add_key
 
-pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup("api")]
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup("api", shared_by="tests.api.conftest.api")]
 
 
 class Reads(Enum):
@@ -35,6 +40,7 @@ class Reads(Enum):
     JOB = "one retrieval job, by its id"
     REQUEST = "a retrieval request, refused here: this catalog has no PACS"
     ADMIN = "an admin's operation"
+    STORE = "storing instances (STOW-RS); this matrix's JSON stand-in is no multipart body"
     SESSION = "signing in and out of the web page"
     PAGE_LISTING = "a web page listing, filtered to the signed-in key's labs"
     PAGE_STUDY = "a study's web page"
@@ -42,6 +48,8 @@ class Reads(Enum):
     PAGE_ADMIN = "an admin's web page or form"
 
 
+SERIES = "/dicomweb/studies/{study_uid}/series/{series_uid}"
+INSTANCE = f"{SERIES}/instances/{{instance_uid}}"
 ROUTES: dict[tuple[str, str], Reads] = {
     ("GET", "/healthz"): Reads.NOTHING,
     ("GET", "/readyz"): Reads.NOTHING,
@@ -68,6 +76,11 @@ ROUTES: dict[tuple[str, str], Reads] = {
     ("GET", "/webhooks/{webhook_id}"): Reads.ADMIN,
     ("GET", "/webhooks/{webhook_id}/deliveries"): Reads.ADMIN,
     ("DELETE", "/webhooks/{webhook_id}"): Reads.ADMIN,
+    ("GET", "/reconciliation"): Reads.LISTING,
+    ("POST", "/reconciliation/{difference_id}/forward"): Reads.ADMIN,
+    # Which instances a lab's key may store: tests/api/test_stow.py.
+    ("POST", "/dicomweb/studies"): Reads.STORE,
+    ("POST", "/dicomweb/studies/{study_uid}"): Reads.STORE,
     # The web page: its own door, with a session cookie instead of a bearer key.
     ("GET", "/signin"): Reads.NOTHING,
     ("GET", "/docs"): Reads.NOTHING,
@@ -83,6 +96,21 @@ ROUTES: dict[tuple[str, str], Reads] = {
     ("POST", "/web/studies/{study_uid}/pin"): Reads.PAGE_ADMIN,
     ("GET", "/web/storage"): Reads.PAGE_ADMIN,
     ("GET", "/web/pins"): Reads.PAGE_ADMIN,
+    # DICOMweb: searches are listings; a study's resources are the study's.
+    ("GET", "/dicomweb/studies"): Reads.LISTING,
+    ("GET", "/dicomweb/series"): Reads.LISTING,
+    ("GET", "/dicomweb/instances"): Reads.LISTING,
+    ("GET", "/dicomweb/studies/{study_uid}/series"): Reads.STUDY,
+    ("GET", f"{SERIES}/instances"): Reads.STUDY,
+    **{
+        ("GET", f"{resource}{view}"): Reads.STUDY
+        for resource in ("/dicomweb/studies/{study_uid}", SERIES, INSTANCE)
+        for view in ("", "/metadata", "/rendered", "/thumbnail")
+    },
+    ("GET", f"{INSTANCE}/frames/{{frames}}"): Reads.STUDY,
+    ("GET", f"{INSTANCE}/frames/{{frames}}/rendered"): Reads.STUDY,
+    ("GET", f"{INSTANCE}/frames/{{frames}}/thumbnail"): Reads.STUDY,
+    ("GET", f"{INSTANCE}/bulk/{{tag}}"): Reads.STUDY,
 }
 PAGES = {Reads.PAGE_LISTING, Reads.PAGE_STUDY, Reads.PAGE_JOB, Reads.PAGE_ADMIN}
 
@@ -104,12 +132,15 @@ def test_every_route_is_in_the_matrix() -> None:
 
 @dataclass(frozen=True)
 class LabA:
-    """What lab A holds: a study, a series with NIfTI, and a job its key asked for."""
+    """What lab A holds: a study, a series with NIfTI and an instance of it, and a job its key
+    asked for."""
 
     study_uid: str
     series_uid: str
+    instance_uid: str
     job_id: int
     webhook_id: int = 0
+    difference_id: int = 0
 
 
 def lab_a(api: Api) -> LabA:
@@ -133,6 +164,7 @@ def lab_a(api: Api) -> LabA:
                 labs=frozenset({folder}),
             )
             job_id = job.id
+            difference_id = _difference(session, study, folder)
     finally:
         engine.dispose()
     hook = api.client.post(
@@ -141,7 +173,34 @@ def lab_a(api: Api) -> LabA:
         headers={"Authorization": f"Bearer {ADMIN_KEY}"},
     )
     assert hook.status_code in (200, 201), hook.text
-    return LabA(study, series["series_uid"], job_id, hook.json()["id"])
+    instances = api.get(
+        f"/dicomweb/studies/{study}/series/{series['series_uid']}/instances", key=ADMIN_KEY
+    )
+    instance = instances.json()[0]["00080018"]["Value"][0]
+    return LabA(study, series["series_uid"], instance, job_id, hook.json()["id"], difference_id)
+
+
+def _difference(session: Session, study_uid: str, lab: str) -> int:
+    """A study of lab A that a scanner holds and the PACS lacks."""
+    day = dt.date.today()
+    row = Difference(
+        scanner="console",
+        study_uid=study_uid,
+        series_uid="",
+        kind=DifferenceKind.STUDY_MISSING,
+        state=DifferenceState.OPEN,
+        lab=lab,
+        study_date=day,
+        deadline=day + dt.timedelta(days=14),
+        scanner_instances=1,
+        pacs_instances=0,
+        found_at=now(),
+        checked_at=now(),
+        resolution="",
+    )
+    session.add(row)
+    session.flush()
+    return row.id
 
 
 def call(api: Api, method: str, path: str, key: str | None) -> httpx.Response:
@@ -152,7 +211,14 @@ def call(api: Api, method: str, path: str, key: str | None) -> httpx.Response:
 
 def concrete(path: str, a: LabA) -> str:
     return path.format(
-        study_uid=a.study_uid, series_uid=a.series_uid, job_id=a.job_id, webhook_id=a.webhook_id
+        study_uid=a.study_uid,
+        series_uid=a.series_uid,
+        instance_uid=a.instance_uid,
+        job_id=a.job_id,
+        webhook_id=a.webhook_id,
+        difference_id=a.difference_id,
+        frames="1",
+        tag="7FE00010",
     )
 
 
@@ -183,10 +249,17 @@ def test_the_access_matrix(api: Api) -> None:
             elif reads is Reads.ADMIN and (method, template) not in ASK_THE_PACS:
                 # Through the door: a POST of this matrix's stand-in body may be a 422.
                 assert answer.status_code in (200, 201, 202, 204, 422), where
+            elif reads is Reads.STORE:
+                # Past the key, refused for the body alike for every lab, another lab's
+                # study word for word as an unknown one.
+                unknown = call(api, method, concrete(template, UNKNOWN), key)
+                assert answer.status_code == unknown.status_code == 415, where
+                assert _as_unknown(answer.text, a) == unknown.text, where
             elif (method, template) in ASK_THE_PACS:
                 # Refused for the missing PACS before any study is looked at (a lab's
                 # pacs-check with a PACS: tests/retriever/test_retrieval.py).
-                assert answer.status_code == 422 and "PACS" in answer.text, where
+                expected = ASK_THE_PACS[(method, template)]
+                assert answer.status_code == expected and "PACS" in answer.text, where
             elif who == "lab B" and reads is not Reads.LISTING:
                 # Word for word what an unknown UID gets.
                 unknown = call(api, method, concrete(template, UNKNOWN), key)
@@ -198,12 +271,15 @@ def test_the_access_matrix(api: Api) -> None:
                 assert a.study_uid not in answer.text, where
 
 
+# The routes that ask the PACS, and what they answer when none is configured: a 422 naming
+# the `pacs` parameter where there is one, a 409 where nothing in the request could be mended.
 ASK_THE_PACS = {
-    ("POST", "/retrievals"),
-    ("GET", "/studies/{study_uid}/pacs-check"),
-    ("POST", "/studies/{study_uid}/repair"),
+    ("POST", "/retrievals"): 422,
+    ("GET", "/studies/{study_uid}/pacs-check"): 422,
+    ("POST", "/studies/{study_uid}/repair"): 422,
+    ("POST", "/reconciliation/{difference_id}/forward"): 409,
 }
-UNKNOWN = LabA("1.2.3.999.1", "1.2.3.999.2", 2**31 - 1, 2**31 - 1)
+UNKNOWN = LabA("1.2.3.999.1", "1.2.3.999.2", "1.2.3.999.3", 2**31 - 1, 2**31 - 1, 2**31 - 1)
 
 
 def signed_in(api: Api, key: str | None) -> tuple[httpx.Client, str]:
@@ -260,6 +336,7 @@ def test_the_access_matrix_of_the_web_page(api: Api) -> None:
 
 def _as_unknown(text: str, a: LabA) -> str:
     text = text.replace(a.study_uid, UNKNOWN.study_uid).replace(a.series_uid, UNKNOWN.series_uid)
+    text = text.replace(a.instance_uid, UNKNOWN.instance_uid)
     return text.replace(f"job {a.job_id}", f"job {UNKNOWN.job_id}")
 
 

@@ -52,7 +52,7 @@ def settings(tmp_path: Path, url: str, **values: Any) -> NotifierSettings:
         "webhook_retry_min": 0.2,
         "webhook_retry_max": 0.8,
         "webhook_poll_interval": 0.1,
-        "webhook_timeout": 2.0,
+        "webhook_timeout": 30.0,  # a loaded machine answers late; timeouts are tested on their own
     }
     return NotifierSettings(data_dir=tmp_path, database_url=url, **(fast | values))  # type: ignore[arg-type]
 
@@ -156,11 +156,18 @@ def test_a_receiver_down_then_back_gets_every_event_once_and_in_order_per_study(
         events(catalog, up, studies=3, per_study=3)
         notifier = Notifier(settings(tmp_path, catalog_url), catalog)
 
-        def heads_retried() -> bool:
+        def heads_retried_and_others_delivered() -> bool:
             heads = {row.ordering_key: row for row in reversed(rows(catalog, down))}
-            return all(row.attempts >= 2 for row in heads.values())
+            retried = all(row.attempts >= 2 for row in heads.values())
+            return retried and len(up_peer.delivered()) == 9
 
-        asyncio.run(delivering([notifier], heads_retried, "retries while the receiver is down"))
+        asyncio.run(
+            delivering(
+                [notifier],
+                heads_retried_and_others_delivered,
+                "retries while the receiver is down, and the other webhook's deliveries",
+            )
+        )
         waiting = rows(catalog, down)
         heads = {row.ordering_key: row.id for row in reversed(waiting)}
         for row in waiting:
@@ -250,19 +257,18 @@ def test_a_receiver_that_does_not_answer_in_time_is_tried_again(
     def slow_first(request: Received) -> tuple[int, float]:
         first = request.delivery not in slow_once
         slow_once.add(request.delivery)
-        return 200, (3.0 if first else 0.0)
+        return 200, (120.0 if first else 0.0)  # far past the 30 s the delivery is given
 
     receiver.behaviour = slow_first
     receiver.start()
     hook = register(catalog, receiver.url)
     events(catalog, hook, studies=1, per_study=1)
     notifier = Notifier(settings(tmp_path, catalog_url, webhook_timeout=0.5), catalog)
-    started = time.monotonic()
     asyncio.run(delivering([notifier], lambda: all_delivered(catalog), "the delivery"))
-    assert time.monotonic() - started < 3.0, "the slow answer was not waited for"
     [row] = rows(catalog)
     assert (row.attempts, row.last_status, row.last_error) == (2, 200, "")
     first, second = receiver.requests
+    assert receiver.answered == [(second, 200)], "the slow answer was not waited for"
     assert first.delivery == second.delivery == row.delivery_id and first.body == second.body
     [failure] = [r.getMessage() for r in caplog.records if "failed (attempt 1" in r.getMessage()]
     assert "Timeout" in failure, failure

@@ -119,7 +119,9 @@ def test_an_abort_with_values_pynetdicom_refuses_ends_the_association(receiver: 
     with RawAssociation(receiver.port, [(1, "1.2.840.10008.1.1", ["1.2.840.10008.1.2"])]) as raw:
         raw.sock.sendall(pdu(A_ABORT, b"\0\0\xff\xff"))
         assert [kind for kind, _body in read_pdus(raw.sock, timeout=30)] in ([], [A_ABORT])
-    wait_for(lambda: "association from RAWSCU aborted" in receiver.log(), 30, "the abort")
+    wait_for(
+        lambda: "association from RAWSCU at 127.0.0.1 aborted" in receiver.log(), 30, "the abort"
+    )
     assert "Exception in thread" not in receiver.log()
     assert echo(receiver.port)
 

@@ -14,8 +14,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-from services.receiver.storage import FileMeta, IncomingStore, SpaceFloor, received_time
 from shared.disk import DiskUsage, Threshold
+from shared.incoming import FileMeta, IncomingStore, SpaceFloor, received_time
 from tests.system import dicom_files
 
 META = FileMeta("1.2.840.10008.5.1.4.1.1.4", "1.2.3.44444", "1.2.840.10008.1.2.1", "SCANNER")

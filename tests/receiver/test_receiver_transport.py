@@ -27,8 +27,14 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
-from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dimse_messages import (
+    C_ECHO_RQ,
+    C_GET_RSP,
+    C_MOVE_RSP,
+    C_STORE_RQ,
+    C_STORE_RSP,
+)
+from pynetdicom.dimse_primitives import C_ECHO, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -36,8 +42,11 @@ from services.receiver.transport import (
     DEFAULT_MAXIMUM_PDU_SIZE,
     check_pynetdicom_version,
     decode_c_store_rq,
+    decode_c_store_rsp,
     dul,
+    encode_c_store_rq,
     encode_c_store_rsp,
+    encode_retrieve_rsp,
     start_storage_server,
 )
 from shared.errors import ConfigurationError
@@ -556,6 +565,84 @@ def test_c_store_rq_decoding_matches_pynetdicom(move_originator: tuple[str, int]
         "MoveOriginatorMessageID",
     ):
         assert getattr(decoded, name) == getattr(expected, name), name
+
+
+@pytest.mark.parametrize("move_originator", [None, ("MOVESCU", 12), ("DESK_A5", 65535)])
+@pytest.mark.parametrize("instance_uid", ["1.2.826.0.1.3680043.8.498.1", "1.2.3.45"])
+def test_c_store_rq_encoding_matches_pynetdicom(
+    move_originator: tuple[str, int] | None, instance_uid: str
+) -> None:
+    """What the C-MOVE sender writes is what pynetdicom's send_c_store would."""
+    request = C_STORE()
+    request.MessageID = 513
+    request.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    request.AffectedSOPInstanceUID = instance_uid
+    request.Priority = 0
+    request.DataSet = BytesIO(b"\0" * 4)
+    if move_originator:
+        request.MoveOriginatorApplicationEntityTitle = move_originator[0]
+        request.MoveOriginatorMessageID = move_originator[1]
+
+    encoded = encode_c_store_rq(
+        513, "1.2.840.10008.5.1.4.1.1.4", instance_uid, move_originator=move_originator
+    )
+
+    assert encoded == _pynetdicom_command_bytes(request)
+
+
+@pytest.mark.parametrize("kind", [C_MOVE, C_GET])
+@pytest.mark.parametrize(
+    ("status", "counts", "comment"),
+    [
+        (0xFF00, (595, 4, 1, 0), None),
+        (0x0000, (None, 600, 0, 0), None),
+        (0xFE00, (3, 2, 0, 1), "cancelled by the desktop"),
+        (0xA801, (None, None, None, None), "NOBODY is no dcmdb desktop"),
+    ],
+)
+def test_retrieve_rsp_encoding_matches_pynetdicom(
+    kind: type, status: int, counts: tuple[int | None, ...], comment: str | None
+) -> None:
+    """The C-MOVE and C-GET answers written by hand are pynetdicom's, byte for byte."""
+    rsp = kind()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
+    rsp.Status = status
+    rsp.ErrorComment = comment
+    (
+        rsp.NumberOfRemainingSuboperations,
+        rsp.NumberOfCompletedSuboperations,
+        rsp.NumberOfFailedSuboperations,
+        rsp.NumberOfWarningSuboperations,
+    ) = counts
+    message = C_MOVE_RSP() if kind is C_MOVE else C_GET_RSP()
+    message.primitive_to_message(rsp)
+
+    assert encode_retrieve_rsp(rsp) == encode(message.command_set, True, True)
+
+
+def test_retrieve_rsp_with_an_identifier_is_left_to_pynetdicom() -> None:
+    rsp = C_MOVE()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.Status = 0xB000
+    rsp.Identifier = BytesIO(b"\x08\x00\x58\x00\x00\x00\x00\x00")
+    assert encode_retrieve_rsp(rsp) is None
+
+
+@pytest.mark.parametrize("comment", [None, "out of space", "odd"])
+def test_c_store_rsp_decoding_reads_what_pynetdicom_encodes(comment: str | None) -> None:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 99
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    rsp.AffectedSOPInstanceUID = "1.2.3.4"
+    rsp.Status = 0xA700
+    rsp.ErrorComment = comment
+    answer = decode_c_store_rsp(_pynetdicom_rsp_bytes(rsp))
+    assert answer is not None
+    assert (answer.message_id, answer.status, answer.error_comment) == (99, 0xA700, comment)
+    # Not an answer: a request, or a command cut short.
+    assert decode_c_store_rsp(_pynetdicom_rsp_bytes(rsp)[:-3]) is None
+    assert decode_c_store_rsp(encode_c_store_rq(1, "1.2.3", "1.2.3.4")) is None
 
 
 def test_other_commands_are_left_to_pynetdicom() -> None:

@@ -7,13 +7,18 @@ sorter killed twice, RabbitMQ restarted, the data disk filled and freed again, a
 converter killed while a conversion runs. After each the time until the pipeline
 made progress again is measured.
 
+Against a RabbitMQ cluster (``CLUSTER_SCHEDULE``, dcmdb given every node's URL), the node
+dcmdb's services are on is killed (-9) and started again, and later the node they moved
+to: after each kill, the times until the receiver publishes again and until the sorter
+files an instance received after the kill.
+
 The report counts: sent, C-STOREs attempted, acknowledged (0x0000), stored (the
 archived data set equal to the one sent), filed (catalog rows), series converted,
 dead-lettered, lost (acknowledged but not stored and filed: must be 0) and duplicated
 (more than one catalog row, file or NIfTI for one thing: must be 0).
 
-Run by tests/reliability/test_fault_run.py (2,000 instances) and, longer and with more
-rounds of faults, by ``scripts/soak``.
+Run by tests/reliability/test_fault_run.py (2,000 instances; 1,000 on the cluster) and,
+longer and with more rounds of faults, by ``scripts/soak``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import asyncio
 import errno
 import functools
 import hashlib
+import json
 import os
 import signal
 import struct
@@ -33,16 +39,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE
-from sqlalchemy import create_engine, text
+from sqlalchemy import bindparam, create_engine, text
 
 from shared.broker import connect, dead_letter_counts
 from shared.messages import Topology
 from shared.pacs import tuned_requestor
+from tests.broker_cluster import Cluster, Node
 from tests.conftest import require_tool
 from tests.system import AE_TITLE, Dcmdb
 
@@ -129,6 +137,7 @@ class Sender:
         self._room = threading.Condition()
         self.pending = dict(files)
         self.acknowledged: set[str] = set()
+        self.acknowledged_in_order: list[str] = []
         self.attempts = 0
         self.refusals: Counter[int] = Counter()
         self.broken_associations = 0
@@ -187,6 +196,7 @@ class Sender:
             code = getattr(status, "Status", None)
             if code == 0x0000:
                 self.acknowledged.add(sop)
+                self.acknowledged_in_order.append(sop)
                 del self.pending[sop]
                 self.last_success_opened = opened
             elif code is None:  # the association broke: a new one, after a pause
@@ -210,6 +220,8 @@ class Fault:
     name: str
     at: float  # when it was done (monotonic)
     recovered_after: float | None = None  # seconds until progress again
+    # a broker node's: seconds until the receiver's events were confirmed again
+    publishing_after: float | None = None
 
 
 @dataclass
@@ -246,6 +258,8 @@ class Report:
                 if fault.recovered_after is None
                 else (f"recovered in {fault.recovered_after:.1f} s")
             )
+            if fault.publishing_after is not None:
+                took = f"publishing again in {fault.publishing_after:.1f} s, filing {took}"
             lines.append(f"  {fault.name}: {took}")
         return lines
 
@@ -253,9 +267,12 @@ class Report:
 class Pipeline:
     """``dcmdb up`` and the ways of breaking it."""
 
-    def __init__(self, dcmdb: Dcmdb, up: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, dcmdb: Dcmdb, up: subprocess.Popen[bytes], cluster: Cluster | None = None
+    ) -> None:
         self.dcmdb = dcmdb
         self.up = up
+        self.cluster = cluster  # the RabbitMQ nodes dcmdb is given (None: the machine's)
         self._engine = create_engine(
             dcmdb.database_url.replace("postgresql://", "postgresql+psycopg://")
         )
@@ -283,6 +300,35 @@ class Pipeline:
 
     def filed(self) -> int:
         return self._scalar("SELECT count(*) FROM instances")
+
+    def filed_any(self, sops: list[str]) -> bool:
+        """Whether one of these SOP instances is in the catalog."""
+        if not sops:
+            return False
+        with self._engine.connect() as connection:
+            query = text("SELECT 1 FROM instances WHERE sop_instance_uid IN :sops LIMIT 1")
+            query = query.bindparams(bindparam("sops", expanding=True))
+            return connection.execute(query, {"sops": sops}).first() is not None
+
+    def published(self) -> int:
+        """The receiver's ``instance.received`` events the broker confirmed, from its
+        side port (counted since the receiver started)."""
+        metrics = httpx.get(self.dcmdb.side_url("receiver", "/metrics"), timeout=10).text
+        for line in metrics.splitlines():
+            if line.startswith('dcmdb_events_published_total{event="instance.received"}'):
+                return int(float(line.split()[-1]))
+        return 0
+
+    def broker_node(self) -> Node:
+        """The cluster node most of dcmdb's connections are on."""
+        assert self.cluster is not None
+        vhost = self.dcmdb.broker_url.split(",")[0].rsplit("/", 1)[1]
+        out = self.cluster.ctl(
+            self.cluster.any_running(), "list_connections", "vhost", "port", "--formatter", "json"
+        )
+        ports = Counter(c["port"] for c in json.loads(out) if c["vhost"] == vhost)
+        port = ports.most_common(1)[0][0]
+        return next(node for node in self.cluster.nodes if node.amqp_port == port)
 
     def converted(self) -> int:
         return self._scalar("SELECT count(*) FROM series WHERE conversion = 'converted'")
@@ -367,7 +413,13 @@ def wait(condition: Callable[[], bool], timeout: float) -> float | None:
     return None
 
 
-def restart_rabbitmq() -> None:
+def restart_rabbitmq(cluster: Cluster | None) -> None:
+    """RabbitMQ stopped and started again: the nodes of ``cluster``, or the machine's."""
+    if cluster is not None:
+        cluster.stop_app()
+        time.sleep(1.0)
+        cluster.start_app()
+        return
     rabbitmqctl = require_tool("rabbitmqctl")
     subprocess.run([rabbitmqctl, "-q", "stop_app"], check=True, capture_output=True)
     time.sleep(1.0)
@@ -398,6 +450,7 @@ def run(
     rounds: int = 1,
     rate: float = 50,
     settle_timeout: float = 240,
+    schedule: Schedule | None = None,
 ) -> Report:
     """Send the workload while breaking the pipeline ``rounds`` times over; account for it.
 
@@ -409,7 +462,9 @@ def run(
     sender = Sender(pipeline.dcmdb.port, workload.files, rate)
     share = 1 / rounds
     strikes = [
-        ((r + fraction) * share, breaker) for r in range(rounds) for fraction, breaker in SCHEDULE
+        ((r + fraction) * share, breaker)
+        for r in range(rounds)
+        for fraction, breaker in schedule or SCHEDULE
     ]
     # how far the sender may go while waiting for each strike: a little past the next one
     holds = [point + AHEAD * share for point, _ in strikes[1:]] + [1.0]
@@ -452,7 +507,7 @@ def _sorter_killed(pipeline: Pipeline, sender: Sender, struck: Struck) -> Fault:
 
 def _rabbitmq_restarted(pipeline: Pipeline, sender: Sender, struck: Struck) -> Fault:
     fault = Fault("RabbitMQ restarted", time.monotonic())
-    restart_rabbitmq()
+    restart_rabbitmq(pipeline.cluster)
     struck()
     before = pipeline.filed()
     fault.recovered_after = wait(lambda: pipeline.filed() > before, 120)
@@ -470,13 +525,43 @@ def _disk_filled(pipeline: Pipeline, sender: Sender, struck: Struck) -> Fault:
     return fault
 
 
+def _broker_node_killed(pipeline: Pipeline, sender: Sender, struck: Struck) -> Fault:
+    """The cluster node dcmdb's services are on killed (-9), once the node killed before
+    is back and caught up; started again once the pipeline recovered."""
+    assert pipeline.cluster is not None, "a broker node's fault needs the cluster"
+    node = pipeline.broker_node()
+    pipeline.cluster.await_quorum_safe(node)
+    published = pipeline.published()
+    acknowledged = len(sender.acknowledged_in_order)
+    fault = Fault(f"broker node {node.name} killed (-9)", time.monotonic())
+    pipeline.cluster.kill(node)
+    struck()
+    fault.publishing_after = wait(lambda: pipeline.published() > published, 120)
+
+    def filed_after_the_kill() -> bool:
+        after = sender.acknowledged_in_order[acknowledged : acknowledged + 500]
+        return pipeline.filed_any(after)
+
+    if wait(filed_after_the_kill, 120) is not None:  # seconds since the kill, not since then
+        fault.recovered_after = time.monotonic() - fault.at
+    pipeline.cluster.restart(node)
+    return fault
+
+
+Schedule = tuple[tuple[float, Callable[[Pipeline, Sender, Struck], Fault]], ...]
+
 #: Where in each round's share of the sending each fault strikes, in order.
-SCHEDULE: tuple[tuple[float, Callable[[Pipeline, Sender, Struck], Fault]], ...] = (
+SCHEDULE: Schedule = (
     (0.10, _receiver_killed),
     (0.30, _sorter_killed),
     (0.45, _rabbitmq_restarted),
     (0.60, _disk_filled),
     (0.80, _sorter_killed),
+)
+#: Against a RabbitMQ cluster: the node dcmdb is on killed, and later the one it moved to.
+CLUSTER_SCHEDULE: Schedule = (
+    (0.25, _broker_node_killed),
+    (0.60, _broker_node_killed),
 )
 #: How far (in a round's share) the sender may run past a fault's point before it struck.
 AHEAD = 0.05

@@ -8,9 +8,11 @@ import multiprocessing
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from io import BytesIO
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from sqlalchemy import func, select, update
 
 from services.api.studies import StudyFilters, find_series, list_studies, study_detail
@@ -23,6 +25,7 @@ from shared.broker import Publisher, connect
 from shared.catalog.database import create_catalog_engine, open_catalog
 from shared.catalog.models import (
     Eviction,
+    InstanceHistory,
     Series,
     Study,
 )
@@ -327,3 +330,38 @@ def test_retention_processes_announcing_at_once_publish_each_eviction_once(
     engine.dispose()
     assert sorted(published) == [row.id for row in archive.evictions()]
     assert eviction.unannounced(archive.sessions) == []
+
+
+def test_copies_replaced_in_a_study_are_counted_and_evicted_with_it(archive: Archive) -> None:
+    """A correction of one instance keeps the copy it replaced under history/: the study's
+    size counts it, and eviction removes it and its row with the study."""
+    study = archive.study()
+    corrected = next(archive.folder(study).rglob("*.dcm"))
+    dataset = dcmread(corrected)
+    dataset.ImageComments = "corrected"
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    size_before, old_size = archive.size(study), corrected.stat().st_size
+    (outcome,) = archive.sorter.filer.file_batch(
+        [arrive(buffer.getvalue(), archive.sorter.data, stamp=time.time_ns() - DAY)]
+    )
+    assert outcome.replaced
+    complete_stable_series(archive.sessions, stable_age=60)
+    with archive.sessions.begin() as session:
+        session.execute(
+            update(Series).values(conversion="converted", converted_generation=Series.generation)
+        )
+    history = archive.sorter.data / "history"
+    (kept,) = history.rglob("*.dcm")
+    assert kept.stat().st_size == old_size
+    # The study now holds the correction, and history/ the copy it replaced.
+    assert archive.size(study) == size_before - old_size + len(buffer.getvalue()) + old_size
+
+    settings = archive.settings(retention_max_age_days=0.5)
+    (evicted,) = Retention(settings, archive.sessions, lambda _: injected(TOTAL // 2)).round()
+
+    assert evicted.study_uid == study
+    assert list(history.rglob("*.dcm")) == []
+    with archive.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(InstanceHistory)) == 0
+    assert evicted.size_bytes == size_before + len(buffer.getvalue())

@@ -27,8 +27,14 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from shared.errors import PacsError
 from shared.pacs import tuned_requestor
-from shared.pacs_find import StudyQuery, count_instances, find_series, find_studies
-from shared.pacs_retrieve import Progress, retrieve
+from shared.pacs_find import (
+    StudyQuery,
+    count_instances,
+    counted_series,
+    find_series,
+    find_studies,
+)
+from shared.pacs_retrieve import MoveAssociations, Progress, retrieve
 from shared.peers import Peer, load_peers_file, parse_peers
 from tests.pacs_peers import Dcmqrscp, Orthanc, StoreScp
 from tests.support import free_port
@@ -166,10 +172,22 @@ def test_loads_a_peers_file(tmp_path: Path) -> None:
         "- {name: main, ae_title: PACS1, host: 10.0.0.5, port: 104}\n"
         "- {name: research, ae_title: RPACS, host: r.example.org, port: 4242,\n"
         "   calling_ae: DCMDB_R, retrieve: get, tls: true}\n"
+        "- {name: console, ae_title: MR1, host: mr1, port: 104, role: scanner,\n"
+        "   keeps_days: 28, move_destination: DCMDB_MR}\n"
     )
     assert load_peers_file(path, "DCMDB") == [
         Peer("main", "PACS1", "10.0.0.5", 104, "DCMDB", "move"),
         Peer("research", "RPACS", "r.example.org", 4242, "DCMDB_R", "get", tls=True),
+        Peer(
+            "console",
+            "MR1",
+            "mr1",
+            104,
+            "DCMDB",
+            role="scanner",
+            keeps_days=28,
+            move_destination="DCMDB_MR",
+        ),
     ]
     for text, complaint in [
         ("- {name: a, ae_title: A, host: h}\n", "needs name, ae_title, host and port"),
@@ -177,6 +195,10 @@ def test_loads_a_peers_file(tmp_path: Path) -> None:
         ("- {name: a, ae_title: A, host: h, port: '1'}\n", "port must be a number"),
         ("- {name: a, ae_title: A, host: h, port: 1, colour: red}\n", "unknown keys"),
         ("- {name: a, ae_title: A, host: h, port: 1, tls: 'yes please'}\n", "true or false"),
+        ("- {name: a, ae_title: A, host: h, port: 1, role: modality}\n", "pacs or scanner"),
+        ("- {name: a, ae_title: A, host: h, port: 1, keeps_days: 0}\n", "keeps_days"),
+        ("- {name: a, ae_title: A, host: h, port: 1, keeps_days: x}\n", "number of days"),
+        ("- {name: a, ae_title: A, host: h, port: 1, move_destination: ''}\n", "AE title"),
         ("name: a\n", "a list"),
     ]:
         path.write_text(text)
@@ -264,6 +286,8 @@ def test_finds_each_series_and_counts_its_instances(
             else:
                 assert match.instance_count is None
             assert count_instances(peer, study_uid, uid) == len(files)
+        counted = {s.series_uid: s.instance_count for s in counted_series(peer, study_uid)}
+        assert counted == {uid: sum(h.series_uid == uid for h in study) for uid in series}
 
 
 def test_keeps_identifiers_out_of_the_logs(
@@ -325,6 +349,26 @@ def test_moves_only_the_series_asked_for(
     assert result.succeeded and result.completed == len(ge) == 71, result
     assert moved_uids(moved) == {h.sop_uid for h in ge}
     assert seen[-1] == Progress(completed=71, failed=0, warning=0, remaining=0)
+
+
+def test_kept_associations_move_study_after_study_on_one_association(
+    peer: Peer, moved: StoreScp, headers: list[Header]
+) -> None:
+    studies = sorted({h.study_uid for h in headers})[:3]
+    kept = MoveAssociations(peer)
+    try:
+        first = kept.current()
+        for uid in studies:
+            result = retrieve(peer, AE_TITLE, uid, association=kept.current())
+            assert result.succeeded, result
+        assert kept.current() is first and first.is_established
+        first.abort()  # lost: the next study gets a new one
+        again = kept.current()
+        assert again is not first and again.is_established
+    finally:
+        kept.close()
+    assert not again.is_established  # released at the end
+    assert moved_uids(moved) == {h.sop_uid for h in headers if h.study_uid in studies}
 
 
 def test_a_move_to_a_destination_the_pacs_does_not_know_fails_with_the_reason(

@@ -23,6 +23,7 @@ import httpx
 import pydicom
 import pytest
 
+from services.retriever.settling import ROUNDS
 from tests.conftest import TESTDATA, fresh_vhost
 from tests.pacs_peers import Dcmqrscp
 from tests.support import finished_job, free_port, wait_for
@@ -180,7 +181,9 @@ def test_a_move_that_cannot_reach_the_receiver_is_asked_again(site: Site) -> Non
 
 
 def test_a_receiver_that_stays_away_fails_the_study_with_the_reason(site: Site) -> None:
-    site.door.closing = 2  # both attempts the fixture allows
+    # Both attempts the fixture allows, at the first move and at each fetch of what is
+    # missing at the job's end.
+    site.door.closing = 2 * ROUNDS
     uid = _uid(DOORWAY[1])
     job = site.finished(site.post("/retrievals", study_uid=uid, pacs="DOORWAY")["id"])
     assert job["state"] == "failed", job

@@ -46,7 +46,7 @@ from shared.messages import (
     Topology,
 )
 from tests.conftest import JsonLog
-from tests.support import eventually, free_port
+from tests.support import eventually, free_port, refused_port
 
 pytestmark = pytest.mark.integration
 
@@ -733,8 +733,11 @@ def test_cancelling_the_consumer_finishes_and_acks_the_batch_in_hand(broker_url:
 
 async def close_connections_named(url: str, name: str) -> None:
     """What a broker restart or a network blip does to a client: close its connection."""
-    out = await rabbitmqctl("list_connections", "-p", vhost_of(url), "pid", "client_properties")
-    pids = [line.split("\t")[0] for line in out.splitlines() if f'"{name}"' in line]
+    # list_connections lists every virtual host's: another test's connection of that name
+    # must be left alone.
+    out = await rabbitmqctl("list_connections", "pid", "vhost", "client_properties")
+    rows = [line.split("\t") for line in out.splitlines()]
+    pids = [r[0] for r in rows if len(r) == 3 and r[1] == vhost_of(url) and f'"{name}"' in r[2]]
     assert pids, out
     for pid in pids:
         await rabbitmqctl("close_connection", pid, "closed by the test")
@@ -831,7 +834,7 @@ def test_connect_keeps_retrying_and_never_logs_the_password(
 
     asyncio.run(scenario())
 
-    ours = [r for r in caplog.records if r.name == "shared.broker"]
+    ours = [r for r in caplog.records if r.name == "shared.broker_connection"]
     # attempts at t=0 and t=1 s; the next one is due at t=1+2=3 s, after the cancel
     assert len(ours) == 2, [r.getMessage() for r in ours]
     for record in ours:
@@ -847,3 +850,39 @@ def test_connect_keeps_retrying_and_never_logs_the_password(
     for record in caplog.records:
         assert password not in record.getMessage()
     assert password not in caplog.text
+
+
+def test_connect_takes_the_first_broker_of_several_that_answers(
+    broker_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> int | None:
+        with refused_port() as down:
+            urls = f"amqp://guest:guest@127.0.0.1:{down}/x, {broker_url}"
+            connection = await connect(urls, name="test")
+        try:
+            assert connection.connected.is_set()
+            return connection.url.port  # type: ignore[attr-defined, no-any-return]
+        finally:
+            await connection.close()
+
+    assert run(scenario()) == 5672
+    tried = [r.getMessage() for r in caplog.records if r.name == "shared.broker_connection"]
+    assert len(tried) == 1 and "trying the next" in tried[0], tried
+
+
+def test_a_connection_cancelled_while_it_connects_leaves_nothing_trying(broker_url: str) -> None:
+    """A service stopped while it connects (the receiver's announcer right after its start)
+    must not leave aio-pika reconnecting in a task of its own: its process would not end."""
+
+    async def scenario() -> list[asyncio.Task[Any]]:
+        attempt = asyncio.create_task(connect(broker_url, name="test"))
+        await asyncio.sleep(0)  # the attempt is under way
+        attempt.cancel()
+        async with asyncio.timeout(30):
+            with pytest.raises(asyncio.CancelledError):
+                await attempt
+        await asyncio.sleep(0.1)
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    left = asyncio.run(scenario())
+    assert left == [], left

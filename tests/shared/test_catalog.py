@@ -13,6 +13,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, func, inspect, select, text
 
+from shared.catalog import reconciliation as _reconciliation  # noqa: F401 - in Base too
 from shared.catalog import webhooks as _webhooks  # noqa: F401 - its tables are in Base too
 from shared.catalog.database import MIGRATIONS, migrate, open_catalog
 from shared.catalog.models import Base, Patient
@@ -21,8 +22,9 @@ pytestmark = pytest.mark.integration
 
 TABLES = {"patients", "studies", "series", "instances", "nifti_outputs"}
 TABLES |= {"retrieval_jobs", "retrieval_studies", "expected_series", "evictions"}
-TABLES |= {"audit_events"}
+TABLES |= {"audit_events", "instance_history"}
 TABLES |= {"webhooks", "webhook_deliveries", "notified_retrievals"}
+TABLES |= {"reconciliation_runs", "reconciliation_differences"}
 
 
 def head_revision() -> str:

@@ -31,6 +31,8 @@ def test_the_file_holds_digests_not_keys(tmp_path: Path) -> None:
         ("keys: [{name: a, scope: read, labs: [../etc], sha256: " + "0" * 64 + "}]", "labs"),
         ("keys: [{name: a, scope: read, labs: all, sha256: abc}]", "keys.0.sha256"),
         ("keys: [{name: a, scope: read, labs: all}]", "keys.0.sha256"),
+        # An admin reads every lab's audit trail and webhooks: it sees every lab.
+        ("keys: [{name: a, scope: admin, labs: [X], sha256: " + "a" * 64 + "}]", "every lab"),
         ("keys: {", "not YAML"),
     ],
 )
@@ -64,7 +66,7 @@ def test_a_running_keyring_takes_changes_but_keeps_its_keys_through_a_broken_edi
     with caplog.at_level(logging.ERROR, "dcmdb.keys"):
         path.write_text(good.replace("scope: read", "scope: reed"))
         assert ring.caller(first) is not None  # the keys read before stay in force
-    assert "keys read before stay in force" in caplog.text
+    assert "what was read before stays in force" in caplog.text
     assert keys.digest(first) not in caplog.text
     path.write_text(good)  # mended, and then "first" revoked
     with keys.editing(path) as document:

@@ -18,9 +18,9 @@ from prometheus_client import Counter
 
 from services.commands.up import child_environments
 from shared.errors import ConfigurationError
-from shared.monitoring import OK, SidePort
+from shared.monitoring import OK, SidePort, broker_reachable
 from shared.settings import METRICS_PORTS
-from tests.support import free_port
+from tests.support import free_port, refused_port
 
 PROBE = Counter("dcmdb_test_side_port_probes_total", "Counted by the side port's tests")
 
@@ -174,3 +174,10 @@ def test_up_refuses_a_malformed_port_list(
     clean_environment(monkeypatch, tmp_path, DCMDB_METRICS_PORTS=value)
     with pytest.raises(ConfigurationError, match="DCMDB_METRICS_PORTS"):
         child_environments(["sorter"])
+
+
+def test_the_broker_is_reachable_when_one_of_its_nodes_answers(broker_url: str) -> None:
+    with refused_port() as down:
+        gone = f"amqp://guest:guest@127.0.0.1:{down}/"
+        assert broker_reachable(f"{gone},{broker_url}") == OK
+        assert broker_reachable(gone).startswith("unreachable")

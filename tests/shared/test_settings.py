@@ -11,7 +11,7 @@ import pytest
 
 from services.receiver.settings import ReceiverSettings
 from shared.errors import ConfigurationError
-from shared.settings import CommonSettings, load_settings
+from shared.settings import CommonSettings, broker_addresses, load_settings
 from tests.conftest import REPO
 from tests.support import refused_port, wait_for
 
@@ -68,6 +68,18 @@ def test_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(ReceiverSettings)
     assert settings.allowed_calling_aes == ("PACS", "SCANNER1")
     assert settings.allowed_hosts == ("10.0.0.5",)
+
+
+def test_the_broker_url_may_name_several_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    nodes = "amqp://u:p@rabbit-a:5672/dcmdb, amqps://u:p@rabbit-b:5671/dcmdb"
+    monkeypatch.setenv("DCMDB_BROKER_URL", nodes)
+    assert broker_addresses(load_settings(CommonSettings).broker_url) == [
+        "amqp://u:p@rabbit-a:5672/dcmdb",
+        "amqps://u:p@rabbit-b:5671/dcmdb",
+    ]
+    monkeypatch.setenv("DCMDB_BROKER_URL", "amqp://rabbit-a/dcmdb,http://rabbit-b/")
+    with pytest.raises(ConfigurationError, match="DCMDB_BROKER_URL"):
+        load_settings(CommonSettings)
 
 
 def test_paths_derive_from_the_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -180,7 +180,7 @@ def test_two_sorters_and_two_converters_file_and_convert_each_instance_once(
     for name in SORTERS:
         assert "filed instance" in cluster.log(name), f"{name} filed nothing"
     for name in RECEIVERS:
-        assert re.search(r"association from \S+ released: [1-9]", cluster.log(name)), name
+        assert re.search(r"association from \S+ at \S+ released: [1-9]", cluster.log(name)), name
     waiting, dead = asyncio.run(waiting_and_dead(broker_url))
     assert waiting == 0
     assert dead == {"dcmdb.sorter.dead": 0, "dcmdb.converter.dead": 0, "dcmdb.notifier.dead": 0}

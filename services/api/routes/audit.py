@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from pydantic import AfterValidator
 
-from services.api.audit_trail import AuditFilters, AuditTrail, read_events
 from services.api.dependencies import ADMIN, SessionDep
 from services.api.parameters import ISO_TIME_PATTERN, optional_utc_time
 from services.api.schemas import UID_PATTERN, AuditEntry, AuditPage
+from shared.audit_trail import AuditFilters, AuditTrail, read_events
 from shared.catalog.states import AuditAction
 
 router = APIRouter(tags=["audit"])

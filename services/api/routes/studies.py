@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -28,7 +27,7 @@ from services.api.parameters import (
     date_range,
     invalid,
     like_pattern,
-    utc_time,
+    optional_utc_time,
 )
 from services.api.schemas import Physician, Pin, StudyDetail, StudyPage
 from services.api.storage import set_pinned
@@ -40,10 +39,6 @@ router = APIRouter(tags=["studies"])
 
 def _optional_date_range(value: str | None) -> DateRange | None:
     return None if value is None else date_range(value)
-
-
-def _optional_time(value: str | None) -> dt.datetime | None:
-    return None if value is None else utc_time(value)
 
 
 @router.get(
@@ -89,7 +84,7 @@ def get_studies(
             pattern=ISO_TIME_PATTERN,
             description="ISO 8601 date or time (2024-05-01T08:00:00Z); naive times are UTC",
         ),
-        AfterValidator(_optional_time),
+        AfterValidator(optional_utc_time),
     ] = None,
     sort: Annotated[Literal["received", "study_date"], Query()] = "received",
     order: Annotated[Literal["desc", "asc"], Query()] = "desc",
@@ -151,9 +146,9 @@ def get_physicians(caller: CallerDep, session: SessionDep) -> list[Physician]:
     response_model=Pin,
     responses=not_found_answer("No such study"),
 )
-def pin_study(caller: CallerDep, study_uid: StudyUid, session: WriterSessionDep) -> Pin:
+def pin_study(study_uid: StudyUid, session: WriterSessionDep) -> Pin:
     """Keep the study: retention never evicts a pinned study."""
-    return _pinned(session, study_uid, True, caller.labs)
+    return _pinned(session, study_uid, True)
 
 
 @router.delete(
@@ -162,12 +157,12 @@ def pin_study(caller: CallerDep, study_uid: StudyUid, session: WriterSessionDep)
     response_model=Pin,
     responses=not_found_answer("No such study"),
 )
-def unpin_study(caller: CallerDep, study_uid: StudyUid, session: WriterSessionDep) -> Pin:
+def unpin_study(study_uid: StudyUid, session: WriterSessionDep) -> Pin:
     """Let retention evict the study again, in its turn."""
-    return _pinned(session, study_uid, False, caller.labs)
+    return _pinned(session, study_uid, False)
 
 
-def _pinned(session: Session, study_uid: str, pinned: bool, labs: frozenset[str] | None) -> Pin:
-    if not set_pinned(session, study_uid, pinned, labs):
+def _pinned(session: Session, study_uid: str, pinned: bool) -> Pin:
+    if not set_pinned(session, study_uid, pinned):
         raise not_found("study", study_uid)
     return Pin(study_uid=study_uid, pinned=pinned)

@@ -151,8 +151,6 @@ def pins_page(request: Request, visitor: AdminDep, session: SessionDep) -> Respo
         .where(LISTED, Study.pinned.is_(True))
         .order_by(Study.received_at.desc())
     )
-    if visitor.caller.labs is not None:
-        statement = statement.where(Study.physician_folder.in_(sorted(visitor.caller.labs)))
     return render(request, "pins.html", visitor, pinned=session.execute(statement).all())
 
 
@@ -170,7 +168,7 @@ async def pin_study(
     if fields.get("pinned") not in ("0", "1"):
         raise PageError(status.HTTP_400_BAD_REQUEST, "Pin with pinned=1, unpin with pinned=0.")
     audit_note(action=AuditAction.STUDY_PIN if fields["pinned"] == "1" else AuditAction.STUDY_UNPIN)
-    if not set_pinned(session, study_uid, fields["pinned"] == "1", visitor.caller.labs):
+    if not set_pinned(session, study_uid, fields["pinned"] == "1"):
         raise PageError(status.HTTP_404_NOT_FOUND, f"No study with UID {study_uid!r} here.")
     back = local_path(fields.get("back"), f"/web/studies/{study_uid}")
     return RedirectResponse(back, status.HTTP_303_SEE_OTHER)

@@ -21,8 +21,12 @@ from services.api.schemas import StudyDetail
 from services.api.studies import PhysicianDirectory, StudyFilters, list_studies, study_detail
 from services.api.web.pages import PageError, Visitor, VisitorDep, audited_page, render
 from shared.catalog.models import LISTED, Study
-from shared.catalog.states import AuditAction
+from shared.catalog.reconciliation import Difference, ReconciliationRun
+from shared.catalog.states import AuditAction, CheckState, DifferenceState
 from shared.keys import Caller
+from shared.reconciliation_report import Filters, differences, latest_runs
+
+PANEL_ROWS = 20
 
 router = APIRouter(include_in_schema=False)
 
@@ -138,7 +142,23 @@ def _studies(
         items=page.get("items", []),
         next_page=search.query(cursor=page["next"]) if page.get("next") else None,
         first_page=search.query(),
+        at_risk=at_risk(session, visitor.caller),
     )
+
+
+def at_risk(session: Session, caller: Caller) -> AtRisk:
+    """The panel of what the PACS lacks of the scanners' studies, of the caller's labs."""
+    rows = differences(session, Filters(labs=caller.labs, limit=PANEL_ROWS + 1))
+    open_rows = [row for row in rows if row.state != DifferenceState.CLOSED]
+    failed = [run for run in latest_runs(session) if run.state == CheckState.FAILED]
+    return AtRisk(open_rows[:PANEL_ROWS], len(open_rows) > PANEL_ROWS, failed)
+
+
+@dataclass(frozen=True)
+class AtRisk:
+    differences: list[Difference]
+    more: bool
+    unchecked: list[ReconciliationRun]  # scanners whose latest check failed
 
 
 def _lab_choices(session: Session, caller: Caller) -> list[str]:

@@ -13,17 +13,21 @@ per layer:
   (``EventDrivenDUL``);
 - ``pdu_socket``: whole PDUs read with ``recv_into`` into one preallocated buffer,
   PDUs longer than negotiated refused before they are read (``PDUSocket``);
-- ``store_path``: C-STORE requests and responses without pydicom (``FastStoreDIMSE``).
+- ``store_path``: C-STORE requests and responses without pydicom (``FastStoreDIMSE``);
+- ``find_path``: C-FIND responses written by hand, many to a send (``serve_find``): a
+  study-level C-FIND answers thousands of matches, each over 1 ms through pynetdicom.
 
-Only C-STORE takes the fast path. Every other DIMSE message (C-ECHO today; C-FIND,
-C-MOVE, C-GET, C-CANCEL when later work binds handlers for them) is replayed
-unchanged to pynetdicom's own DIMSE provider and served by its service classes:
-adding a service means binding its handler in ``evt_handlers``, nothing here.
+C-STORE requests take the fast path in; C-FIND responses take it out (the request is
+decoded by pynetdicom, its handler runs in the association thread as upstream's would).
+Every other DIMSE message (C-ECHO, C-MOVE, C-GET, C-CANCEL) is replayed unchanged to
+pynetdicom's own DIMSE provider and served by its service classes: adding a service
+means binding its handler in ``evt_handlers``, nothing here.
 
 The overrides rely on pynetdicom 3.0.4 internals: the DUL's queues,
 ``_read_pdu_data``, ``_is_transport_event``, ``_decode_pdu``;
-``Association._run_reactor``, ``_reactor_checkpoint``, ``_is_paused``, ``_kill``;
-``DIMSEServiceProvider`` ``message``/``msg_queue``;
+``Association._run_reactor``, ``_reactor_checkpoint``, ``_is_paused``, ``_kill``,
+``_serve_request``, ``_sent_release``, ``_accepted_cx``; ``DIMSEServiceProvider``
+``message``/``msg_queue``/``cancel_req``; ``evt._c_find_handler``, the DUL's ``_idle_timer``;
 ``RequestHandler._create_association``; ``PresentationContext._transfer_syntax``;
 ``AE._servers``. Hence ``version.PYNETDICOM_VERSION``: the receiver refuses to
 start on any other release.
@@ -38,7 +42,14 @@ from services.receiver.transport.version import PYNETDICOM_VERSION, check_pynetd
 try:
     from services.receiver.transport.pdu_socket import DEFAULT_MAXIMUM_PDU_SIZE
     from services.receiver.transport.reactor import start_storage_server
-    from services.receiver.transport.store_path import decode_c_store_rq, encode_c_store_rsp
+    from services.receiver.transport.store_path import (
+        StoreAnswer,
+        decode_c_store_rq,
+        decode_c_store_rsp,
+        encode_c_store_rq,
+        encode_c_store_rsp,
+        encode_retrieve_rsp,
+    )
 except ImportError:
     # Another pynetdicom may lack the internals imported above: say so, not which name.
     check_pynetdicom_version(pynetdicom.__version__)
@@ -47,8 +58,12 @@ except ImportError:
 __all__ = [
     "DEFAULT_MAXIMUM_PDU_SIZE",
     "PYNETDICOM_VERSION",
+    "StoreAnswer",
     "check_pynetdicom_version",
     "decode_c_store_rq",
+    "decode_c_store_rsp",
+    "encode_c_store_rq",
     "encode_c_store_rsp",
+    "encode_retrieve_rsp",
     "start_storage_server",
 ]

@@ -6,6 +6,7 @@ import contextlib
 import math
 import socket
 import struct
+import threading
 import time
 from typing import cast
 
@@ -41,6 +42,9 @@ class PDUSocket(AssociationSocket):
         # (idle) timeout bounds the time between PDUs. A peer trickling a byte at
         # a time would keep each recv short but never finish.
         self.deadline = math.inf
+        # The DUL thread sends, and the association thread does too while it streams
+        # C-FIND responses (find_path): a PDU is written whole before another starts.
+        self._send_lock = threading.Lock()
 
     def fill(self, start: int, size: int) -> bool:
         """Read exactly `size` bytes into the buffer at `start`; False on EOF,
@@ -61,9 +65,18 @@ class PDUSocket(AssociationSocket):
         # Upstream's send as it is, after restoring the send timeout: what is left
         # of a read's deadline is no bound for a send. Reset here, once per
         # response, rather than after every read.
-        if (sock := self.socket) is not None:
+        with self._send_lock:
+            if (sock := self.socket) is not None:
+                sock.settimeout(self._send_timeout)
+            super().send(bytestream)
+
+    def send_all(self, data: bytes) -> None:
+        """Write whole PDUs from any thread (no EVT_DATA_SENT: the caller encoded them);
+        OSError (the peer went away, or did not read for the network timeout) propagates."""
+        with self._send_lock:
+            sock = cast(socket.socket, self.socket)
             sock.settimeout(self._send_timeout)
-        super().send(bytestream)
+            sock.sendall(data)
 
     def pdu(self, body_length: int) -> memoryview:
         """The PDU last read with :meth:`fill`, valid until the next read."""

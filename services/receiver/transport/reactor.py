@@ -13,6 +13,7 @@ import functools
 import logging
 import socket
 import threading
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -20,12 +21,15 @@ import pynetdicom
 from pynetdicom import _handlers, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import RequestHandler
 from pynetdicom.utils import make_target
 
 from services.receiver.admission import Admission, Slot, StorageServer
 from services.receiver.transport import dul
 from services.receiver.transport.dul import EventDrivenDUL, SignallingQueue
+from services.receiver.transport.find_path import serve_find
 from services.receiver.transport.pdu_socket import (
     DEFAULT_MAXIMUM_PDU_SIZE,
     MAX_PRE_ASSOCIATION_PDU,
@@ -40,6 +44,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from pynetdicom import AE
 
 LOGGER = logging.getLogger(__name__)
+
+#: A service the server provides itself, in place of pynetdicom's service class for the
+#: request: called with the association, the request primitive and its presentation context,
+#: in the association's thread, it answers the request (see ``EventDrivenAssociation``).
+ServeRequest = Callable[[Association, Any, PresentationContext], None]
 
 #: pynetdicom's default handlers format every message (~0.1 ms each) and stop
 #: the fast C-STORE paths, which skip building what they are handed.
@@ -66,6 +75,8 @@ class EventDrivenAssociation(Association):
         self._wakeup = threading.Event()
         super().__init__(ae, mode)
         self.slot: Slot | None = None  # its place among the open connections
+        # Requests served by the server's own services, by primitive type (C_MOVE, C_GET)
+        self.services: Mapping[type, ServeRequest] = {}
         self.dul = EventDrivenDUL(self, on_stop=self._dul_stopped)
         self.dul.to_user_queue = SignallingQueue(self._wakeup.set)
         self.dimse = FastStoreDIMSE(self)
@@ -95,6 +106,36 @@ class EventDrivenAssociation(Association):
             super().run_reactor()
         except Exception as exc:
             LOGGER.error("Exception in the association reactor, aborting association")
+            LOGGER.exception(exc)
+            self.abort()
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        """Upstream's, but a C-FIND request is served by the fast path when it can
+        (``find_path``), and a request of a type the server serves itself (``services``)
+        goes to that service instead of pynetdicom's service class: dcmdb's C-MOVE and
+        C-GET, which send archived files as stored where pynetdicom's Query/Retrieve
+        service re-encodes each data set it is handed. Upstream's checks (a release under
+        way, not a request, an unknown context) and its handling of everything else stay
+        upstream's; around the service, what upstream does around ``service_class.SCP``:
+        C-CANCELs of earlier requests cleared, an exception logged and the association
+        aborted. A service that took longer than the network timeout (a C-MOVE of a large
+        study) was busy, not idle: the idle timer starts again when it returns."""
+        ours = isinstance(msg, C_FIND) and msg.is_valid_request and not self._sent_release
+        if ours and serve_find(self, msg, context_id):
+            return
+        serve = self.services.get(type(msg))
+        context = self._accepted_cx.get(context_id)
+        if serve is None or context is None or self._sent_release or not msg.is_valid_request:
+            super()._serve_request(msg, context_id)
+            return
+        try:
+            self.dimse.cancel_req = {}
+            self._is_paused = True  # as upstream: in case the service calls send_*()
+            serve(self, msg, context)
+            self._is_paused = False
+            self.dimse.cancel_req = {}
+            self.dul._idle_timer.restart()
+        except Exception as exc:
             LOGGER.exception(exc)
             self.abort()
 
@@ -184,6 +225,7 @@ class StorageRequestHandler(RequestHandler):
         assoc._server = server
         if isinstance(server, StorageServer):
             assoc.slot = server.take_slot(client)
+            assoc.services = server.services
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"  # AE finds it by name
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small, urgent replies
         assoc.set_socket(PDUSocket(assoc, client, max(max_pdu, MAX_PRE_ASSOCIATION_PDU)))
@@ -220,6 +262,7 @@ def start_storage_server(
     ae_title: str | None = None,
     contexts: list[Any] | None = None,
     standard_logging: bool = False,
+    services: Mapping[type, ServeRequest] | None = None,
 ) -> StorageServer:
     """Start an event-driven server in a background thread, as
     ``ae.start_server(address, block=False, ...)`` does (``ae.shutdown()`` or
@@ -228,7 +271,8 @@ def start_storage_server(
     ``ae.maximum_pdu_size``: we announce it and abort on longer PDUs.
     pynetdicom's per-message logging handlers are unbound unless
     `standard_logging`. `admission` limits the open connections (default: the
-    AE's maximum associations, from any one host too).
+    AE's maximum associations, from any one host too). `services` serve requests of
+    their primitive's type in place of pynetdicom's service classes.
 
     Refuses (``ConfigurationError``) to start on any pynetdicom release other than
     the one whose internals this package overrides."""
@@ -250,6 +294,7 @@ def start_storage_server(
     server.slots, server.refused = {}, set()
     server.maximum_pdu_size = maximum_pdu_size  # type: ignore[attr-defined]
     server.standard_logging = standard_logging  # type: ignore[attr-defined]
+    server.services = dict(services or {})
     if not standard_logging:
         for event, handler in _STANDARD_LOG_HANDLERS:
             server.unbind(event, handler)

@@ -11,6 +11,11 @@ other command (C-ECHO, C-FIND, C-MOVE, C-GET, C-CANCEL, N-*, a C-STORE response
 on a C-GET association), or a C-STORE-RQ with anything unusual, is replayed
 unchanged to pynetdicom's own ``DIMSEServiceProvider.receive_primitive`` and
 served by its service classes and whatever handler is bound.
+
+The pending answers of C-MOVE and C-GET (one per sub-operation) are written by hand
+too, and so are the C-STORE requests a C-MOVE sends and the answers it reads
+(`services.receiver.sending`): each command set dcmdb writes without pydicom is
+written here, checked against pynetdicom's encoding by the transport's tests.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pynetdicom import _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 
@@ -48,6 +53,20 @@ _STORE_RQ_FIELDS: dict[int, tuple[str, str] | None] = {
 _C_STORE_RQ = b"\x01\x00"  # CommandField 0x0001, little endian
 _NO_DATA_SET = b"\x01\x01"  # CommandDataSetType 0x0101
 _C_STORE_RSP = 0x8001
+_C_GET_RSP, _C_MOVE_RSP = 0x8010, 0x8021
+
+
+def _command_elements(command: bytes) -> dict[int, bytes] | None:
+    """The (0000,eeee) elements of an implicit VR little endian command set by element
+    number; None when it is not one (another group, a length running past the end)."""
+    elements, offset = {}, 0
+    while offset + 8 <= len(command):
+        group, element, length = _COMMAND_ELEMENT.unpack_from(command, offset)
+        elements[element] = command[offset + 8 : offset + 8 + length]
+        offset += 8 + length
+        if group != 0:
+            return None
+    return elements if offset == len(command) else None
 
 
 def decode_c_store_rq(command: bytes) -> C_STORE | None:
@@ -57,14 +76,8 @@ def decode_c_store_rq(command: bytes) -> C_STORE | None:
     lengths, values the primitive's validating setters refuse): the caller
     hands those to pynetdicom, to decode or reject as it always has.
     """
-    elements, offset = {}, 0
-    while offset + 8 <= len(command):
-        group, element, length = _COMMAND_ELEMENT.unpack_from(command, offset)
-        elements[element] = command[offset + 8 : offset + 8 + length]
-        offset += 8 + length
-        if group != 0:
-            return None
-    if offset != len(command) or not elements.keys() <= _STORE_RQ_FIELDS.keys():
+    elements = _command_elements(command)
+    if elements is None or not elements.keys() <= _STORE_RQ_FIELDS.keys():
         return None
     if elements.get(0x0100) != _C_STORE_RQ or elements.get(0x0800, _NO_DATA_SET) == _NO_DATA_SET:
         return None  # not a C-STORE-RQ, or one without a data set
@@ -85,6 +98,27 @@ def decode_c_store_rq(command: bytes) -> C_STORE | None:
     return request
 
 
+def _command_set(elements: list[tuple[int, int | bytes | None]]) -> bytes:
+    """A command set of (element, value) pairs in element order, as pynetdicom encodes
+    it: an int is a US, bytes are the value padded to even length; None is left out
+    (pynetdicom omits unset parameters); the group length comes first."""
+    body = b""
+    for element, value in elements:
+        if value is None:
+            continue
+        encoded = struct.pack("<H", value) if isinstance(value, int) else value
+        body += _COMMAND_ELEMENT.pack(0, element, len(encoded)) + encoded
+    return _COMMAND_ELEMENT.pack(0, 0x0000, 4) + struct.pack("<L", len(body)) + body
+
+
+def _uid(value: str | None) -> bytes | None:
+    """A UID's value: padded with NUL."""
+    if value is None:
+        return None
+    encoded = value.encode("ascii")
+    return encoded + b"\0" * (len(encoded) % 2)
+
+
 def encode_c_store_rsp(rsp: C_STORE) -> bytes | None:
     """The command set pynetdicom would encode for `rsp`; ``None`` if it has
     the (rare) optional status elements or a UID that is not ASCII (a request
@@ -94,22 +128,100 @@ def encode_c_store_rsp(rsp: C_STORE) -> bytes | None:
     uids = (rsp.AffectedSOPClassUID, rsp.AffectedSOPInstanceUID)
     if not all(uid is None or uid.isascii() for uid in uids):
         return None
-    elements = [
-        (0x0002, rsp.AffectedSOPClassUID),
-        (0x0100, _C_STORE_RSP),  # CommandField
-        (0x0120, rsp.MessageIDBeingRespondedTo),
-        (0x0800, 0x0101),  # CommandDataSetType: none
-        (0x0900, rsp.Status),
-        (0x1000, rsp.AffectedSOPInstanceUID),
-    ]
-    body = b""
-    for element, value in elements:
-        if value is None:
-            continue  # pynetdicom omits unset parameters
-        encoded = struct.pack("<H", value) if isinstance(value, int) else value.encode("ascii")
-        encoded += b"\0" * (len(encoded) % 2)  # UIDs are padded with NUL
-        body += _COMMAND_ELEMENT.pack(0, element, len(encoded)) + encoded
-    return _COMMAND_ELEMENT.pack(0, 0x0000, 4) + struct.pack("<L", len(body)) + body
+    return _command_set(
+        [
+            (0x0002, _uid(rsp.AffectedSOPClassUID)),
+            (0x0100, _C_STORE_RSP),  # CommandField
+            (0x0120, rsp.MessageIDBeingRespondedTo),
+            (0x0800, 0x0101),  # CommandDataSetType: none
+            (0x0900, rsp.Status),
+            (0x1000, _uid(rsp.AffectedSOPInstanceUID)),
+        ]
+    )
+
+
+def encode_retrieve_rsp(rsp: C_MOVE | C_GET) -> bytes | None:
+    """The command set pynetdicom would encode for a C-MOVE or C-GET response; ``None``
+    for one with an identifier (a final answer's Failed SOP Instance UID List) or text
+    that is not ASCII, which are left to pynetdicom."""
+    comment = rsp.ErrorComment
+    if rsp.Identifier is not None or not (comment is None or comment.isascii()):
+        return None
+    if not (rsp.AffectedSOPClassUID is None or rsp.AffectedSOPClassUID.isascii()):
+        return None
+    text = None
+    if comment is not None:
+        text = comment.encode("ascii")
+        text += b" " * (len(text) % 2)  # LO: padded with a space
+    return _command_set(
+        [
+            (0x0002, _uid(rsp.AffectedSOPClassUID)),
+            (0x0100, _C_MOVE_RSP if isinstance(rsp, C_MOVE) else _C_GET_RSP),
+            (0x0120, rsp.MessageIDBeingRespondedTo),
+            (0x0800, 0x0101),  # CommandDataSetType: none
+            (0x0900, rsp.Status),
+            (0x0902, text),
+            (0x1020, rsp.NumberOfRemainingSuboperations),
+            (0x1021, rsp.NumberOfCompletedSuboperations),
+            (0x1022, rsp.NumberOfFailedSuboperations),
+            (0x1023, rsp.NumberOfWarningSuboperations),
+        ]
+    )
+
+
+def encode_c_store_rq(
+    message_id: int,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    *,
+    priority: int = 0,
+    move_originator: tuple[str, int] | None = None,
+) -> bytes:
+    """The command set of a C-STORE-RQ with a data set, as pynetdicom encodes one: for
+    the sub-operations of a C-MOVE, `move_originator` is the (AE title, message ID) of
+    the C-MOVE request."""
+    originator_ae, originator_id = move_originator or (None, None)
+    ae_title = None
+    if originator_ae is not None:
+        ae_title = originator_ae.encode("ascii")
+        ae_title += b" " * (len(ae_title) % 2)  # AE: padded with a space
+    return _command_set(
+        [
+            (0x0002, _uid(sop_class_uid)),
+            (0x0100, 0x0001),  # CommandField: C-STORE-RQ
+            (0x0110, message_id),
+            (0x0700, priority),
+            (0x0800, 0x0001),  # CommandDataSetType: a data set follows (not 0x0101)
+            (0x1000, _uid(sop_instance_uid)),
+            (0x1030, ae_title),
+            (0x1031, originator_id),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class StoreAnswer:
+    """A C-STORE-RSP as a sender reads it."""
+
+    message_id: int | None  # the request it answers
+    status: int
+    error_comment: str | None
+
+
+def decode_c_store_rsp(command: bytes) -> StoreAnswer | None:
+    """A C-STORE-RSP's answer; None when `command` is not one (or has no status)."""
+    elements = _command_elements(command)
+    if elements is None or elements.get(0x0100) != struct.pack("<H", _C_STORE_RSP):
+        return None
+    try:
+        (status,) = struct.unpack("<H", elements[0x0900])
+        answered = elements.get(0x0120)
+        message_id = None if answered is None else struct.unpack("<H", answered)[0]
+    except (KeyError, struct.error):
+        return None
+    comment = elements.get(0x0902)
+    text = None if comment is None else comment.decode("latin-1").strip(" \0")
+    return StoreAnswer(message_id, status, text)
 
 
 @dataclass(frozen=True)
@@ -187,15 +299,16 @@ class FastStoreDIMSE(DIMSEServiceProvider):
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         # Upstream encodes through pydicom and queues a P-DATA primitive per
-        # fragment. A C-STORE-RSP that fits one PDU is written by hand instead;
-        # every other message (requests, other services) is upstream's.
+        # fragment. A C-STORE-RSP, or a C-MOVE or C-GET response without an
+        # identifier (the pending ones after each sub-operation), that fits one PDU
+        # is written by hand instead; every other message is upstream's.
         command = None
-        if (
-            type(primitive) is C_STORE
-            and primitive.MessageIDBeingRespondedTo is not None
-            and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
-        ):
-            command = encode_c_store_rsp(primitive)
+        responding = getattr(primitive, "MessageIDBeingRespondedTo", None) is not None
+        if responding and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            if type(primitive) is C_STORE:
+                command = encode_c_store_rsp(primitive)
+            elif type(primitive) in (C_MOVE, C_GET):
+                command = encode_retrieve_rsp(primitive)
         peer_max = self.maximum_pdu_size
         if command is None or (peer_max and len(command) > peer_max - 6):
             super().send_msg(primitive, context_id)

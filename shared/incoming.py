@@ -1,8 +1,10 @@
 """Durable storage of received instances in ``incoming/`` and ``quarantine/``.
 
-An instance is acknowledged only once it is on disk: written to a temporary
-file in ``incoming/.partial/``, fsynced, then renamed into ``incoming/``. Its
-bytes are the ones received; nothing is decoded or re-encoded.
+What the receiver gets by C-STORE and the API by STOW-RS lands here, each process in an
+incoming folder of its own. An instance is acknowledged only once it is on disk: written
+to a temporary file in ``incoming/.partial/``, fsynced, then renamed into ``incoming/``.
+Its bytes are the ones received (a C-STORE's data set behind file meta information made
+from its command, a STOW-RS part as it came); nothing is decoded or re-encoded.
 
 Creating a file costs more than writing and syncing one, so a thread keeps a
 few empty spare files ready in ``.partial/`` and each instance is written into
@@ -13,6 +15,10 @@ the cost of every instance); instead, at start, any file in ``.partial/`` that
 holds a complete DICOM object, so possibly acknowledged before a power cut
 undid its rename, is moved on into ``incoming/``. One that is incomplete was
 never acknowledged: the sender saw a failure and resends it.
+
+An instance of a retrieval dcmdb asked for itself is the exception: the PACS keeps its
+copy, so it is answered once written, unsynced, and noted in `shared.unsynced` until the
+retrieval job syncs the filesystem once, at its end.
 
 File names carry no tag values: a nanosecond stamp, a random part and the size.
 """
@@ -30,7 +36,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +47,7 @@ from shared.disk import DiskUsage, Threshold, disk_usage
 from shared.durable import write_synced
 from shared.errors import ConfigurationError, StorageFailed, UnreadableObject
 from shared.headers import Header
+from shared.unsynced import UnsyncedFiles
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +90,10 @@ class FileMeta:
 class IncomingStore:
     """Writes each received instance atomically into ``incoming/``."""
 
-    def __init__(self, incoming: Path, quarantine: Path) -> None:
+    def __init__(
+        self, incoming: Path, quarantine: Path, setting: str = "DCMDB_INCOMING_FOLDER"
+    ) -> None:
+        """``setting`` names the folder in the error a second process on it meets."""
         self.incoming = incoming
         self.quarantine = quarantine
         self._partial = incoming / ".partial"
@@ -92,37 +102,62 @@ class IncomingStore:
         self._partial_prefix = f"{self._partial}{os.sep}"
         for folder in (incoming, quarantine, self._partial):
             folder.mkdir(parents=True, exist_ok=True)
-        self._lock = _only_receiver_of(incoming)
+        self._lock = _only_receiver_of(incoming, setting)
         self._recover_partial_files()
         self._spares = _SpareFiles(self._partial_prefix)
+        self._unsynced = UnsyncedFiles(incoming.parent)
 
-    def store(self, meta: FileMeta, dataset: bytes) -> StoredFile:
-        """Make the instance durable in ``incoming/``; raise StorageFailed if it cannot be."""
-        header = PREAMBLE + meta.encode()
-        size = len(header) + len(dataset)
+    def store(self, meta: FileMeta, dataset: bytes, *, deferred: bool = False) -> StoredFile:
+        """Make the instance durable in ``incoming/``; raise StorageFailed if it cannot be.
+
+        ``deferred``: only write it, and note it as not yet durable (`shared.unsynced`).
+        """
+        return self._land(PREAMBLE + meta.encode(), dataset, deferred=deferred)
+
+    def store_file(self, content: bytes) -> StoredFile:
+        """The same for a whole DICOM file (PS3.10), kept byte for byte as it came."""
+        return self._land(content)
+
+    def _land(self, *parts: bytes, deferred: bool = False) -> StoredFile:
+        size = sum(len(part) for part in parts)
         stamp = time.time_ns()
         name = f"{stamp:020d}-{uuid.uuid4().hex[:12]}-{size}{SUFFIX}"
         partial, final = self._spares.take(), self._incoming_prefix + name
         try:
-            write_synced(partial, header, dataset, create=False)
+            write_synced(partial, *parts, create=False, sync=not deferred)
             os.rename(partial, final)
+            if deferred:
+                self._note_unsynced(final, name)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(partial)
             raise StorageFailed(exc.errno, f"cannot store instance: {exc.strerror}") from exc
         return StoredFile(name, size, datetime.fromtimestamp(stamp / 1e9, UTC))
 
+    def _note_unsynced(self, final: str, name: str) -> None:
+        """Noted for the job's sync, or synced now when it cannot be noted."""
+        try:
+            self._unsynced.mark(final, name)
+        except OSError as exc:
+            log.warning("cannot note an instance for its job's sync (%s): syncing it now", exc)
+            write_synced(final, create=False)  # opens, writes nothing, fsyncs
+
     def quarantine_object(self, meta: FileMeta, dataset: bytes, reason: str) -> Path | None:
         """Keep an unreadable object with the reason beside it, for an admin to look at."""
+        return self.quarantine_file(reason, meta.source_ae, PREAMBLE + meta.encode(), dataset)
+
+    def quarantine_file(self, reason: str, source: str, *parts: bytes) -> Path | None:
+        """Keep what was received as ``parts`` (a whole file, or its pieces) with the reason
+        and its source (a calling AE title) beside it; None when it cannot be kept."""
         stem = f"{time_stamp()}-{uuid.uuid4().hex[:12]}"
         target = self.quarantine / f"{stem}{SUFFIX}"
         note = {
             "reason": reason,
-            "calling_ae": meta.source_ae,
+            "calling_ae": source,
             "received_at": datetime.now(UTC).isoformat(),
         }
         try:
-            write_synced(target, PREAMBLE + meta.encode(), dataset)
+            write_synced(target, *parts)
             write_synced(self.quarantine / f"{stem}.json", json.dumps(note).encode())
         except OSError as exc:
             log.error("cannot quarantine an unreadable object: %s", exc)
@@ -151,12 +186,17 @@ class IncomingStore:
             os.rename(partial, self.incoming / name)
 
 
-def _only_receiver_of(incoming: Path) -> int:
+class FolderTaken(ConfigurationError):
+    """Another process holds this incoming folder."""
+
+
+def _only_receiver_of(incoming: Path, setting: str) -> int:
     """Hold a lock on ``incoming`` for the life of the process, or refuse to start.
 
-    A second receiver on the same folder (on a host sharing the data directory) would take
-    the first one's half-written files in ``.partial/`` for leftovers of a crash and remove
-    them. POSIX locks hold across NFS and CephFS; the kernel drops this one with the process.
+    A second receiver or API process on the same folder (on a host sharing the data
+    directory) would take the first one's half-written files in ``.partial/`` for leftovers
+    of a crash and remove them. POSIX locks hold across NFS and CephFS; the kernel drops
+    this one with the process.
     """
     path = incoming / ".receiver.lock"
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
@@ -166,11 +206,27 @@ def _only_receiver_of(incoming: Path) -> int:
         os.close(descriptor)
         if exc.errno not in (errno.EACCES, errno.EAGAIN):
             raise
-        raise ConfigurationError(
-            f"another receiver uses {incoming}: give each receiver that shares the data "
-            "directory its own DCMDB_INCOMING_FOLDER"
+        raise FolderTaken(
+            f"another process uses {incoming}: give each receiver that shares the data "
+            f"directory its own {setting}"
         ) from None
     return descriptor
+
+
+def waiting_before(data_dir: Path, moment: int, others: Collection[Path]) -> int:
+    """Instances received before `moment` (ns since the epoch) and not filed yet: still in an
+    incoming folder of the data directory (every receiver's and the API's; not `others`,
+    the archive and quarantine)."""
+    waiting = 0
+    for folder in data_dir.iterdir():
+        if folder.name.startswith(".") or folder in others or not folder.is_dir():
+            continue
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                name = entry.name
+                if name.endswith(SUFFIX) and name[:20].isdigit() and int(name[:20]) < moment:
+                    waiting += 1
+    return waiting
 
 
 def time_stamp() -> str:

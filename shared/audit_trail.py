@@ -1,5 +1,6 @@
 """The audit trail in the catalog (`AuditEvent`): written behind by a thread of the API
-process, pruned by age, and read back newest first for ``GET /audit``.
+process (and of the receiver, for the desktops' C-MOVEs and C-GETs), pruned by age (by the
+API), and read back newest first for ``GET /audit``.
 
 Written behind, not with each answer: a row committed on its own costs a synchronous write
 (about 4 ms median and 6-8 ms at p95 on SQLite and PostgreSQL here, more on a busy disk),
@@ -31,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.catalog.models import AuditEvent, Series, Study
 from shared.catalog.states import AuditAction
 
-log = logging.getLogger("dcmdb.api.audit")
+log = logging.getLogger("dcmdb.audit")
 
 MAX_HELD = 100_000  # records held while the catalog cannot be written
 _PRUNE_BATCH = 5_000  # rows deleted per transaction: the write lock is never held long
@@ -52,22 +53,26 @@ class AuditRecord:
     status: int
     bytes_sent: int
     client: str | None
+    instances: int | None = None  # a C-MOVE's or C-GET's instances sent
+    destination: str | None = None  # the AE title a C-MOVE sent to
 
 
 class AuditTrail:
     """Audit records held in memory and written to the catalog by a thread of their own;
-    `add` is safe from any thread and never waits for the catalog."""
+    `add` is safe from any thread and never waits for the catalog. Records older than
+    `keep_days` are deleted at start and every `prune_every` seconds (`keep_days` None:
+    never, by a process that leaves it to the API)."""
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        keep_days: int,
+        keep_days: int | None,
         *,
         interval: float = 0.5,
         prune_every: float = 86_400.0,
     ) -> None:
         self._sessions = sessions
-        self._keep = dt.timedelta(days=keep_days)
+        self._keep = None if keep_days is None else dt.timedelta(days=keep_days)
         self._interval = interval
         self._prune_every = prune_every
         self._held: deque[AuditRecord] = deque(maxlen=MAX_HELD)
@@ -117,7 +122,9 @@ class AuditTrail:
             return len(batch)
 
     def prune(self, now: dt.datetime | None = None) -> int:
-        """Delete the records older than the days kept; how many."""
+        """Delete the records older than the days kept; how many (none when not kept here)."""
+        if self._keep is None:
+            return 0
         return prune(self._sessions, (now or dt.datetime.now(dt.UTC)) - self._keep)
 
     def start(self) -> Self:
@@ -134,7 +141,7 @@ class AuditTrail:
         while True:
             stopping = self._stopping.wait(self._interval)
             self.flush()
-            if time.monotonic() >= prune_at:
+            if self._keep is not None and time.monotonic() >= prune_at:
                 prune_at = time.monotonic() + self._prune_every
                 try:
                     if pruned := self.prune():

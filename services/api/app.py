@@ -27,6 +27,7 @@ from services.api.dicomweb import router as dicomweb
 from services.api.dicomweb.landing import Landing
 from services.api.routes import (
     audit,
+    bids,
     downloads,
     operations,
     reconciliation,
@@ -53,6 +54,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _ROUTERS: tuple[APIRouter, ...] = (
     studies.router,
     downloads.router,
+    bids.router,
     series.router,
     operations.router,
     retrievals.router,

@@ -1,4 +1,4 @@
-"""A ZIP archive of files on disk, streamed as it is written.
+"""A ZIP archive of files on disk (and a few small made ones), streamed as it is written.
 
 `zipfile` writes the archive onto a write-only, non-seekable spool that the generator
 empties after every chunk of file data, so the bytes go out as they are made and memory
@@ -29,10 +29,11 @@ _LATEST = (2107, 12, 31, 23, 59, 58)  # ... and end in 2107
 
 @dataclass(frozen=True)
 class Entry:
-    """A file to put in the archive: its name there ('/'-separated, relative) and on disk."""
+    """A file to put in the archive: its name there ('/'-separated, relative) and on disk,
+    or its bytes when it is made for the archive (a BIDS session's participants row)."""
 
     name: str
-    path: Path
+    path: Path | bytes
 
     def __post_init__(self) -> None:
         parts = self.name.split("/")
@@ -80,6 +81,13 @@ def zip_stream(entries: Iterable[Entry], chunk_size: int = 1 << 20) -> Iterator[
     spool = _Spool()
     with ZipFile(spool, mode="w", compression=ZIP_STORED, allowZip64=True) as archive:
         for number, entry in enumerate(entries, start=1):
+            if isinstance(entry.path, bytes):
+                made = ZipInfo(entry.name, time.localtime()[:6])
+                made.external_attr = 0o100640 << 16  # a regular file, as the filed ones
+                archive.writestr(made, entry.path, compress_type=ZIP_STORED)
+                if data := spool.drain():
+                    yield data
+                continue
             try:
                 source = open(entry.path, "rb")  # noqa: SIM115 - closed below
             except FileNotFoundError:

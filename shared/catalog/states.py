@@ -69,6 +69,8 @@ class AuditAction(StrEnum):
     STUDIES_LIST = "studies.list"
     STUDY_READ = "study.read"
     STUDY_ARCHIVE = "study.archive"
+    STUDY_BIDS = "study.bids"  # a study's BIDS session as a ZIP
+    BIDS_RULES_CHANGE = "bids.rules_change"  # a lab's BIDS naming rules replaced
     SERIES_READ = "series.read"
     SERIES_PREVIEW = "series.preview"
     SERIES_NIFTI = "series.nifti"

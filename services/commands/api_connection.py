@@ -11,9 +11,11 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from services.api.client import ApiError, Client
+
+_C = TypeVar("_C", bound=Client)
 
 
 def connection_options(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +29,15 @@ def connection_options(parser: argparse.ArgumentParser) -> None:
 
 @contextmanager
 def client_for(command: str, args: argparse.Namespace) -> Iterator[Client]:
+    with connected(command, args, Client) as client:
+        yield client
+
+
+@contextmanager
+def connected(command: str, args: argparse.Namespace, kind: type[_C]) -> Iterator[_C]:
+    """A client of `kind` (a `Client` with more to ask) for the options of `args`."""
     try:
-        client = Client(args.url, args.key)
+        client = kind(args.url, args.key)
     except ValueError as exc:
         fail(command, str(exc))
     with client:

@@ -55,6 +55,10 @@ TOOLS = {
         "services.commands.share:main", "give the lab folders their Unix groups and modes"
     ),
     "audit": Command("services.commands.audit:audit", "show who read or changed what, and when"),
+    "bids": Command(
+        "services.commands.bids:main",
+        "export a lab's BIDS dataset, or show and set its naming rules",
+    ),
 }
 _INTRODUCTION = """\
 dcmdb receives DICOM studies from the PACS, sorts them by lab, converts them to

@@ -15,11 +15,12 @@ from fastapi import APIRouter, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.api.dependencies import PhysiciansDep, SessionDep, StudyUid
+from services.api.dependencies import PhysiciansDep, SessionDep, SettingsDep, StudyUid
 from services.api.parameters import Cursor, date_range, like_pattern
 from services.api.schemas import StudyDetail
 from services.api.studies import PhysicianDirectory, StudyFilters, list_studies, study_detail
 from services.api.web.pages import PageError, Visitor, VisitorDep, audited_page, render
+from shared.bids.dataset import place_of
 from shared.catalog.models import LISTED, Study
 from shared.catalog.reconciliation import Difference, ReconciliationRun
 from shared.catalog.states import AuditAction, CheckState, DifferenceState
@@ -113,9 +114,19 @@ def studies_page(
             cursor=cursor,
         )
     except ValueError as exc:
-        return _studies(request, visitor, session, search, status.HTTP_400_BAD_REQUEST, str(exc))
+        return _studies(
+            request, visitor, session, directory, search, status.HTTP_400_BAD_REQUEST, str(exc)
+        )
     return _studies(
-        request, visitor, session, search, status.HTTP_200_OK, "", items=items, next=following
+        request,
+        visitor,
+        session,
+        directory,
+        search,
+        status.HTTP_200_OK,
+        "",
+        items=items,
+        next=following,
     )
 
 
@@ -123,6 +134,7 @@ def _studies(
     request: Request,
     visitor: Visitor,
     session: Session,
+    directory: PhysicianDirectory,
     search: Search,
     status_code: int,
     problem: str,
@@ -143,7 +155,18 @@ def _studies(
         next_page=search.query(cursor=page["next"]) if page.get("next") else None,
         first_page=search.query(),
         at_risk=at_risk(session, visitor.caller),
+        export_lab=_lab_in_view(visitor.caller, search, directory),
+        api_url=str(request.base_url).rstrip("/"),
     )
+
+
+def _lab_in_view(caller: Caller, search: Search, directory: PhysicianDirectory) -> str | None:
+    """The one lab the page shows, if it shows one: its BIDS export is offered."""
+    if search.physician:
+        labs = {lab for lab in directory.folders_for(search.physician) if caller.sees(lab)}
+    else:
+        labs = set(caller.labs or ())
+    return labs.pop() if len(labs) == 1 else None
 
 
 def at_risk(session: Session, caller: Caller) -> AtRisk:
@@ -169,10 +192,16 @@ def _lab_choices(session: Session, caller: Caller) -> list[str]:
 
 @router.get("/web/studies/{study_uid}", dependencies=[audited_page(AuditAction.STUDY_READ)])
 def study_page(
-    request: Request, visitor: VisitorDep, session: SessionDep, study_uid: StudyUid
+    request: Request,
+    visitor: VisitorDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    study_uid: StudyUid,
 ) -> Response:
     study = visible_study(session, visitor.caller, study_uid)
-    return render(request, "study.html", visitor, study=study)
+    place = place_of(session, settings.archive_root, settings.bids_dir, study_uid)
+    bids = place is not None and place.folder.is_dir()
+    return render(request, "study.html", visitor, study=study, bids=bids)
 
 
 def visible_study(session: Session, caller: Caller, study_uid: str) -> StudyDetail:

@@ -1,4 +1,4 @@
-// dcmdb's web page: the two things the server cannot do alone.
+// dcmdb's web page: the three things the server cannot do alone.
 "use strict";
 
 // A series without a preview (a report, a waveform) says so instead of a broken image.
@@ -55,3 +55,18 @@ if (jobs) {
   };
   setTimeout(poll, 2000);
 }
+
+// A command to copy: the clipboard where the browser allows it (a secure context), else
+// the text selected for Ctrl+C.
+document.querySelectorAll("button[data-copy]").forEach((button) => {
+  const source = document.getElementById(button.dataset.copy);
+  button.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(source.textContent);
+      button.textContent = "Copied";
+    } catch {
+      getSelection().selectAllChildren(source);
+      button.textContent = "Selected: press Ctrl+C";
+    }
+  });
+});

@@ -14,9 +14,7 @@ from shared.bids.dataset import SessionPlace, dataset_root, place_of
 from shared.catalog.models import Series, Study
 
 
-def build_session(
-    sessions: sessionmaker[Session], archive: Path, study_uid: str
-) -> SessionPlace:
+def build_session(sessions: sessionmaker[Session], archive: Path, study_uid: str) -> SessionPlace:
     """The study's session in its lab's dataset, made from its converted NIfTI."""
     with sessions() as session:
         study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).one()

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -45,28 +45,27 @@ class BidsClient(Client):
         handle, name = tempfile.mkstemp(prefix=".dcmdb-", suffix=".zip", dir=directory)
         download = Path(name)
         try:
-            with (
-                os.fdopen(handle, "wb") as sink,
-                self._http.stream(
-                    "GET", f"/studies/{_segment(study_uid)}/bids", headers=headers
-                ) as response,
-            ):
-                if response.status_code == httpx.codes.NOT_MODIFIED:
-                    got = None
-                elif not response.is_success:
-                    response.read()
-                    raise ApiError(response.status_code, _detail(response))
-                else:
-                    for chunk in response.iter_bytes(_CHUNK):
-                        sink.write(chunk)
-                    got = SessionArchive(download, response.headers.get("etag"))
-        except httpx.TransportError as exc:
-            download.unlink(missing_ok=True)
-            raise self._transport_error(exc) from None
-        try:
+            with os.fdopen(handle, "wb") as sink:
+                got = self._fetch(f"/studies/{_segment(study_uid)}/bids", headers, sink, download)
             yield got
         finally:
             download.unlink(missing_ok=True)
+
+    def _fetch(
+        self, path: str, headers: dict[str, str], sink: BinaryIO, download: Path
+    ) -> SessionArchive | None:
+        try:
+            with self._http.stream("GET", path, headers=headers) as response:
+                if response.status_code == httpx.codes.NOT_MODIFIED:
+                    return None
+                if not response.is_success:
+                    response.read()
+                    raise ApiError(response.status_code, _detail(response))
+                for chunk in response.iter_bytes(_CHUNK):
+                    sink.write(chunk)
+                return SessionArchive(download, response.headers.get("etag"))
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from None
 
     def bids_rules(self, physician: str) -> Any:
         """The lab's BIDS naming rules, as JSON."""

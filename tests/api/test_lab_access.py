@@ -36,6 +36,7 @@ class Reads(Enum):
     NOTHING = "open to anyone: liveness and readiness"
     LISTING = "a listing, filtered to the caller's labs"
     STUDY = "one study, by its UID"
+    LAB = "one lab's own thing (its BIDS rules), by its folder"
     SERIES = "one series, by its UID"
     JOB = "one retrieval job, by its id"
     REQUEST = "a retrieval request, refused here: this catalog has no PACS"
@@ -60,6 +61,9 @@ ROUTES: dict[tuple[str, str], Reads] = {
     ("GET", "/retrievals"): Reads.LISTING,
     ("GET", "/studies/{study_uid}"): Reads.STUDY,
     ("GET", "/studies/{study_uid}/archive"): Reads.STUDY,
+    ("GET", "/studies/{study_uid}/bids"): Reads.STUDY,
+    ("GET", "/bids/rules"): Reads.LAB,
+    ("PUT", "/bids/rules"): Reads.LAB,
     ("GET", "/studies/{study_uid}/pacs-check"): Reads.STUDY,
     ("GET", "/series/{series_uid}"): Reads.SERIES,
     ("GET", "/series/{series_uid}/preview.png"): Reads.SERIES,
@@ -205,7 +209,7 @@ def _difference(session: Session, study_uid: str, lab: str) -> int:
 
 def call(api: Api, method: str, path: str, key: str | None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    body: dict[str, Any] | None = {"study_uid": "1.2.3"} if method == "POST" else None
+    body: dict[str, Any] | None = {"study_uid": "1.2.3"} if method in ("POST", "PUT") else None
     return api.client.request(method, path, headers=headers, json=body)
 
 
@@ -235,6 +239,8 @@ def test_the_access_matrix(api: Api) -> None:
         if reads is Reads.SESSION or reads in PAGES:
             continue  # test_the_access_matrix_of_the_web_page
         path = concrete(template, a)
+        if reads is Reads.LAB:
+            path += f"?physician={api.labs.lab_a}"
         for who, key in callers.items():
             answer = call(api, method, path, key)
             where = f"{who}: {method} {template} -> {answer.status_code} {answer.text[:200]}"
@@ -255,6 +261,14 @@ def test_the_access_matrix(api: Api) -> None:
                 unknown = call(api, method, concrete(template, UNKNOWN), key)
                 assert answer.status_code == unknown.status_code == 415, where
                 assert _as_unknown(answer.text, a) == unknown.text, where
+            elif reads is Reads.LAB and who == "lab B":
+                # Word for word what an unknown lab gets, before the body is looked at.
+                unknown = call(api, method, f"{template}?physician={UNKNOWN_LAB}", key)
+                assert answer.status_code == unknown.status_code == 404, where
+                assert answer.text == unknown.text.replace(UNKNOWN_LAB, api.labs.lab_a), where
+            elif reads is Reads.LAB and method == "PUT":
+                # Through the door; this matrix's stand-in body is no rules.
+                assert answer.status_code == 422, where
             elif (method, template) in ASK_THE_PACS:
                 # Refused for the missing PACS before any study is looked at (a lab's
                 # pacs-check with a PACS: tests/retriever/test_retrieval.py).
@@ -279,6 +293,7 @@ ASK_THE_PACS = {
     ("POST", "/studies/{study_uid}/repair"): 422,
     ("POST", "/reconciliation/{difference_id}/forward"): 409,
 }
+UNKNOWN_LAB = "NO_SUCH_LAB"
 UNKNOWN = LabA("1.2.3.999.1", "1.2.3.999.2", "1.2.3.999.3", 2**31 - 1, 2**31 - 1, 2**31 - 1)
 
 

@@ -22,6 +22,7 @@ from shared.broker import declare_topology
 from shared.messages import BidsRulesChanged, Topology
 from tests.api.pipeline import vhost
 from tests.bids_sessions import build_session
+from tests.support import wait_for
 from tests.web.site import LAB_A, LAB_B, Site, fill, serving, study_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_setup()]
@@ -235,3 +236,19 @@ def test_a_lab_reads_and_writes_only_its_own_rules(bids: Bids) -> None:
     assert bids.get("/bids/rules").status_code == 422  # which lab?
     no_key = httpx.get(f"{bids.site.url}/bids/rules", params={"physician": LAB_A})
     assert no_key.status_code == 401
+
+
+def test_downloads_and_rule_changes_are_in_the_audit_trail(bids: Bids) -> None:
+    sent = bids.get(f"/studies/{bids.study}/bids")
+    assert sent.status_code == 200
+    assert bids.put_rules(LAB_A, {"descriptions": []}).status_code == 200
+
+    def recorded(action: str) -> list[dict[str, Any]]:
+        answer = bids.get(f"/audit?action={action}&key_name=lab-a", key="admin")
+        return answer.json()["items"]  # type: ignore[no-any-return]
+
+    wait_for(lambda: recorded("study.bids") and recorded("bids.rules_change"), 30, "the trail")
+    download = recorded("study.bids")[0]  # the newest first
+    assert (download["study_uid"], download["status"]) == (bids.study, 200)
+    assert download["bytes_sent"] == len(sent.content)
+    assert recorded("bids.rules_change")[0]["status"] == 200

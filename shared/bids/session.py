@@ -85,8 +85,7 @@ def plan_session(
     for series in sorted(study.series, key=_series_order):
         named += _name(series, archive, rules, plan.leftovers)
     for file in _with_runs(named, plan.leftovers):
-        file = _phasediff_echo_times(file, named, plan.leftovers)
-        if file is not None:
+        if _has_echo_times(file, named, plan.leftovers):
             plan.files.append(file)
     _link_field_maps(plan)
     for file in plan.files:
@@ -132,7 +131,10 @@ def _converted(series: Series, outputs: Sequence[NiftiOutput], archive: Path) ->
     found = []
     for output in outputs:
         sidecar = json.loads((archive / output.sidecar_path).read_bytes())
-        shape = nib.load(archive / output.path).header.get_data_shape()
+        header = nib.load(archive / output.path).header  # the voxels are not read
+        if not isinstance(header, nib.Nifti1Header):
+            raise ValueError(f"{output.path} is not a NIfTI-1 image")
+        shape = tuple(header.get_data_shape())
         volumes = int(shape[3]) if len(shape) > 3 else 1
         found.append(ConvertedOutput(output.path, sidecar, volumes, output.bval_path is not None))
     first = found[0].sidecar if found else {}
@@ -174,13 +176,13 @@ def _renamed(file: PlannedFile, name: BidsName) -> PlannedFile:
     return PlannedFile(name, file.nifti, file.sidecar, file.bval, file.bvec, file.series_number)
 
 
-def _phasediff_echo_times(
+def _has_echo_times(
     file: PlannedFile, files: Sequence[PlannedFile], leftovers: list[Leftover]
-) -> PlannedFile | None:
+) -> bool:
     """A phase difference map needs both echo times: its own sidecar's (dcm2niix has them
     for Siemens), else the magnitude images' of the series just before it."""
     if file.name.suffix != "phasediff" or {"EchoTime1", "EchoTime2"} <= file.sidecar.keys():
-        return file
+        return True
     earlier = [
         f
         for f in files
@@ -194,7 +196,7 @@ def _phasediff_echo_times(
             times["magnitude1"],
             times["magnitude2"],
         )
-        return file
+        return True
     leftovers.append(
         Leftover(
             file.series_number,
@@ -203,7 +205,7 @@ def _phasediff_echo_times(
             "magnitude images of two echoes before it",
         )
     )
-    return None
+    return False
 
 
 def _link_field_maps(plan: SessionPlan) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from shared.bids.entities import BidsName
@@ -157,3 +159,22 @@ def test_reproin_names_that_cannot_be_honoured(converted: Converted, name: str, 
     naming = name_series(renamed(converted("siemens_xa30_t1w_3d_classic"), name), Rules())
     assert naming.names is None
     assert naming.how == f"ReproIn protocol name {name!r}: {why}"
+
+
+def test_single_band_reference_under_the_protocol_name(converted: Converted) -> None:
+    series = renamed(converted("siemens_xa30_func_bold"), "func-bold_task-rest_run-01")
+    sbref = replace(series, description="func-bold_task-rest_run-01_SBRef")
+    naming = name_series(sbref, Rules())
+    assert naming.names == (BidsName("func", "sbref", (("task", "rest"), ("run", "01"))),)
+    assert naming.how == (
+        "ReproIn protocol name 'func-bold_task-rest_run-01', "
+        "a single-band reference ('func-bold_task-rest_run-01_SBRef')"
+    )
+
+
+def test_a_phase_series_under_the_protocol_name_is_marked_as_phase(converted: Converted) -> None:
+    # The scanner saves the phase of an acquisition as a series of its own.
+    series = renamed(converted("philips_dual_echo_mag_phase"), "anat-MEGRE_echo-1")
+    phase = replace(series, outputs=series.outputs[1:2])
+    assert phase.outputs[0].part == "phase"
+    assert named(phase) == ["anat/sub-S_ses-T_echo-1_part-phase_MEGRE"]

@@ -166,3 +166,11 @@ def test_localizers_are_leftovers(converted: Converted) -> None:
     naming = name_series(series, Rules())
     assert naming.names is None
     assert naming.how.startswith("a localizer")
+
+
+@pytest.mark.parametrize("name", ["mp2rage_INV1", "T1_mp2rage_sag_p3", "MP2RAGE_UNI"])
+def test_mp2rage_is_no_t1w(converted: Converted, name: str) -> None:
+    # An MP2RAGE's first inversion has every parameter of an MPRAGE.
+    naming = name_series(renamed(converted("siemens_xa30_t1w_3d_classic"), name), Rules())
+    assert naming.names is None
+    assert naming.how.startswith("an MP2RAGE image")

@@ -225,5 +225,8 @@ def test_load(tmp_path: Path) -> None:
     path.write_text(json.dumps({"descriptions": [t1w_rule({"EchoTime": 0.00241})]}))
     assert [r.name for r in Rules.load(path).rules] == [BidsName("anat", "T1w")]
     path.write_text('{"descriptions": [')
-    with pytest.raises(RulesError, match=r"^bids-rules.json is not JSON: "):
+    with pytest.raises(RulesError, match=r"^bids-rules.json is not JSON in UTF-8: "):
+        Rules.load(path)
+    path.write_bytes(b'{"descriptions": ["\xff"]}')
+    with pytest.raises(RulesError, match=r"^bids-rules.json is not JSON in UTF-8: "):
         Rules.load(path)

@@ -26,6 +26,7 @@ T1W_SPIN_ECHO_MAX_TR, T1W_SPIN_ECHO_MAX_TE = 1.0, 0.03
 _LOCALIZER = re.compile(r"locali[sz]er|scout|survey|aahead|3.?plane|tri.?pilot", re.IGNORECASE)
 _REST = re.compile(r"(?<![a-z])rest(ing)?(?![a-z])", re.IGNORECASE)
 _DIRECTION = re.compile(r"(?<![A-Za-z])(AP|PA|LR|RL|SI|IS)(?![A-Za-z])")
+_MP2RAGE = re.compile(r"mp2rage|(?<![a-z])(inv[12]|uni|t1map)(?![a-z])", re.IGNORECASE)
 _ASL = re.compile(r"(?<![a-z])p?c?asl(?![a-z])", re.IGNORECASE)
 _EPI_FIELD_MAP = re.compile(r"fmap|field.?map|topup|sefm|pepolar|blip", re.IGNORECASE)
 _GRE_FIELD_MAP = re.compile(r"fmap|field.?map|b0.?map|fieldmap", re.IGNORECASE)
@@ -177,8 +178,18 @@ def _spin_echo_epi(series: ConvertedSeries) -> _Found | str:
 
 def _anatomical(series: ConvertedSeries) -> _Found | str:
     first = series.outputs[0]
-    if any(o.volumes > 1 for o in series.outputs):
-        return f"a time series of {first.volumes} volumes that is not EPI: add a rule"
+    volumes = max(o.volumes for o in series.outputs)
+    if volumes > 1:
+        return f"a time series of {volumes} volumes that is not EPI: add a rule"
+    if (
+        _MP2RAGE.search(f"{series.description} {series.protocol}")
+        or "mp2rage" in first.text("PulseSequenceDetails").lower()
+    ):
+        # Its first inversion looks like an MPRAGE by every parameter, but is no T1w.
+        return (
+            "an MP2RAGE image: name the protocol ReproIn-style (anat-MP2RAGE_inv-<1|2>, "
+            "anat-UNIT1) or add a rule"
+        )
     scanning = _codes(first, "ScanningSequence")
     if not scanning:
         return "the sidecar does not say how the images were acquired (no ScanningSequence)"

@@ -82,9 +82,7 @@ def session_members(spot: SessionPlace) -> list[tuple[str, Path | bytes]]:
         for name in ("dataset_description.json", "README")
         if (spot.root / name).is_file()
     ]
-    members.append(
-        ("participants.tsv", _tsv(["participant_id"], [[f"sub-{spot.subject}"]]))
-    )
+    members.append(("participants.tsv", _tsv(["participant_id"], [[f"sub-{spot.subject}"]])))
     members += [
         (path.relative_to(spot.root).as_posix(), path.resolve())
         for path in sorted(_files_under(spot.folder))

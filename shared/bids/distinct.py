@@ -22,8 +22,19 @@ _NUMBERED_BY_ECHO = {"magnitude": "magnitude", "phase": "phase"}
 def tell_apart(
     names: Sequence[BidsName], outputs: Sequence[ConvertedOutput]
 ) -> tuple[BidsName, ...] | str:
-    """The names made distinct, or why they cannot be (for a leftover)."""
-    result = list(names)
+    """The names made distinct, or why they cannot be (for a leftover).
+
+    A phase (real, imaginary) image is marked `part-` even where it is alone in its series:
+    scanners save the phase of a BOLD or anatomical series as a series of its own, under
+    the same protocol name, and it must not pass for the magnitude. Beside a phase, the
+    magnitude is `part-mag`, as BIDS asks."""
+    complex_parts = any(
+        n.datatype != "fmap" and o.part != "mag" for n, o in zip(names, outputs, strict=True)
+    )
+    result = [
+        name.with_entity("part", output.part) if complex_parts and name.datatype != "fmap" else name
+        for name, output in zip(names, outputs, strict=True)
+    ]
     for group in _groups(result):
         _distinguish(result, group, outputs)
     for group in _groups(result):

@@ -31,7 +31,7 @@ def name_series(series: ConvertedSeries, rules: Rules) -> Naming:
     others = _without_rules(series) if unmatched else None
     if others is not None and others.names is None:
         return Naming.leftover(
-            f"{', '.join(unmatched)} match no rule of the rules file and {others.how}"
+            f"no rule of the rules file matches {', '.join(unmatched)}, and {others.how}"
         )
     fallback = others.names if others is not None and others.names else (None,) * len(matches)
     names: list[BidsName] = []

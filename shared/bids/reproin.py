@@ -8,7 +8,9 @@ word. As heudiconv does: the ProtocolName is read first, then the SeriesDescript
 own `__dup-01` marks among it); func defaults to bold and dwi to dwi; a field map without a
 suffix takes it from the image type (magnitude, phasediff; epi where a `dir` is given or the
 image is a diffusion one); task, acq, run, dir and ses values lose `_`, `-` and punctuation;
-runs are written with two digits (`run-1` becomes `run-01`).
+runs are written with two digits (`run-1` becomes `run-01`); a func or dwi series whose
+description ends in `_SBRef` (Siemens' single-band reference, saved under the protocol's
+name) is an sbref.
 
 Where dcmdb differs: `ses-` is ignored (dcmdb labels sessions itself); `run+`/`run=`
 (counters across series) are left to the dataset writer; a func series without a task, or a
@@ -114,11 +116,13 @@ def name_series(series: ConvertedSeries) -> Naming | None:
     why = _unusable(spec)
     if why:
         return Naming.leftover(f"{said}: {why}")
+    suffixes = _suffixes(spec, series.outputs)
+    if spec.datatype in ("func", "dwi") and series.description.upper().endswith("_SBREF"):
+        # Siemens' single-band reference: its own series, under the protocol's name.
+        suffixes = ["sbref"] * len(suffixes)
+        said += f", a single-band reference ({series.description!r})"
     try:
-        names = [
-            BidsName(spec.datatype, suffix, spec.entities)
-            for suffix in _suffixes(spec, series.outputs)
-        ]
+        names = [BidsName(spec.datatype, suffix, spec.entities) for suffix in suffixes]
     except NotABidsName as error:
         return Naming.leftover(f"{said}: not a BIDS name: {error}")
     distinct = tell_apart(names, series.outputs)

@@ -88,13 +88,13 @@ class Rules:
     def load(cls, path: Path) -> Rules:
         """The rules in `path`; none where the lab has written no file."""
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            raw = Path(path).read_bytes()
         except FileNotFoundError:
             return cls()
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise RulesError(f"{Path(path).name} is not JSON: {error}") from None
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise RulesError(f"{Path(path).name} is not JSON in UTF-8: {error}") from None
         return cls.parse(data)
 
     def match(

@@ -157,6 +157,19 @@ class StudyEvicted(Event):
     evicted_at: datetime
 
 
+class BidsRulesChanged(Event):
+    """A lab's BIDS rules file was replaced: its sessions are named again."""
+
+    routing_key: ClassVar[str] = "bids.rules-changed"
+
+    lab: str  # the physician folder
+
+
+# What changes a lab's BIDS dataset (shared/bids): a series' outcome, an eviction, new rules.
+BidsChange = SeriesConverted | SeriesSkipped | SeriesFailed | StudyEvicted | BidsRulesChanged
+BIDS_CHANGES: TypeAdapter[BidsChange] = TypeAdapter(BidsChange)
+
+
 class Queue(BaseModel):
     """A durable consumer queue bound to some routing keys; its name on the broker is the
     installation's (``Topology.queue_name``)."""
@@ -184,7 +197,19 @@ NOTIFIER_QUEUE = Queue(
     ),
 )
 
-ALL_QUEUES: tuple[Queue, ...] = (SORTER_QUEUE, CONVERTER_QUEUE, NOTIFIER_QUEUE)
+# Each lab's BIDS dataset follows its conversions, evictions and rules (the converter keeps it).
+BIDS_QUEUE = Queue(
+    consumer="bids",
+    routing_keys=(
+        SeriesConverted.routing_key,
+        SeriesSkipped.routing_key,
+        SeriesFailed.routing_key,
+        StudyEvicted.routing_key,
+        BidsRulesChanged.routing_key,
+    ),
+)
+
+ALL_QUEUES: tuple[Queue, ...] = (SORTER_QUEUE, CONVERTER_QUEUE, NOTIFIER_QUEUE, BIDS_QUEUE)
 
 # The installation of a deployment that never set one: its names are those dcmdb always had,
 # so that its queues, and the messages waiting in them, stay where they are.

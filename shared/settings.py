@@ -77,6 +77,10 @@ class CommonSettings(BaseSettings):
     # sorter files by them, and a lab's retrievals take what they name.
     physician_aliases: Path | None = None
     database_url: str | None = None
+    # Where each lab's BIDS dataset lives (shared/bids): <bids dir>/<lab>; unset, beside the
+    # lab's studies in <archive>/<lab>/bids. Its NIfTI files are hard links to the archive's
+    # where both are on one filesystem, else symbolic links: never copies.
+    bids_dir: Path | None = None
     # One URL, or the nodes of a RabbitMQ cluster separated by commas
     # (shared.broker_connection.connect tries them in turn and moves to the next when its node
     # goes away).
@@ -126,9 +130,9 @@ class CommonSettings(BaseSettings):
     empty_tls_is_unset = field_validator("tls_cert", "tls_key", "tls_client_ca", mode="before")(
         unset_if_empty
     )
-    empty_file_is_unset = field_validator("keys_file", "physician_aliases", mode="before")(
-        unset_if_empty
-    )
+    empty_file_is_unset = field_validator(
+        "keys_file", "physician_aliases", "bids_dir", mode="before"
+    )(unset_if_empty)
 
     @field_validator("physician_aliases")
     @classmethod

@@ -7,8 +7,10 @@ import logging
 import time
 
 from services.converter import metrics, records
+from services.converter.bids_views import keep_bids_views
 from services.converter.isolation import run_isolated, warm_up
 from services.converter.settings import ConverterSettings
+from shared.bids.views import BidsViews
 from shared.broker import Publisher, connect, consume, count_from_zero
 from shared.catalog.database import open_catalog
 from shared.errors import TransientError
@@ -79,6 +81,8 @@ async def run(settings: ConverterSettings, side: SidePort, stop: Stop) -> None:
         )
         for _ in range(settings.workers)
     ]
+    views = BidsViews(sessions, archive, settings.bids_dir, settings.bids_dates)
+    consumers.append(asyncio.create_task(keep_bids_views(connection, settings, views)))
     log.info("converting with %d worker(s)", settings.workers)
     stop.running()
     try:

@@ -13,6 +13,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, func, inspect, select, text
 
+from shared.catalog import bids as _bids  # noqa: F401 - in Base too
 from shared.catalog import reconciliation as _reconciliation  # noqa: F401 - in Base too
 from shared.catalog import webhooks as _webhooks  # noqa: F401 - its tables are in Base too
 from shared.catalog.database import MIGRATIONS, migrate, open_catalog
@@ -25,6 +26,7 @@ TABLES |= {"retrieval_jobs", "retrieval_studies", "expected_series", "evictions"
 TABLES |= {"audit_events", "instance_history"}
 TABLES |= {"webhooks", "webhook_deliveries", "notified_retrievals"}
 TABLES |= {"reconciliation_runs", "reconciliation_differences"}
+TABLES |= {"bids_subjects", "bids_sessions"}
 
 
 def head_revision() -> str:

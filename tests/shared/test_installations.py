@@ -36,11 +36,13 @@ def test_the_default_installation_keeps_the_names_dcmdb_always_had() -> None:
         "dcmdb.sorter",
         "dcmdb.converter",
         "dcmdb.notifier",
+        "dcmdb.bids",
     ]
     assert topology.dead_letter_names == (
         "dcmdb.sorter.dead",
         "dcmdb.converter.dead",
         "dcmdb.notifier.dead",
+        "dcmdb.bids.dead",
     )
 
 

@@ -23,6 +23,7 @@ from shared.messages import (
     SCHEMA_VERSION,
     SORTER_QUEUE,
     AssociationClosed,
+    BidsRulesChanged,
     Event,
     InstanceFiled,
     InstanceReceived,
@@ -125,6 +126,7 @@ SAMPLES: dict[type[Event], Event] = {
         received_at=NOW - dt.timedelta(days=400),
         evicted_at=NOW,
     ),
+    BidsRulesChanged: BidsRulesChanged(lab="smith"),
 }
 
 

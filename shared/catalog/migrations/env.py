@@ -2,6 +2,7 @@
 
 from alembic import context
 
+from shared.catalog import bids as _bids  # noqa: F401 - its tables too
 from shared.catalog import reconciliation as _reconciliation  # noqa: F401 - its tables too
 from shared.catalog import webhooks as _webhooks  # noqa: F401 - its tables too
 from shared.catalog.models import Base

@@ -1,0 +1,101 @@
+"""The labs' BIDS datasets kept in step with the catalog: a study's session made again when
+one of its series converts (or converts again, or fails), removed when the study is evicted,
+and every session of a lab named again when its rules change."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from shared.bids import dataset, pseudonyms
+from shared.bids.rules import Rules, RulesError
+from shared.bids.session import DatePolicy, plan_session
+from shared.catalog.models import Series, Study
+
+log = logging.getLogger("dcmdb.bids")
+
+
+class BidsViews:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        archive: Path,
+        bids_dir: Path | None,
+        dates: DatePolicy,
+    ) -> None:
+        self._sessions = sessions
+        self._archive = archive
+        self._bids_dir = bids_dir
+        self._dates = dates
+
+    def refresh(self, study_uid: str) -> dataset.SessionPlace | None:
+        """The study's session made as the catalog says now; None for a study not filed."""
+        with self._sessions() as session:
+            study = session.scalar(
+                select(Study)
+                .where(Study.study_instance_uid == study_uid)
+                .options(
+                    selectinload(Study.series).selectinload(Series.outputs),
+                    selectinload(Study.patient),
+                )
+            )
+            if study is None:
+                return None
+            if not any(s.conversion.value != "pending" for s in study.series):
+                return None  # nothing of it decided yet: no subject or session to give
+            pseudonym = pseudonyms.for_study(session, study)
+            spot = dataset.place(self._archive, self._bids_dir, pseudonym)
+            with dataset.locked(spot.root):
+                plan = plan_session(
+                    study,
+                    self._archive,
+                    self._rules(spot.root, spot.lab),
+                    subject=spot.subject,
+                    session=spot.session,
+                    dates=self._dates,
+                    shift_days=pseudonym.date_shift_days,
+                )
+                dataset.write_session(spot, plan, self._archive)
+        log.info(
+            "BIDS %s sub-%s ses-%s: %d file(s), %d series left over",
+            spot.lab,
+            spot.subject,
+            spot.session,
+            len(plan.files),
+            len(plan.leftovers),
+        )
+        return spot
+
+    def remove(self, study_uid: str) -> None:
+        """The evicted study's session goes; its labels stay, for the study fetched again."""
+        with self._sessions() as session:
+            found = pseudonyms.existing(session, study_uid)
+        if found is None:
+            return
+        spot = dataset.place(self._archive, self._bids_dir, found)
+        with dataset.locked(spot.root):
+            dataset.remove_session(spot)
+            dataset.write_participants(spot.root)
+        log.info("BIDS %s sub-%s ses-%s removed", spot.lab, spot.subject, spot.session)
+
+    def refresh_lab(self, lab: str) -> int:
+        """Every study of the lab named again (its rules changed); how many."""
+        with self._sessions() as session:
+            uids = list(
+                session.scalars(
+                    select(Study.study_instance_uid).where(Study.physician_folder == lab)
+                )
+            )
+        for uid in uids:
+            self.refresh(uid)
+        return len(uids)
+
+    def _rules(self, root: Path, lab: str) -> Rules:
+        try:
+            return Rules.load(root / dataset.RULES_FILE)
+        except RulesError as exc:  # an edit on disk gone wrong: named, and no rules meanwhile
+            log.warning("BIDS rules of %s not used: %s", lab, exc)
+            return Rules.parse({"descriptions": []})

@@ -1,0 +1,152 @@
+"""A study's BIDS session as the converter keeps it (`shared.bids.views`): real series filed
+and converted, named, linked, described; the next study of the patient its next session;
+evicted, converted again and named by new rules, the dataset stays valid."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from services.retention import eviction
+from shared.bids.dataset import RULES_FILE, dataset_root
+from shared.retention import candidates
+from tests.arrivals import Sorter
+from tests.bids.filed_sessions import XA30_SESSION, XA30_T1W, FiledSessions
+from tests.bids.validator import assert_valid
+
+LAB = "unknown"  # the XA30 series name no referring physician
+
+
+@pytest.fixture
+def filed(sorter: Sorter, testdata: Path) -> FiledSessions:
+    return FiledSessions(sorter, testdata)
+
+
+def files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def sidecar(root: Path, name: str) -> dict[str, object]:
+    return json.loads((root / name).read_text())  # type: ignore[no-any-return]
+
+
+def test_a_session_is_named_linked_and_described(filed: FiledSessions) -> None:
+    study = filed.file(*XA30_SESSION, PatientID="P-4711", PatientName="Doe^Jane")
+    spot = filed.views().refresh(study)
+    assert spot is not None and (spot.subject, spot.session) == ("001", "01")
+    root = dataset_root(filed.archive, None, LAB)
+    ses = "sub-001/ses-01"
+    stem = f"{ses}/%s/sub-001_ses-01_%s"
+    bold, dwi = stem % ("func", "task-fa_run-01_bold"), stem % ("dwi", "dir-PA_dwi")
+    maps = [stem % ("fmap", s) for s in ("magnitude1", "magnitude2", "phasediff")]
+    expected = {f"{b}.{x}" for b in (bold, *maps) for x in ("nii.gz", "json")}
+    expected |= {f"{dwi}.{x}" for x in ("nii.gz", "json", "bval", "bvec")}
+    expected |= {f"{ses}/sub-001_ses-01_scans.tsv"}
+    expected |= {"dataset_description.json", "README", "participants.tsv"}
+    assert files(root) == expected
+
+    # Links to the converter's files, not copies.
+    outputs = {(s.st_dev, s.st_ino) for s in map(os.stat, filed.archive.rglob("nifti/*.nii.gz"))}
+    linked = [root / f"{b}.nii.gz" for b in (bold, dwi, *maps)]
+    assert {(s.st_dev, s.st_ino) for s in map(os.stat, linked)} <= outputs
+
+    assert sidecar(root, f"{bold}.json")["TaskName"] == "fa"
+    phasediff = sidecar(root, f"{maps[2]}.json")
+    assert (phasediff["EchoTime1"], phasediff["EchoTime2"]) == (0.01, 0.01246)
+    for fmap in maps:
+        described = sidecar(root, f"{fmap}.json")
+        assert described["IntendedFor"] == [
+            "ses-01/func/sub-001_ses-01_task-fa_run-01_bold.nii.gz",
+            "ses-01/dwi/sub-001_ses-01_dir-PA_dwi.nii.gz",
+        ]
+        assert described["B0FieldIdentifier"] == sidecar(root, f"{bold}.json")["B0FieldSource"]
+    scans = (root / ses / "sub-001_ses-01_scans.tsv").read_text().splitlines()
+    assert scans[0] == "filename\tacq_time"
+    assert len(scans) == 6 and not any("2022-07-11" in row for row in scans), "dates shifted"
+    assert (root / "participants.tsv").read_text() == "participant_id\nsub-001\n"
+    everything = " ".join((root / f).read_text() for f in expected if not f.endswith(".gz"))
+    for secret in ("P-4711", "Doe", "Jane", study, "StudyInstanceUID", "SeriesInstanceUID"):
+        assert secret not in everything, secret
+    assert_valid(root)
+
+
+def test_the_patients_next_study_is_their_next_session(filed: FiledSessions) -> None:
+    views = filed.views(dates="remove")
+    first = filed.file(XA30_T1W, PatientID="P-1")
+    other = filed.file(*XA30_SESSION, PatientID="P-2")
+    again = filed.file(XA30_T1W, PatientID="P-1", StudyInstanceUID="1.2.826.0.1.3680043.8.498.77")
+    places = [views.refresh(uid) for uid in (first, other, again)]
+    assert [(p.subject, p.session) for p in places if p] == [("001", "01"), ("002", "01"), ("001", "02")]
+    assert views.refresh(again) == places[2], "labels are kept"
+    root = dataset_root(filed.archive, None, LAB)
+    assert (root / "participants.tsv").read_text() == "participant_id\nsub-001\nsub-002\n"
+    t1w = root / "sub-001/ses-02/anat/sub-001_ses-02_acq-tfl_T1w.json"
+    assert "AcquisitionTime" not in sidecar(t1w.parent, t1w.name)
+    scans = (root / "sub-001/ses-02/sub-001_ses-02_scans.tsv").read_text()
+    assert scans == "filename\nanat/sub-001_ses-02_acq-tfl_T1w.nii.gz\n", "no acq_time"
+    assert_valid(root)
+
+
+def test_an_evicted_study_leaves_and_the_dataset_stays_valid(filed: FiledSessions) -> None:
+    views = filed.views()
+    kept = filed.file(XA30_T1W, PatientID="P-1")
+    gone = filed.file(*XA30_SESSION, PatientID="P-2")
+    for uid in (kept, gone):
+        views.refresh(uid)
+    with filed.sorter.sessions() as session:
+        [candidate] = [c for c in candidates(session, datetime.now(UTC), 60) if c.study_uid == gone]
+    evicting = eviction.claim(filed.sorter.sessions, candidate, "space", 60)
+    assert evicting is not None
+    eviction.finish(filed.sorter.sessions, filed.archive, evicting)
+    [event] = eviction.unannounced(filed.sorter.sessions)
+    views.remove(event.study_instance_uid)
+    root = dataset_root(filed.archive, None, LAB)
+    assert not (root / "sub-002").exists()
+    assert (root / "participants.tsv").read_text() == "participant_id\nsub-001\n"
+    assert_valid(root)
+
+
+def test_a_series_converted_again_is_linked_again(filed: FiledSessions) -> None:
+    views = filed.views()
+    study = filed.file(XA30_T1W)
+    views.refresh(study)
+    root = dataset_root(filed.archive, None, LAB)
+    [t1w] = root.glob("sub-001/ses-01/anat/*_T1w.nii.gz")
+    before = os.stat(t1w).st_ino
+    filed.convert(study)  # each output replaced: a new file
+    [output] = filed.archive.rglob("nifti/*.nii.gz")
+    assert os.stat(output).st_ino != before
+    views.refresh(study)
+    assert os.path.samestat(os.stat(t1w), os.stat(output))
+    assert_valid(root)
+
+
+def test_a_renamed_series_is_classified_and_a_rule_wins(filed: FiledSessions) -> None:
+    views = filed.views()
+    study = filed.file(XA30_T1W, ProtocolName="mprage_renamed", SeriesDescription="mprage_renamed")
+    views.refresh(study)
+    root = dataset_root(filed.archive, None, LAB)
+    assert [p.name for p in root.glob("sub-001/ses-01/anat/*.nii.gz")] == [
+        "sub-001_ses-01_T1w.nii.gz"
+    ]
+    rules = {
+        "descriptions": [
+            {
+                "datatype": "anat",
+                "suffix": "T1w",
+                "criteria": {"SeriesDescription": "mprage_*"},
+                "custom_entities": "acq-lab",
+            }
+        ]
+    }
+    (root / RULES_FILE).parent.mkdir(parents=True)
+    (root / RULES_FILE).write_text(json.dumps(rules))
+    assert views.refresh_lab(LAB) == 1
+    assert [p.name for p in root.glob("sub-001/ses-01/anat/*")] == sorted(
+        ["sub-001_ses-01_acq-lab_T1w.json", "sub-001_ses-01_acq-lab_T1w.nii.gz"]
+    )
+    assert_valid(root)

@@ -17,7 +17,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from shared.bids.dataset import RULES_FILE, dataset_root
+from sqlalchemy.orm import Session
+
+from shared.bids import pseudonyms
+from shared.bids.dataset import LEFTOVERS_FOLDER, RULES_FILE, dataset_root
 from shared.broker import Publisher
 from shared.broker_connection import connect
 from shared.durable import fsync_directory, replace_durably
@@ -55,6 +58,16 @@ def unchanged(if_none_match: str | None, etag: str) -> bool:
         return True
     opaque = etag.removeprefix("W/")
     return any(tag.strip().removeprefix("W/") == opaque for tag in if_none_match.split(","))
+
+
+def leftovers_hint(session: Session, study_uid: str) -> str:
+    """Where the study's series without a BIDS name are listed, with the reason, if it
+    was given labels: its converted series were looked at."""
+    found = pseudonyms.existing(session, study_uid)
+    if found is None:
+        return " (none of its series is converted yet)"
+    name = f"sub-{found.subject}_ses-{found.session}_leftovers.tsv"
+    return f" in {LEFTOVERS_FOLDER}/{name} of the lab's BIDS dataset"
 
 
 def rules_path(settings: CommonSettings, lab: str) -> Path:

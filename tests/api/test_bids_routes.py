@@ -21,7 +21,7 @@ from shared.bids.rules import Rules, RulesError
 from shared.broker import declare_topology
 from shared.messages import BidsRulesChanged, Topology
 from tests.api.pipeline import vhost
-from tests.bids_sessions import build_session
+from tests.bids_sessions import build_session, session_of
 from tests.support import wait_for
 from tests.web.site import LAB_A, LAB_B, Site, fill, serving, study_of
 
@@ -76,9 +76,10 @@ def bids(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bids]:
     root = tmp_path_factory.mktemp("bids")
     url = fill(root / "data", LABS)
     with vhost() as broker, serving(root / "data", url, broker_url=broker) as site:
-        study = study_of(T1W)
-        place = build_session(site.sessions, site.settings.archive_root, study)
-        yield Bids(site, place, study, study_of(CT), broker)
+        archive = site.settings.archive_root
+        assert build_session(site.sessions, archive, study_of(CT)) is None  # left over
+        place = session_of(site.sessions, archive, study_of(T1W))
+        yield Bids(site, place, study_of(T1W), study_of(CT), broker)
 
 
 def _members(answer: httpx.Response) -> dict[str, bytes]:
@@ -110,7 +111,7 @@ def test_a_session_is_a_small_dataset_of_its_own(bids: Bids) -> None:
     assert rows[0].split("\t")[0] == "participant_id"
     assert [row.split("\t")[0] for row in rows[1:]] == [f"sub-{place.subject}"]
     extra = set(members) - set(on_disk) - {"dataset_description.json", "participants.tsv"}
-    assert extra <= {"participants.json"}
+    assert extra <= {"README", "participants.json"}
 
 
 def test_an_unchanged_session_is_not_sent_again(bids: Bids) -> None:
@@ -122,8 +123,8 @@ def test_an_unchanged_session_is_not_sent_again(bids: Bids) -> None:
     assert bids.get(path, **{"If-None-Match": 'W/"other", ' + etag}).status_code == 304
     assert bids.get(path, **{"If-None-Match": 'W/"other"'}).status_code == 200
     # A file added to the session changes it.
-    added = next(bids.place.folder.iterdir()) / "sub-01_ses-01_scans.tsv"
-    added.write_text("filename\tacq_time\n")
+    added = bids.place.folder / "anat" / "added.txt"
+    added.write_text("a file more\n")
     try:
         changed = bids.get(path, **{"If-None-Match": etag})
         assert changed.status_code == 200 and changed.headers["etag"] != etag
@@ -137,7 +138,10 @@ def test_a_study_without_a_session_or_unseen_is_not_found_with_why(bids: Bids) -
     bare = bids.get(f"/studies/{bids.bare}/bids")
     assert bare.status_code == 404
     assert "no series of this study has a BIDS name yet" in bare.json()["detail"]
-    assert "leftovers" in bare.json()["detail"]
+    # Where its series are listed with the reason each has no BIDS name.
+    listed = bare.json()["detail"].split(" in ", 1)[1].split(" of the lab's")[0]
+    assert listed.startswith("sourcedata/dcmdb/sub-") and listed.endswith("_leftovers.tsv")
+    assert (bids.place.root / listed).is_file()
     unknown = bids.get("/studies/1.2.3.999/bids")
     other_lab = bids.get(f"/studies/{bids.study}/bids", key="lab-b")
     assert unknown.status_code == other_lab.status_code == 404

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from tests.bids_sessions import build_session
+from tests.bids_sessions import build_session, session_of
 from tests.web.conftest import Tab
 from tests.web.site import LAB_A, LAB_B, Site, fill, serving, study_of
 
@@ -29,7 +29,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("web-bids")
     url = fill(root / "data", LABS)
     with serving(root / "data", url) as running:
-        build_session(running.sessions, running.settings.archive_root, study_of(T1W))
+        archive = running.settings.archive_root
+        assert build_session(running.sessions, archive, study_of(CT)) is None  # left over
+        session_of(running.sessions, archive, study_of(T1W))
         yield running
 
 

@@ -69,11 +69,11 @@ def get_study_bids(
     if find_study(session, study_uid, caller.labs) is None:
         raise not_found("study", study_uid)
     place = place_of(session, settings.archive_root, settings.bids_dir, study_uid)
-    if place is None or not place.folder.is_dir():
+    if place is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
             f"study {study_uid!r} has no BIDS session: no series of this study has a BIDS "
-            "name yet; see the study's leftovers",
+            f"name yet; see the study's leftovers{bids.leftovers_hint(session, study_uid)}",
         )
     members = session_members(place)
     etag = bids.session_etag(members)

@@ -7,7 +7,7 @@ back); the OpenAPI document at /docs is generated from them.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StrictBool
 
@@ -331,3 +331,24 @@ class WebhookDelivery(_Model):
     created_at: datetime
     next_attempt_at: datetime | None = Field(description="When it is tried again, if pending")
     delivered_at: datetime | None
+
+
+class BidsRules(BaseModel):
+    """A lab's BIDS naming rules, in the shape of a dcm2bids configuration: each description
+    names the converted series whose sidecar meets its criteria (shared/bids/rules.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    descriptions: list[dict[str, Any]] = Field(
+        examples=[
+            [
+                {
+                    "datatype": "anat",
+                    "suffix": "T1w",
+                    "criteria": {"SeriesDescription": "*mprage*"},
+                    "custom_entities": "acq-highres",
+                }
+            ]
+        ]
+    )
+    case_sensitive: bool = True

@@ -216,6 +216,19 @@ def test_a_body_that_is_no_json_object_is_refused(bids: Bids) -> None:
     ):
         answer = bids.put_rules(LAB_A, None, content=content, kind=kind)
         assert answer.status_code == 422, (content, answer.text)
+    huge = json.dumps({"descriptions": [{"datatype": "x" * 2_000_000}]}).encode()
+    assert bids.put_rules(LAB_A, None, content=huge, kind="application/json").status_code == 413
+
+
+def test_a_rules_file_broken_on_disk_is_named_and_mended_by_a_put(bids: Bids) -> None:
+    stored = bids.place.root / RULES_FILE
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    for broken in ("{", '{"descriptions": {}}'):
+        stored.write_text(broken)
+        answer = bids.get(f"/bids/rules?physician={LAB_A}")
+        assert answer.status_code == 409 and "PUT new rules" in answer.json()["detail"]
+    assert bids.put_rules(LAB_A, RULES).status_code == 200
+    assert bids.get(f"/bids/rules?physician={LAB_A}").json() == RULES
 
 
 def test_a_lab_reads_and_writes_only_its_own_rules(bids: Bids) -> None:

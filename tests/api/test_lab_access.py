@@ -21,13 +21,14 @@ from sqlalchemy.orm import Session
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from shared import keys, retrievals
+from shared.bids.dataset import place_of
 from shared.catalog.database import open_catalog
 from shared.catalog.reconciliation import Difference
 from shared.catalog.states import DifferenceKind, DifferenceState
 from shared.catalog.types import now
 from shared.naming import physician_folder
 from tests.api.pipeline import ADMIN_KEY, Api, study_facts
-from tests.support import add_key
+from tests.support import add_key, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup("api", shared_by="tests.api.conftest.api")]
 
@@ -149,15 +150,22 @@ class LabA:
 
 def lab_a(api: Api) -> LabA:
     folder = api.labs.lab_a
-    study, series = next(
+    candidates = [
         (uid, series)
         for uid, facts in sorted(study_facts().items())
         if physician_folder(next(iter(facts.physicians))) == folder
         for series in api.get(f"/studies/{uid}", key=ADMIN_KEY).json()["series"]
         if series["nifti"]["outputs"]
-    )
+    ]
+
+    def with_bids_session() -> tuple[str, dict[str, Any]] | None:
+        """A study whose BIDS session the converter made (it does so after converting)."""
+        with sessions() as session:
+            return next((c for c in candidates if place_of(session, api.archive, None, c[0])), None)
+
     engine, sessions = open_catalog(api.dcmdb.database_url, writer=True)
     try:
+        study, series = wait_for(with_bids_session, 120, "a BIDS session of lab A", 1.0)
         with sessions() as session, session.begin():
             job = retrievals.new_job(
                 session,

@@ -6,11 +6,12 @@ one; another lab's rules are not found, exactly as an unknown lab's.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated, Any
 
-import anyio.from_thread
-from fastapi import APIRouter, Body, Header, HTTPException, Query, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
 from services.api import bids
@@ -26,7 +27,7 @@ from services.api.dependencies import (
     not_found,
     not_found_answer,
 )
-from services.api.schemas import Problem
+from services.api.schemas import BidsRules, Problem
 from services.api.studies import find_study
 from shared.bids.dataset import place_of, session_members
 from shared.bids.rules import Rules, RulesError
@@ -101,53 +102,65 @@ def _lab(caller: Caller, directory: PhysiciansDep, physician: str) -> str:
 
 _RULES_ANSWERS: dict[int | str, dict[str, Any]] = {
     **not_found_answer("No such lab among the key's"),
-    409: {"model": Problem, "description": "The stored rules file is not JSON"},
+    409: {"model": Problem, "description": "The stored rules file is not valid"},
 }
+# The most a rules file may weigh: a lab's descriptions are a few dozen.
+MAX_RULES_BYTES = 1_000_000
 
 
-@router.get("/bids/rules", dependencies=READ, responses=_RULES_ANSWERS)
+@router.get(
+    "/bids/rules",
+    dependencies=READ,
+    response_model=BidsRules,
+    response_model_exclude_unset=True,
+    responses=_RULES_ANSWERS,
+)
 def get_bids_rules(
     caller: CallerDep, settings: SettingsDep, directory: PhysiciansDep, physician: Physician
 ) -> Any:
-    """The lab's BIDS naming rules (dcm2bids-like criteria on sidecar fields); an empty
-    list of descriptions when it has none."""
+    """The lab's BIDS naming rules; an empty list of descriptions when it has none."""
     lab = _lab(caller, directory, physician)
     try:
-        return bids.read_rules(bids.rules_path(settings, lab))
-    except ValueError as exc:
+        rules = bids.read_rules(bids.rules_path(settings, lab))
+        Rules.parse(rules)
+    except ValueError as exc:  # RulesError too: an edit by hand gone wrong
         raise HTTPException(status.HTTP_409_CONFLICT, f"{exc}: PUT new rules") from None
+    return rules
 
 
 @router.put(
     "/bids/rules",
     dependencies=[*READ, audited(AuditAction.BIDS_RULES_CHANGE)],
+    response_model=BidsRules,
+    response_model_exclude_unset=True,
     responses={
         **_RULES_ANSWERS,
+        413: {"model": Problem, "description": "The body is larger than a rules file may be"},
         422: {"model": Problem, "description": "The rules are not valid; the detail says why"},
         503: {"model": Problem, "description": "Stored, but the converter was not told"},
     },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BidsRules"}}},
+        }
+    },
 )
-def put_bids_rules(
+async def put_bids_rules(
+    request: Request,
     caller: CallerDep,
     settings: SettingsDep,
     directory: PhysiciansDep,
     physician: Physician,
-    rules: Annotated[Any, Body(description="The rules, as GET answers them")],
 ) -> Any:
-    """Replace the lab's rules; the converter then names the lab's sessions again."""
-    lab = _lab(caller, directory, physician)
-    if isinstance(rules, bytes):  # a body that was not sent as JSON
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            "send the rules as JSON (Content-Type: application/json)",
-        )
+    """Replace the lab's rules; the converter then names the lab's sessions again. Every
+    mistake is a 422 that names the description and field (the body is read here, not by
+    FastAPI, so that the rules' own checks word it)."""
+    lab = await run_in_threadpool(_lab, caller, directory, physician)
+    rules = _rules_of(await _body(request))
+    await run_in_threadpool(bids.store_rules, bids.rules_path(settings, lab), rules)
     try:
-        Rules.parse(rules)
-    except RulesError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-    bids.store_rules(bids.rules_path(settings, lab), rules)
-    try:
-        anyio.from_thread.run(bids.tell_converter, settings, lab)
+        await bids.tell_converter(settings, lab)
     except Exception as exc:  # noqa: BLE001 - any failure of the broker is the same answer
         log.warning("a lab's BIDS rules changed; the converter was not told (%r)", exc)
         raise HTTPException(
@@ -155,4 +168,31 @@ def put_bids_rules(
             "the rules are stored, but the converter could not be told (RabbitMQ did not "
             "answer): PUT them again once it does, or the lab's sessions keep their names",
         ) from None
+    return rules
+
+
+async def _body(request: Request) -> bytes:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_RULES_BYTES:
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                f"a rules file has at most {MAX_RULES_BYTES} bytes",
+            )
+    return body
+
+
+def _rules_of(body: bytes) -> Any:
+    """The rules of a body, checked; a 422 saying what is wrong."""
+    try:
+        rules = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"the body is not JSON in UTF-8: {exc}"
+        ) from None
+    try:
+        Rules.parse(rules)
+    except RulesError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     return rules

@@ -204,7 +204,7 @@ def test_bad_rules_are_refused_with_why_and_change_nothing(bids: Bids, body: Any
         Rules.parse(body)
     answer = bids.put_rules(LAB_A, body)
     assert answer.status_code == 422, answer.text
-    assert answer.json()["detail"] == str(expected.value)
+    assert [problem["msg"] for problem in answer.json()["detail"]] == [str(expected.value)]
     assert bids.get(f"/bids/rules?physician={LAB_A}").json() == before
 
 

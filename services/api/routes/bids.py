@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 
 from services.api import bids
@@ -136,7 +137,6 @@ def get_bids_rules(
     responses={
         **_RULES_ANSWERS,
         413: {"model": Problem, "description": "The body is larger than a rules file may be"},
-        422: {"model": Problem, "description": "The rules are not valid; the detail says why"},
         503: {"model": Problem, "description": "Stored, but the converter was not told"},
     },
     openapi_extra={
@@ -154,8 +154,8 @@ async def put_bids_rules(
     physician: Physician,
 ) -> Any:
     """Replace the lab's rules; the converter then names the lab's sessions again. Every
-    mistake is a 422 that names the description and field (the body is read here, not by
-    FastAPI, so that the rules' own checks word it)."""
+    mistake is a 422 whose message names the description and field (the body is read here,
+    not by FastAPI, so that the rules' own checks word it)."""
     lab = await run_in_threadpool(_lab, caller, directory, physician)
     rules = _rules_of(await _body(request))
     await run_in_threadpool(bids.store_rules, bids.rules_path(settings, lab), rules)
@@ -184,15 +184,20 @@ async def _body(request: Request) -> bytes:
 
 
 def _rules_of(body: bytes) -> Any:
-    """The rules of a body, checked; a 422 saying what is wrong."""
+    """The rules of a body, checked; a 422 in FastAPI's shape whose message says what is
+    wrong, in the rules' own words."""
     try:
         rules = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"the body is not JSON in UTF-8: {exc}"
-        ) from None
+        raise _refused(f"the body is not JSON in UTF-8: {exc}") from None
     try:
         Rules.parse(rules)
     except RulesError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        raise _refused(str(exc)) from None
     return rules
+
+
+def _refused(message: str) -> RequestValidationError:
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("body",), "msg": message, "input": None}]
+    )

@@ -90,6 +90,19 @@ def fresh_vhost() -> Iterator[str]:
         api.delete(f"/vhosts/{vhost}")
 
 
+def queue_drained(broker_url: str, queue: str) -> bool:
+    """Whether `queue` of the URL's virtual host holds no message, ready or in a consumer's
+    hands, as the management API last counted (it counts every 5 s: ask again after that)."""
+    vhost = broker_url.rsplit("/", 1)[1]
+    with httpx.Client(base_url=RABBITMQ_MANAGEMENT, auth=("guest", "guest"), timeout=60) as api:
+        answer = api.get(f"/queues/{vhost}/{queue}")
+    if answer.status_code == 404:
+        return False
+    answer.raise_for_status()
+    counts = answer.json()
+    return counts.get("messages") == 0 and counts.get("messages_unacknowledged") == 0
+
+
 @pytest.fixture(scope="session")
 def rabbitmq_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A three-node RabbitMQ cluster of the test session's own (tests/broker_cluster.py),

@@ -163,7 +163,7 @@ def _describe(spot: SessionPlace) -> None:
             description,
             _json(
                 {
-                    "Name": f"{spot.lab}: studies received by dcmdb",
+                    "Name": "Studies received by dcmdb",
                     "BIDSVersion": BIDS_VERSION,
                     "DatasetType": "raw",
                     "GeneratedBy": [
@@ -177,7 +177,7 @@ def _describe(spot: SessionPlace) -> None:
         _write(
             readme,
             (
-                f"The BIDS dataset of {spot.lab}, kept by dcmdb as its studies arrive.\n"
+                "A lab's BIDS dataset, kept by dcmdb as its studies arrive.\n"
                 "Subjects and sessions are pseudonyms; series without a BIDS name are listed,\n"
                 f"with the reason, in {LEFTOVERS_FOLDER}/. Name rules: {RULES_FILE}.\n"
             ).encode(),

@@ -3,6 +3,7 @@ per test worker and catalog backend, for every module of the API tests that asks
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -17,7 +18,7 @@ from tests.api.pipeline import (
     vhost,
     write_lab_keys,
 )
-from tests.conftest import TESTDATA
+from tests.conftest import TESTDATA, queue_drained
 from tests.support import SLOW_POLL, wait_for
 from tests.system import Dcmdb, dicom_files, send_dicom
 
@@ -48,6 +49,10 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                 "every study filed and converted",
                 SLOW_POLL,
             )
+            # The last outcomes reach the BIDS views after the catalog has them; the broker's
+            # counts are 5 s old at most.
+            time.sleep(6)
+            wait_for(lambda: queue_drained(broker, "dcmdb.bids"), 120, "the BIDS views kept")
             yield api
             client.close()
         finally:

@@ -10,6 +10,7 @@ import json
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -269,3 +270,22 @@ def test_downloads_and_rule_changes_are_in_the_audit_trail(bids: Bids) -> None:
     assert (download["study_uid"], download["status"]) == (bids.study, 200)
     assert download["bytes_sent"] == len(sent.content)
     assert recorded("bids.rules_change")[0]["status"] == 200
+
+
+def test_rules_stored_while_the_broker_is_away_say_the_converter_was_not_told(
+    bids: Bids, tmp_path: Path
+) -> None:
+    """A second API on the same catalog and archive, with no broker where it looks."""
+    catalog = bids.site.settings.database_url
+    assert catalog is not None
+    with serving(tmp_path, catalog, archive_dir=bids.site.settings.archive_root) as away:
+        answer = httpx.put(
+            f"{away.url}/bids/rules",
+            params={"physician": LAB_A},
+            json=RULES,
+            headers={"Authorization": f"Bearer {away.key('lab-a')}"},
+            timeout=120,
+        )
+    assert answer.status_code == 503, answer.text
+    assert "the rules are stored" in answer.json()["detail"]
+    assert json.loads((bids.place.root / RULES_FILE).read_text()) == RULES

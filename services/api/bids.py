@@ -26,6 +26,7 @@ from shared.broker_connection import connect
 from shared.durable import fsync_directory, replace_durably
 from shared.messages import BidsRulesChanged
 from shared.settings import CommonSettings
+from shared.share import make_folder
 
 log = logging.getLogger("dcmdb.api")
 
@@ -89,7 +90,7 @@ def read_rules(path: Path) -> Any:
 
 def store_rules(path: Path, rules: Any) -> None:
     """Replace the rules file by `rules` (checked already), durably."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)  # setgid, in the lab's group: so is the file then
     content = (json.dumps(rules, indent=2, ensure_ascii=False) + "\n").encode()
     replace_durably(path, path.with_name(f".{path.name}.tmp"), content)
     fsync_directory(path.parent)

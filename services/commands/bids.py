@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     since: str | None = args.since.isoformat() if args.since else None
-    counts = {"added": 0, "updated": 0, "unchanged": 0, "without BIDS": 0}
+    counts = {"added": 0, "updated": 0, "unchanged": 0, "removed": 0, "without BIDS": 0}
     with reporting("bids export"), connected("bids export", args, BidsClient) as client:
         try:
             dataset = ExportedDataset.open(args.output, args.physician)
@@ -59,6 +59,9 @@ def _export(args: argparse.Namespace) -> None:
                     raise
                 counts["without BIDS"] += 1
                 print(f"without BIDS: study {uid}: {exc.detail}")
+                if (dropped := dataset.drop(uid)) is not None:
+                    counts["removed"] += 1
+                    print(f"removed: {dropped} (study {uid}), which dcmdb no longer has")
                 continue
             except ExportError as exc:
                 fail("bids export", f"study {uid}: {exc}")

@@ -88,6 +88,17 @@ class ExportedDataset:
         self._save()
         return replaced
 
+    def drop(self, study_uid: str) -> str | None:
+        """The study's session, exported before, gone from dcmdb's dataset: it goes from
+        this one too. Its name, or None when it had none here."""
+        before = self.studies.pop(study_uid, None)
+        if before is None:
+            return None
+        if not self._claimed(before):
+            shutil.rmtree(self.directory / before.session, ignore_errors=True)
+        self._save()
+        return before.session
+
     def _claimed(self, old: Exported) -> bool:
         return any(e is not old and e.session == old.session for e in self.studies.values())
 

@@ -74,7 +74,7 @@ def test_an_export_then_updates_only_what_changed(served: Served, tmp_path: Path
     first = served.export(output)
     assert f"added: {session} (study {study_of(T1W)})" in first
     assert f"without BIDS: study {study_of(CT)}" in first
-    assert "1 added, 0 updated, 0 unchanged, 1 without BIDS" in first
+    assert "1 added, 0 updated, 0 unchanged, 0 removed, 1 without BIDS" in first
     assert _files(output / session) == _files(place.folder)
     assert json.loads((output / "dataset_description.json").read_text())["BIDSVersion"]
     rows = [line.split("\t") for line in (output / "participants.tsv").read_text().splitlines()]
@@ -86,7 +86,7 @@ def test_an_export_then_updates_only_what_changed(served: Served, tmp_path: Path
     folder = (output / session).stat().st_ino
 
     second = served.export(output)
-    assert "0 added, 0 updated, 1 unchanged, 1 without BIDS" in second
+    assert "0 added, 0 updated, 1 unchanged, 0 removed, 1 without BIDS" in second
     assert (output / session).stat().st_ino == folder  # not downloaded, not replaced
 
     added = place.folder / "anat" / "added.txt"
@@ -103,12 +103,24 @@ def test_an_export_then_updates_only_what_changed(served: Served, tmp_path: Path
     # Nothing of the work left behind: only what the next run reads.
     assert [path.name for path in output.glob(".dcmdb-*")] == [".dcmdb-export.json"]
 
+    # The session gone from dcmdb's dataset (its series named no more): gone here too.
+    away = place.root / "away"
+    place.folder.rename(away)
+    try:
+        fifth = served.export(output)
+        assert f"removed: {session} (study {study_of(T1W)})" in fifth
+        assert "1 removed, 2 without BIDS" in fifth
+        assert not (output / session).exists()
+    finally:
+        away.rename(place.folder)
+    assert "1 added" in served.export(output)
+
 
 def test_an_export_since_a_day_takes_the_studies_received_since(
     served: Served, tmp_path: Path
 ) -> None:
     later = served.export(tmp_path / "later", "--since", "2999-01-01")
-    assert "0 added, 0 updated, 0 unchanged, 0 without BIDS" in later
+    assert "0 added, 0 updated, 0 unchanged, 0 removed, 0 without BIDS" in later
     assert "1 added" in served.export(tmp_path / "since", "--since", "2000-01-01")
 
 

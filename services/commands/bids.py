@@ -2,8 +2,8 @@
 
 dcmdb bids export --physician LAB -o DIR [--since YYYY-MM-DD] writes the lab's sessions
 into DIR, or brings DIR up to date: a session exported before and unchanged since is not
-downloaded again, a changed one replaces its folder. Studies without a BIDS session yet
-are named, and left for a later run.
+downloaded again, a changed one replaces its folder, and one dcmdb no longer has leaves
+DIR. Studies without a BIDS session yet are named, and left for a later run.
 
 dcmdb bids rules --physician LAB [--set FILE] shows the lab's rules, or replaces them with
 those of FILE (JSON); the lab's sessions are then named again.

@@ -37,10 +37,7 @@ class BidsViews:
             study = session.scalar(
                 select(Study)
                 .where(Study.study_instance_uid == study_uid)
-                .options(
-                    selectinload(Study.series).selectinload(Series.outputs),
-                    selectinload(Study.patient),
-                )
+                .options(selectinload(Study.series).selectinload(Series.outputs))
             )
             if study is None:
                 return None

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from services.converter.bids_views import actions
@@ -72,8 +73,16 @@ def test_the_converter_keeps_the_bids_views(
     converter = Dcmdb(sorter.data, broker_url, catalog_url)
     converter.start("converter", name="converter")
     try:
-        publish(broker_url, converted(filed, study))
+        # Converted before the converter kept BIDS views (an upgrade): made at its start.
         wait_for(lambda: anat(root) == ["sub-001_ses-01_acq-tfl_T1w.nii.gz"], 60, "the session")
+        second = filed.file(
+            XA30_T1W,
+            PatientID="P-2",
+            SeriesInstanceUID=generate_uid(),
+            StudyInstanceUID=generate_uid(),
+        )
+        publish(broker_url, converted(filed, second))
+        wait_for(lambda: len(anat(root)) == 2, 60, "the second study's session")
 
         rules = {
             "descriptions": [
@@ -83,19 +92,24 @@ def test_the_converter_keeps_the_bids_views(
         (root / RULES_FILE).parent.mkdir(parents=True, exist_ok=True)
         (root / RULES_FILE).write_text(json.dumps(rules))
         publish(broker_url, BidsRulesChanged(lab=LAB))
-        wait_for(lambda: anat(root) == ["sub-001_ses-01_T2w.nii.gz"], 60, "the session renamed")
+        renamed = ["sub-001_ses-01_T2w.nii.gz", "sub-002_ses-01_T2w.nii.gz"]
+        wait_for(lambda: anat(root) == renamed, 60, "the sessions renamed")
 
         with sorter.sessions() as session:
-            [candidate] = candidates(session, datetime.now(UTC), 60)
+            [candidate] = [
+                c for c in candidates(session, datetime.now(UTC), 60) if c.study_uid == study
+            ]
         evicting = eviction.claim(sorter.sessions, candidate, "space", 60)
         assert evicting is not None
         eviction.finish(sorter.sessions, filed.archive, evicting)
         publish(broker_url, *eviction.unannounced(sorter.sessions))
         wait_for(lambda: not (root / "sub-001").exists(), 60, "the session removed")
-        assert (root / "participants.tsv").read_text() == "participant_id\n"
+        assert (root / "participants.tsv").read_text() == "participant_id\nsub-002\n"
     finally:
         converter.stop()
-    assert "BIDS unknown sub-001 ses-01 removed" in converter.log("converter")
+    log = converter.log("converter")
+    assert "BIDS sessions made for 1 studies converted before" in log
+    assert "BIDS unknown sub-001 ses-01 removed" in log
 
 
 class Recorded:

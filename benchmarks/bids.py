@@ -34,15 +34,12 @@ from pathlib import Path
 from processes import cpu_model
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from sqlalchemy import select
 
 from services.converter import records
-from services.converter.conversion import convert_series
-from services.sorter.completion import complete_stable_series
+from services.sorter.completion import complete_stable_series, unannounced
 from services.sorter.filing import Filer
 from shared.bids.views import BidsViews
 from shared.catalog.database import open_catalog
-from shared.catalog.models import Series, Study
 from shared.incoming import received_time
 from shared.messages import InstanceReceived, SeriesCompleted
 
@@ -79,33 +76,14 @@ class Lab:
         return events[0].study_instance_uid
 
     def series_of(self, study: str) -> list[SeriesCompleted]:
-        with self.sessions() as session:
-            rows = session.scalars(
-                select(Series).join(Study).where(Study.study_instance_uid == study)
-            ).all()
-            return [
-                SeriesCompleted(
-                    study_instance_uid=study,
-                    series_instance_uid=s.series_instance_uid,
-                    generation=s.generation,
-                    instances=s.instance_count,
-                    reason="stable",
-                )
-                for s in sorted(rows, key=lambda s: s.series_number or 0)
-            ]
+        """The study's completions, as the sorter announces them."""
+        return [e for e in unannounced(self.sessions, 10**6) if e.study_instance_uid == study]
 
     def convert(self, event: SeriesCompleted) -> float:
         job = records.job_for(self.sessions, self.archive, event)
         assert job is not None, event
         started = time.perf_counter()
-        result = convert_series(
-            job.files,
-            job.out_dir,
-            job.base_name,
-            study_instance_uid=job.study_instance_uid,
-            series_instance_uid=job.series_instance_uid,
-            work_dir=self.data / "work",
-        )
+        result = job.convert(self.data / "work")
         records.record(self.sessions, self.archive, event, result)
         return time.perf_counter() - started
 

@@ -41,6 +41,17 @@ class Job:
     study_instance_uid: str
     series_instance_uid: str
 
+    def convert(self, work_dir: Path) -> Conversion:
+        """The conversion, in this process (`run_isolated` runs it in one of its own)."""
+        return convert_series(
+            self.files,
+            self.out_dir,
+            self.base_name,
+            study_instance_uid=self.study_instance_uid,
+            series_instance_uid=self.series_instance_uid,
+            work_dir=work_dir,
+        )
+
 
 def warm_up() -> None:
     """Start the fork server now, so that the first series does not wait for its imports."""
@@ -101,14 +112,7 @@ def _convert(job: Job, work_dir: Path, result: Connection, logs: ChildLogging | 
     # conversion ends; the default thresholds would scan them again and again for cycles.
     gc.set_threshold(_GC_THRESHOLD)
     try:
-        conversion = convert_series(
-            job.files,
-            job.out_dir,
-            job.base_name,
-            study_instance_uid=job.study_instance_uid,
-            series_instance_uid=job.series_instance_uid,
-            work_dir=work_dir,
-        )
+        conversion = job.convert(work_dir)
     except Exception as exc:  # a full disk, or a bug in the engines: fail the series, say which
         conversion = Conversion(
             status=ConversionState.FAILED,

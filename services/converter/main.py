@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 from services.converter import metrics, records
@@ -83,14 +84,17 @@ async def run(settings: ConverterSettings, side: SidePort, stop: Stop) -> None:
     ]
     views = BidsViews(sessions, archive, settings.bids_dir, settings.bids_dates)
     consumers.append(asyncio.create_task(keep_bids_views(connection, settings, views)))
+    stopping = threading.Event()  # the backfill's thread, told to end with the service
+    backfilling = asyncio.create_task(asyncio.to_thread(views.backfill, stopping))
     log.info("converting with %d worker(s)", settings.workers)
     stop.running()
     try:
         await asyncio.Future()  # until stopped; the consumers run until cancelled too
     finally:
+        stopping.set()
         for consumer in consumers:
             consumer.cancel()
-        await asyncio.gather(*consumers, return_exceptions=True)
+        await asyncio.gather(*consumers, backfilling, return_exceptions=True)
         await connection.close()
         engine.dispose()
 

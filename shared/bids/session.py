@@ -9,6 +9,7 @@ the session has one set of them. Nothing here touches the dataset: `dataset` wri
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -131,10 +132,8 @@ def _converted(series: Series, outputs: Sequence[NiftiOutput], archive: Path) ->
     found = []
     for output in outputs:
         sidecar = json.loads((archive / output.sidecar_path).read_bytes())
-        header = nib.load(archive / output.path).header  # the voxels are not read
-        if not isinstance(header, nib.Nifti1Header):
-            raise ValueError(f"{output.path} is not a NIfTI-1 image")
-        shape = tuple(header.get_data_shape())
+        with gzip.open(archive / output.path) as image:  # its header only
+            shape = nib.Nifti1Header.from_fileobj(image).get_data_shape()
         volumes = int(shape[3]) if len(shape) > 3 else 1
         found.append(ConvertedOutput(output.path, sidecar, volumes, output.bval_path is not None))
     first = found[0].sidecar if found else {}

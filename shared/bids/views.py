@@ -5,6 +5,7 @@ and every session of a lab named again when its rules change."""
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from sqlalchemy import select
@@ -13,7 +14,9 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from shared.bids import dataset, pseudonyms
 from shared.bids.rules import Rules, RulesError
 from shared.bids.session import DatePolicy, plan_session
+from shared.catalog.bids import BidsSession
 from shared.catalog.models import Series, Study
+from shared.catalog.states import ConversionState
 
 log = logging.getLogger("dcmdb.bids")
 
@@ -37,14 +40,11 @@ class BidsViews:
             study = session.scalar(
                 select(Study)
                 .where(Study.study_instance_uid == study_uid)
-                .options(
-                    selectinload(Study.series).selectinload(Series.outputs),
-                    selectinload(Study.patient),
-                )
+                .options(selectinload(Study.series).selectinload(Series.outputs))
             )
             if study is None:
                 return None
-            if not any(s.conversion.value != "pending" for s in study.series):
+            if all(s.conversion == ConversionState.PENDING for s in study.series):
                 return None  # nothing of it decided yet: no subject or session to give
             pseudonym = pseudonyms.for_study(session, study)
             spot = dataset.place(self._archive, self._bids_dir, pseudonym)
@@ -91,6 +91,28 @@ class BidsViews:
             )
         for uid in uids:
             self.refresh(uid)
+        return len(uids)
+
+    def backfill(self, stopping: threading.Event) -> int:
+        """Sessions for the studies converted before there were BIDS views (an upgrade):
+        each study with an outcome and no labels yet, until `stopping` is set; how many."""
+        with self._sessions() as session:
+            uids = list(
+                session.scalars(
+                    select(Study.study_instance_uid)
+                    .where(
+                        Study.series.any(Series.conversion != ConversionState.PENDING),
+                        Study.study_instance_uid.not_in(select(BidsSession.study_instance_uid)),
+                    )
+                    .order_by(Study.id)
+                )
+            )
+        for uid in uids:
+            if stopping.is_set():
+                break
+            self.refresh(uid)
+        if uids:
+            log.info("BIDS sessions made for %d studies converted before", len(uids))
         return len(uids)
 
     def _rules(self, root: Path, lab: str) -> Rules:

@@ -11,11 +11,9 @@ from pathlib import Path
 from sqlalchemy import select
 
 from services.converter import records
-from services.converter.conversion import convert_series
-from services.sorter.completion import complete_stable_series
+from services.sorter.completion import complete_stable_series, unannounced
 from shared.bids.views import BidsViews
-from shared.catalog.models import Series, Study
-from shared.messages import SeriesCompleted
+from shared.catalog.models import Series
 from tests.arrivals import Sorter, arrive, dicom_files, with_new_uids
 
 HOUR = 3_600 * 10**9
@@ -59,22 +57,10 @@ class FiledSessions:
         return study
 
     def convert(self, study_uid: str) -> None:
-        """Every series of the study converted again, as the converter does it."""
-        with self.sorter.sessions() as session:
-            series = session.scalars(
-                select(Series).join(Study).where(Study.study_instance_uid == study_uid)
-            ).all()
-            events = [
-                SeriesCompleted(
-                    study_instance_uid=study_uid,
-                    series_instance_uid=s.series_instance_uid,
-                    generation=s.generation,
-                    instances=s.instance_count,
-                    reason="stable",
-                )
-                for s in series
-            ]
-        for event in events:
+        """Every series of the study converted (again), as the converter does it."""
+        for event in unannounced(self.sorter.sessions):
+            if event.study_instance_uid != study_uid:
+                continue
             with self.sorter.sessions.begin() as session:  # a conversion asked for again
                 row = session.scalar(
                     select(Series).where(Series.series_instance_uid == event.series_instance_uid)
@@ -83,12 +69,5 @@ class FiledSessions:
                 row.converted_generation = None
             job = records.job_for(self.sorter.sessions, self.archive, event)
             assert job is not None, event
-            result = convert_series(
-                job.files,
-                job.out_dir,
-                job.base_name,
-                study_instance_uid=job.study_instance_uid,
-                series_instance_uid=job.series_instance_uid,
-                work_dir=self.sorter.data / "work",
-            )
+            result = job.convert(self.sorter.data / "work")
             assert records.record(self.sorter.sessions, self.archive, event, result)

@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from services.converter import records
-from services.converter.conversion import convert_series
 from services.sorter.completion import complete_stable_series, unannounced
 from services.sorter.filing import Filer
 from shared.catalog.database import open_catalog
@@ -110,15 +109,7 @@ def fill(data: Path, labs: dict[str, list[str]], short: dict[str, int] | None = 
     for event in unannounced(sessions):
         job = records.job_for(sessions, archive, event)
         assert job is not None
-        result = convert_series(
-            job.files,
-            job.out_dir,
-            job.base_name,
-            study_instance_uid=job.study_instance_uid,
-            series_instance_uid=job.series_instance_uid,
-            work_dir=data / "work",
-        )
-        records.record(sessions, archive, event, result)
+        records.record(sessions, archive, event, job.convert(data / "work"))
     engine.dispose()
     return url
 

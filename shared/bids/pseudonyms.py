@@ -18,7 +18,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.catalog.bids import BidsSession, BidsSubject
-from shared.catalog.models import Study
 
 # Where dates are shifted (DCMDB_BIDS_DATES=shift), each subject's go back by one number of
 # days from this range, drawn once: the intervals between its sessions stay true.
@@ -46,20 +45,20 @@ def existing(session: Session, study_uid: str) -> Pseudonym | None:
     return None if row is None else _pseudonym(row)
 
 
-def for_study(session: Session, study: Study) -> Pseudonym:
+def for_study(session: Session, study_uid: str, lab: str, patient_id: str) -> Pseudonym:
     """The study's labels, given now if it has none. Commits: labels are handed out in
     transactions of their own, so that two converters cannot give one label twice (the
     loser of a race draws again)."""
     for _ in range(_TRIES):
-        found = existing(session, study.study_instance_uid)
+        found = existing(session, study_uid)
         if found is not None:
             return found
         try:
             with session.begin_nested():
-                subject = _subject(session, study)
+                subject = _subject(session, lab, patient_key(patient_id, study_uid))
                 labels = {s.label for s in subject.sessions}
                 row = BidsSession(
-                    study_instance_uid=study.study_instance_uid,
+                    study_instance_uid=study_uid,
                     subject=subject,
                     label=_next(labels, width=2),
                     created_at=datetime.now(UTC),
@@ -69,12 +68,10 @@ def for_study(session: Session, study: Study) -> Pseudonym:
             return _pseudonym(row)
         except IntegrityError:
             session.rollback()
-    raise RuntimeError(f"no BIDS labels for study {study.study_instance_uid} after {_TRIES} tries")
+    raise RuntimeError(f"no BIDS labels for study {study_uid} after {_TRIES} tries")
 
 
-def _subject(session: Session, study: Study) -> BidsSubject:
-    lab = study.physician_folder
-    key = patient_key(study.patient.patient_id, study.study_instance_uid)
+def _subject(session: Session, lab: str, key: str) -> BidsSubject:
     subject = session.scalar(
         select(BidsSubject).where(BidsSubject.lab == lab, BidsSubject.patient_key == key)
     )

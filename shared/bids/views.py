@@ -40,25 +40,33 @@ class BidsViews:
             study = session.scalar(
                 select(Study)
                 .where(Study.study_instance_uid == study_uid)
-                .options(selectinload(Study.series).selectinload(Series.outputs))
+                .options(
+                    selectinload(Study.series).selectinload(Series.outputs),
+                    selectinload(Study.patient),
+                )
             )
             if study is None:
                 return None
             if all(s.conversion == ConversionState.PENDING for s in study.series):
                 return None  # nothing of it decided yet: no subject or session to give
-            pseudonym = pseudonyms.for_study(session, study)
-            spot = dataset.place(self._archive, self._bids_dir, pseudonym)
-            with dataset.locked(spot.root):
-                plan = plan_session(
-                    study,
-                    self._archive,
-                    self._rules(spot.root, spot.lab),
-                    subject=spot.subject,
-                    session=spot.session,
-                    dates=self._dates,
-                    shift_days=pseudonym.date_shift_days,
-                )
-                dataset.write_session(spot, plan, self._archive)
+        # Transactions short and apart, none while the files are written: on SQLite a writer's
+        # transaction holds the write lock, which the sorter and the converters wait for.
+        with self._sessions() as session:
+            pseudonym = pseudonyms.for_study(
+                session, study_uid, study.physician_folder, study.patient.patient_id
+            )
+        spot = dataset.place(self._archive, self._bids_dir, pseudonym)
+        with dataset.locked(spot.root):
+            plan = plan_session(
+                study,
+                self._archive,
+                self._rules(spot.root, spot.lab),
+                subject=spot.subject,
+                session=spot.session,
+                dates=self._dates,
+                shift_days=pseudonym.date_shift_days,
+            )
+            dataset.write_session(spot, plan, self._archive)
         log.info(
             "BIDS %s sub-%s ses-%s: %d file(s), %d series left over",
             spot.lab,

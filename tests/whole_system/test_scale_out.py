@@ -16,6 +16,7 @@ import aio_pika
 import pydicom
 import pytest
 
+from shared.bids.dataset import BIDS_FOLDER
 from shared.broker import dead_letter_counts, declare_topology
 from shared.messages import SeriesCompleted, Topology
 from tests.support import SLOW_POLL, free_port, wait_for
@@ -134,7 +135,9 @@ def test_two_sorters_and_two_converters_file_and_convert_each_instance_once(
     dicom_on_disk = sorted(
         str(p.relative_to(archive))
         for p in archive.rglob("*")
-        if p.is_file() and p.parent.name != "nifti"
+        if p.is_file()
+        and p.parent.name != "nifti"
+        and p.relative_to(archive).parts[1] != BIDS_FOLDER
     )
     assert dicom_on_disk == sorted(i.path for i in instances)
     for folder in RECEIVERS.values():

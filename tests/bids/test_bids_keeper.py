@@ -103,8 +103,13 @@ def test_the_converter_keeps_the_bids_views(
         assert evicting is not None
         eviction.finish(sorter.sessions, filed.archive, evicting)
         publish(broker_url, *eviction.unannounced(sorter.sessions))
-        wait_for(lambda: not (root / "sub-001").exists(), 60, "the session removed")
-        assert (root / "participants.tsv").read_text() == "participant_id\nsub-002\n"
+        participants = root / "participants.tsv"
+        wait_for(
+            lambda: participants.read_text() == "participant_id\nsub-002\n",
+            60,
+            "the session removed from participants.tsv",
+        )
+        assert not (root / "sub-001").exists()
     finally:
         converter.stop()
     log = converter.log("converter")

@@ -51,6 +51,9 @@ QUICK = {
 }
 
 
+# Long by design (a cluster started, a workload sent through faults): more than the suite's
+# 300 s per test on a slow machine.
+@pytest.mark.timeout(900)
 def test_nothing_acknowledged_is_lost_or_duplicated(
     data_disk: Path, tmp_path: Path, rabbitmq_node: Cluster, own_broker_url: str
 ) -> None:
@@ -62,6 +65,7 @@ def test_nothing_acknowledged_is_lost_or_duplicated(
     assert_whole(report)
 
 
+@pytest.mark.timeout(900)
 def test_nothing_acknowledged_is_lost_or_duplicated_when_broker_nodes_die(
     tmp_path: Path, rabbitmq_cluster: Cluster, cluster_urls: str
 ) -> None:

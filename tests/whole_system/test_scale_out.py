@@ -186,6 +186,11 @@ def test_two_sorters_and_two_converters_file_and_convert_each_instance_once(
         assert re.search(r"association from \S+ at \S+ released: [1-9]", cluster.log(name)), name
     waiting, dead = asyncio.run(waiting_and_dead(broker_url))
     assert waiting == 0
-    assert dead == {"dcmdb.sorter.dead": 0, "dcmdb.converter.dead": 0, "dcmdb.notifier.dead": 0}
+    assert dead == {
+        "dcmdb.sorter.dead": 0,
+        "dcmdb.converter.dead": 0,
+        "dcmdb.notifier.dead": 0,
+        "dcmdb.bids.dead": 0,
+    }
     for name in (*RECEIVERS, *SORTERS, *CONVERTERS):
         assert "Traceback" not in cluster.log(name), name

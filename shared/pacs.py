@@ -50,6 +50,8 @@ SERVICES = {
     GET_MODEL: "Study Root C-GET",
 }
 CONNECT_TIMEOUT = 30.0
+# An attempt that ended before this share of its time limit was not a time-out.
+_ANSWER_LIMIT = 0.95
 
 StoreInstance = Callable[[bytes, str, str, str], None]
 """``store(data_set_bytes, transfer_syntax_uid, sop_class_uid, sop_instance_uid)``."""
@@ -150,11 +152,13 @@ def associate(
     except OSError as error:  # the host name does not resolve
         raise PacsError(f"{peer.kind} {peer} unreachable: {_os_error(error)}") from None
     if not assoc.is_established:
+        elapsed = time.monotonic() - started
         if negotiation.connected:
             # The answer reaches our event handler from pynetdicom's own thread, at times
-            # just after associate() returned.
-            negotiation.settle()
-        raise PacsError(_refusal(peer, negotiation, time.monotonic() - started, ae))
+            # just after associate() returned, and seconds later on a loaded machine: an
+            # attempt that ended before its time limit had an answer or an abort coming.
+            negotiation.settle(10.0 if elapsed < _ANSWER_LIMIT * ae.acse_timeout else 2.0)
+        raise PacsError(_refusal(peer, negotiation, elapsed, ae))
     tuned_requestor(assoc)
     try:
         if not any(cx.abstract_syntax == model for cx in assoc.accepted_contexts):
@@ -177,6 +181,8 @@ def _refusal(peer: Peer, negotiation: _Negotiation, elapsed: float, ae: AE) -> s
     if negotiation.connected:
         if negotiation.peer_aborted:
             return f"association aborted by {peer.kind} {peer} before it answered"
+        if elapsed < _ANSWER_LIMIT * (ae.acse_timeout or CONNECT_TIMEOUT):
+            return f"{peer.kind} {peer} closed the connection without answering the association"
         return (
             f"{peer.kind} {peer} did not answer the association request "
             f"within {ae.acse_timeout:g} s"
@@ -187,7 +193,7 @@ def _refusal(peer: Peer, negotiation: _Negotiation, elapsed: float, ae: AE) -> s
 
 def _connection_failure(peer: Peer, elapsed: float, limit: float | None) -> str:
     # pynetdicom only logs why the connection failed; ask the network once more.
-    if limit is not None and elapsed >= limit * 0.95:
+    if limit is not None and elapsed >= limit * _ANSWER_LIMIT:
         return f"no connection within {limit:g} s"
     try:
         with socket.create_connection((peer.host, peer.port), timeout=limit):

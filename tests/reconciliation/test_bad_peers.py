@@ -4,6 +4,7 @@ run with a reason a person can act on, leaves what was open open, and never read
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -73,11 +74,15 @@ def test_a_scanner_that_refuses_us_says_so(peers: Site, catalog_url: str, tmp_pa
     peers.peers_file = peers_file(
         tmp_path / "other", ("NOT_THE_CONSOLE", peers.scanner.port), ("PACS", peers.pacs.port)
     )
-    # A rejection comes at once; the long wait only keeps a loaded machine from turning it
-    # into a timeout.
-    run, _ = _check(peers, catalog_url, reconcile_timeout=120)
+    run, _ = _check(peers, catalog_url)
     assert run.state == CheckState.FAILED
-    assert "rejected" in run.reason, run.reason
+    # dcmqrscp closes the connection right after its rejection; now and then pynetdicom sees
+    # the close first, and knows only that. Never a time-out: the refusal comes at once.
+    assert re.search(
+        r"association rejected by scanner console .*AE title"
+        r"|scanner console .* closed the connection without answering",
+        run.reason,
+    ), run.reason
 
 
 def test_a_silent_scanner_is_given_up_on_after_the_timeout(

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from shared.bids import pseudonyms
-from shared.bids.dataset import LEFTOVERS_FOLDER, RULES_FILE, dataset_root
+from shared.bids.dataset import LEFTOVERS_FOLDER, RULES_FILE, dataset_root, make_dataset
 from shared.broker import Publisher
 from shared.broker_connection import connect
 from shared.durable import fsync_directory, replace_durably
@@ -88,8 +88,11 @@ def read_rules(path: Path) -> Any:
         raise ValueError(f"the lab's rules file is not JSON ({exc})") from None
 
 
-def store_rules(path: Path, rules: Any) -> None:
-    """Replace the rules file by `rules` (checked already), durably."""
+def store_rules(settings: CommonSettings, lab: str, rules: Any) -> None:
+    """Replace the lab's rules file by `rules` (checked already), durably; its dataset
+    folder made, where missing, in the lab's group, as the converter makes it."""
+    make_dataset(settings.archive_root, settings.bids_dir, lab, settings.keys_path)
+    path = rules_path(settings, lab)
     make_folder(path.parent)  # setgid, in the lab's group: so is the file then
     content = (json.dumps(rules, indent=2, ensure_ascii=False) + "\n").encode()
     replace_durably(path, path.with_name(f".{path.name}.tmp"), content)

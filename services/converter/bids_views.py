@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 
 from aio_pika.abc import AbstractRobustConnection
 
@@ -32,21 +33,18 @@ def actions(views: BidsViews, changes: list[BidsChange]) -> list[Callable[[], ob
     wanted: dict[tuple[str, str], Callable[[], object]] = {}
     for change in changes:
         key: tuple[str, str]
+        action: Callable[[], object]
         if isinstance(change, StudyEvicted):
             key = ("remove", change.study_instance_uid)
-            action = _bound(views.remove, change.study_instance_uid)
+            action = partial(views.remove, change.study_instance_uid)
         elif isinstance(change, BidsRulesChanged):
-            key, action = ("lab", change.lab), _bound(views.refresh_lab, change.lab)
+            key, action = ("lab", change.lab), partial(views.refresh_lab, change.lab)
         else:
             key = ("refresh", change.study_instance_uid)
-            action = _bound(views.refresh, change.study_instance_uid)
+            action = partial(views.refresh, change.study_instance_uid)
         wanted.pop(key, None)
         wanted[key] = action
     return list(wanted.values())
-
-
-def _bound(method: Callable[[str], object], argument: str) -> Callable[[], object]:
-    return lambda: method(argument)
 
 
 async def keep_bids_views(

@@ -82,7 +82,7 @@ async def run(settings: ConverterSettings, side: SidePort, stop: Stop) -> None:
         )
         for _ in range(settings.workers)
     ]
-    views = BidsViews(sessions, archive, settings.bids_dir, settings.bids_dates)
+    views = BidsViews(sessions, archive, settings.bids_dir, settings.bids_dates, settings.keys_path)
     consumers.append(asyncio.create_task(keep_bids_views(connection, settings, views)))
     stopping = threading.Event()  # the backfill's thread, told to end with the service
     backfilling = asyncio.create_task(asyncio.to_thread(views.backfill, stopping))

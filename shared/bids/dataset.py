@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from shared.bids import pseudonyms
 from shared.bids.pseudonyms import Pseudonym
 from shared.bids.session import Leftover, SessionPlan
-from shared.share import make_folder, settle_file
+from shared.share import LabFolders, make_folder, settle_file
 
 RULES_FILE = "code/dcmdb-rules.json"
 LEFTOVERS_FOLDER = "sourcedata/dcmdb"
@@ -56,6 +56,15 @@ class SessionPlace:
 
 def dataset_root(archive: Path, bids_dir: Path | None, lab: str) -> Path:
     return bids_dir / lab if bids_dir is not None else archive / lab / BIDS_FOLDER
+
+
+def make_dataset(archive: Path, bids_dir: Path | None, lab: str, keys_file: Path) -> Path:
+    """The lab's dataset folder, made where missing as the sorter makes a lab folder: in
+    the lab's group (the keys file says which), so that the share opens it to that lab alone,
+    under DCMDB_BIDS_DIR as in the archive."""
+    root = dataset_root(archive, bids_dir, lab)
+    LabFolders(bids_dir if bids_dir is not None else archive, keys_file).make(root)
+    return root
 
 
 def place(archive: Path, bids_dir: Path | None, pseudonym: Pseudonym) -> SessionPlace:
@@ -92,8 +101,8 @@ def session_members(spot: SessionPlace) -> list[tuple[str, Path | bytes]]:
 
 @contextmanager
 def locked(root: Path) -> Iterator[None]:
-    """The lab's dataset, for one writer at a time (converters of several hosts included)."""
-    make_folder(root)
+    """The lab's dataset (made already: `make_dataset`), for one writer at a time
+    (converters of several hosts included)."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

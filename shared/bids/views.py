@@ -28,8 +28,11 @@ class BidsViews:
         archive: Path,
         bids_dir: Path | None,
         dates: DatePolicy,
+        keys_file: Path | None = None,
     ) -> None:
+        """`keys_file` names each lab's group; by default the data directory's keys.yaml."""
         self._sessions = sessions
+        self._keys_file = keys_file or archive.parent / "keys.yaml"
         self._archive = archive
         self._bids_dir = bids_dir
         self._dates = dates
@@ -56,6 +59,7 @@ class BidsViews:
                 session, study_uid, study.physician_folder, study.patient.patient_id
             )
         spot = dataset.place(self._archive, self._bids_dir, pseudonym)
+        dataset.make_dataset(self._archive, self._bids_dir, spot.lab, self._keys_file)
         with dataset.locked(spot.root):
             plan = plan_session(
                 study,
@@ -84,6 +88,8 @@ class BidsViews:
         if found is None:
             return
         spot = dataset.place(self._archive, self._bids_dir, found)
+        if not spot.root.is_dir():
+            return  # nothing of the lab's was ever written
         with dataset.locked(spot.root):
             dataset.remove_session(spot)
             dataset.write_participants(spot.root)

@@ -31,6 +31,7 @@ from pydicom.uid import generate_uid
 
 from services.converter.conversion import convert_series
 from services.sorter.filing import Filer
+from shared.bids.dataset import make_dataset
 from shared.catalog.database import create_catalog_engine, open_catalog, session_factory
 from tests.arrivals import arrive, dicom_files, with_new_uids
 from tests.conftest import TESTDATA, require_tool
@@ -370,3 +371,23 @@ def test_a_sorter_outside_the_labs_groups_keeps_new_labs_to_itself_and_files_int
     assert warnings == [] and len(second) == 4
     assert assert_shared(labs.archive / lab, gid)[".dcm"] == 8
     assert all(os.stat(p).st_uid == pwd.getpwnam(service).pw_uid for p in second)
+
+
+def test_a_labs_bids_dataset_elsewhere_is_its_labs_alone(
+    accounts: Accounts, data: Path, tmp_path: Path
+) -> None:
+    """Under DCMDB_BIDS_DIR, as in the archive, a lab's BIDS dataset is made in its group."""
+    lab_a, lab_b = f"LAB_A_{accounts.tag}", f"LAB_B_{accounts.tag}"
+    gid_a, gid_b = accounts.group(f"dcmdb-{lab_a}"), accounts.group(f"dcmdb-{lab_b}")
+    reader = accounts.user(f"dt{accounts.tag}r", f"dcmdb-{lab_a}")
+    labs_on(data, tmp_path)
+    bids_dir = data / "bids"
+    bids_dir.mkdir(mode=0o755)
+    keys = data / "keys.yaml"
+    for lab, gid in ((lab_a, gid_a), (lab_b, gid_b)):
+        for where in (None, bids_dir):
+            root = make_dataset(data / "archive", where, lab, keys)
+            assert (stat.S_IMODE(os.stat(root).st_mode), os.stat(root).st_gid) == (0o2750, gid)
+    assert as_user(reader, "ls", str(bids_dir / lab_a)).returncode == 0
+    assert_closed_to(reader, "ls", str(bids_dir / lab_b))
+    assert_closed_to(reader, "ls", str(data / "archive" / lab_b / "bids"))

@@ -158,7 +158,7 @@ async def put_bids_rules(
     not by FastAPI, so that the rules' own checks word it)."""
     lab = await run_in_threadpool(_lab, caller, directory, physician)
     rules = _rules_of(await _body(request))
-    await run_in_threadpool(bids.store_rules, bids.rules_path(settings, lab), rules)
+    await run_in_threadpool(bids.store_rules, settings, lab, rules)
     try:
         await bids.tell_converter(settings, lab)
     except Exception as exc:  # noqa: BLE001 - any failure of the broker is the same answer

@@ -39,7 +39,9 @@ from tests.conftest import TESTDATA, fresh_vhost
 from tests.support import free_port, wait_for
 from tests.system import Dcmdb, dicom_files, send_dicom
 
-pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup()]
+# Each schemathesis test runs every operation's examples as one pytest test: 30 s alone,
+# over 300 s on a loaded CI machine, so a limit of their own.
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_setup(), pytest.mark.timeout(900)]
 
 READ_KEY = "schemathesis-read-key-0123456789"
 ADMIN_KEY = "schemathesis-admin-key-012345678"

@@ -10,7 +10,9 @@ and the next round (of this or another retention process) finishes the job:
    is renamed into ``.evicting/`` in the archive root, then deleted from there. The
    rename happens only while the row exists, so a folder the sorter makes again for the
    same study after step 3 is never touched. The copies of its instances that others
-   replaced (``history/<lab>/<study>/``, `shared.overwrite`) are deleted under the lock;
+   replaced (``history/<lab>/<study>/``, `shared.overwrite`) are deleted under the lock.
+   Before the folder is deleted, the study's BIDS session leaves its lab's dataset
+   (`shared.bids.dataset.remove_study`): its hard links would keep the space taken;
 3. ``close``, one transaction: every catalog row of the study (instances, NIfTI outputs,
    series, expected counts, replaced copies, the study, and its patient when no other
    study is left) deleted and the `Eviction` row closed; ``study.evicted`` is published afterwards
@@ -33,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import outbox
+from shared.bids import dataset, pseudonyms
 from shared.catalog.models import (
     LISTED,
     Eviction,
@@ -112,22 +115,32 @@ def unfinished(sessions: sessionmaker[Session]) -> list[int]:
 
 
 def finish(
-    sessions: sessionmaker[Session], archive: Path, eviction_id: int, history: Path | None = None
+    sessions: sessionmaker[Session],
+    archive: Path,
+    eviction_id: int,
+    history: Path | None = None,
+    bids_dir: Path | None = None,
 ) -> Evicted | None:
     """Steps 2 and 3; None when another retention process closed it first. ``history``: the
-    data directory's folder of replaced copies (none there when None)."""
-    remove_files(sessions, archive, eviction_id, history)
+    data directory's folder of replaced copies (none there when None); ``bids_dir``:
+    DCMDB_BIDS_DIR, where the labs' BIDS datasets are when not in their lab folders."""
+    remove_files(sessions, archive, eviction_id, history, bids_dir)
     return close(sessions, eviction_id)
 
 
 def remove_files(
-    sessions: sessionmaker[Session], archive: Path, eviction_id: int, history: Path | None = None
+    sessions: sessionmaker[Session],
+    archive: Path,
+    eviction_id: int,
+    history: Path | None = None,
+    bids_dir: Path | None = None,
 ) -> None:
     trash = archive / TRASH / str(eviction_id)
     with sessions.begin() as session:
         eviction = session.get(Eviction, eviction_id)
         if eviction is None or _locked_study(session, eviction) is None:
             return
+        labels = pseudonyms.existing(session, eviction.study_instance_uid)
         lab = resolve_under(archive, eviction.physician_folder)
         folder = resolve_under(lab, eviction.folder)
         if folder.exists():
@@ -142,6 +155,10 @@ def remove_files(
                 raise OSError(f"cannot delete {replaced}")
             with contextlib.suppress(OSError):
                 replaced.parent.rmdir()
+    # The BIDS session's hard links hold the files' space: it goes before the space counts
+    # as freed, or the next round would evict studies more.
+    if labels is not None:
+        dataset.remove_study(archive, bids_dir, labels)
     shutil.rmtree(trash, ignore_errors=True)  # another process may be deleting it too
     if trash.exists():
         raise OSError(f"cannot delete {trash}")

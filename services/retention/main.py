@@ -48,6 +48,7 @@ class Retention:
     ) -> None:
         self.archive = settings.archive_root
         self.history = settings.history_dir
+        self.bids_dir = settings.bids_dir
         self.sessions = sessions
         self.policy = Policy.of(settings)
         self.stable_age = settings.stable_age
@@ -100,7 +101,9 @@ class Retention:
         return done
 
     def _finish(self, eviction_id: int) -> Evicted | None:
-        evicted = eviction.finish(self.sessions, self.archive, eviction_id, self.history)
+        evicted = eviction.finish(
+            self.sessions, self.archive, eviction_id, self.history, self.bids_dir
+        )
         if evicted is not None:
             EVICTIONS.labels(evicted.reason).inc()
             EVICTED_BYTES.labels(evicted.reason).inc(evicted.size_bytes)

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from shared.bids import pseudonyms
 from shared.bids.pseudonyms import Pseudonym
 from shared.bids.session import Leftover, SessionPlan
-from shared.share import LabFolders, make_folder, settle_file
+from shared.share import LabFolders, make_archive_root, make_folder, settle_file
 
 RULES_FILE = "code/dcmdb-rules.json"
 LEFTOVERS_FOLDER = "sourcedata/dcmdb"
@@ -63,6 +63,8 @@ def make_dataset(archive: Path, bids_dir: Path | None, lab: str, keys_file: Path
     the lab's group (the keys file says which), so that the share opens it to that lab alone,
     under DCMDB_BIDS_DIR as in the archive."""
     root = dataset_root(archive, bids_dir, lab)
+    if bids_dir is not None:
+        make_archive_root(bids_dir)  # as the archive's root: an existing one left as it is
     LabFolders(bids_dir if bids_dir is not None else archive, keys_file).make(root)
     return root
 
@@ -132,6 +134,18 @@ def write_session(spot: SessionPlace, plan: SessionPlan, archive: Path) -> None:
         remove_session(spot)
     _write_leftovers(spot, plan.leftovers)
     write_participants(spot.root)
+
+
+def remove_study(archive: Path, bids_dir: Path | None, pseudonym: Pseudonym) -> SessionPlace | None:
+    """The study's session out of its lab's dataset, and participants.tsv written again; None
+    where the lab has no dataset. Its labels stay, for the study fetched again."""
+    spot = place(archive, bids_dir, pseudonym)
+    if not spot.root.is_dir():
+        return None
+    with locked(spot.root):
+        remove_session(spot)
+        write_participants(spot.root)
+    return spot
 
 
 def remove_session(spot: SessionPlace) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,10 @@ from shared.catalog.models import NiftiOutput, Series, Study
 from shared.catalog.states import ConversionState
 
 DatePolicy = Literal["shift", "remove", "keep"]
+
+# An absolute path in a reason (an exception's message): the archive's study folders are
+# named after the patient, which the dataset never says.
+_PATH = re.compile(r"(?<![\w.])/[^\s'\"]+")
 
 # Not in a BIDS sidecar: the source's UIDs (they lead back to the patient's record), and any
 # date (scans.tsv has the acquisition's, as the date policy says).
@@ -108,7 +113,8 @@ def _name(
     series: Series, archive: Path, rules: Rules, leftovers: list[Leftover]
 ) -> list[PlannedFile]:
     def left(reason: str) -> list[PlannedFile]:
-        leftovers.append(Leftover(series.series_number, series.description, reason))
+        said = _PATH.sub("<a file>", reason)
+        leftovers.append(Leftover(series.series_number, series.description, said))
         return []
 
     if series.conversion != ConversionState.CONVERTED:

@@ -15,7 +15,7 @@ from shared.bids import dataset, pseudonyms
 from shared.bids.rules import Rules, RulesError
 from shared.bids.session import DatePolicy, plan_session
 from shared.catalog.bids import BidsSession
-from shared.catalog.models import Series, Study
+from shared.catalog.models import LISTED, Series, Study
 from shared.catalog.states import ConversionState
 
 log = logging.getLogger("dcmdb.bids")
@@ -38,11 +38,23 @@ class BidsViews:
         self._dates = dates
 
     def refresh(self, study_uid: str) -> dataset.SessionPlace | None:
-        """The study's session made as the catalog says now; None for a study not filed."""
+        """The study's session made as the catalog says now; None for a study not filed, or
+        being evicted (its session goes with the eviction's event).
+
+        A file read or linked may go between the catalog read and the link: the study
+        evicted, or a series converted again. The catalog is then read again, once: a
+        study evicted meanwhile is None, a series converted again has its new files."""
+        try:
+            return self._refresh(study_uid)
+        except FileNotFoundError:
+            log.info("BIDS: a study's files changed while its session was made; again")
+            return self._refresh(study_uid)
+
+    def _refresh(self, study_uid: str) -> dataset.SessionPlace | None:
         with self._sessions() as session:
             study = session.scalar(
                 select(Study)
-                .where(Study.study_instance_uid == study_uid)
+                .where(Study.study_instance_uid == study_uid, LISTED)
                 .options(
                     selectinload(Study.series).selectinload(Series.outputs),
                     selectinload(Study.patient),
@@ -85,15 +97,9 @@ class BidsViews:
         """The evicted study's session goes; its labels stay, for the study fetched again."""
         with self._sessions() as session:
             found = pseudonyms.existing(session, study_uid)
-        if found is None:
-            return
-        spot = dataset.place(self._archive, self._bids_dir, found)
-        if not spot.root.is_dir():
-            return  # nothing of the lab's was ever written
-        with dataset.locked(spot.root):
-            dataset.remove_session(spot)
-            dataset.write_participants(spot.root)
-        log.info("BIDS %s sub-%s ses-%s removed", spot.lab, spot.subject, spot.session)
+        spot = dataset.remove_study(self._archive, self._bids_dir, found) if found else None
+        if spot is not None:
+            log.info("BIDS %s sub-%s ses-%s removed", spot.lab, spot.subject, spot.session)
 
     def refresh_lab(self, lab: str) -> int:
         """Every study of the lab named again (its rules changed); how many."""

@@ -6,18 +6,26 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
+from sqlalchemy import select
 
 from services.retention import eviction
+from shared.bids import dataset
 from shared.bids.dataset import RULES_FILE, dataset_root
+from shared.bids.rules import Rules
+from shared.bids.views import BidsViews
+from shared.catalog.models import Series, Study
+from shared.catalog.states import ConversionState
 from shared.retention import candidates
 from tests.arrivals import Sorter
 from tests.bids.filed_sessions import XA30_SESSION, XA30_T1W, FiledSessions
 from tests.bids.validator import assert_valid
+from tests.support import wait_for
 
 LAB = "unknown"  # the XA30 series name no referring physician
 
@@ -95,23 +103,138 @@ def test_the_patients_next_study_is_their_next_session(filed: FiledSessions) -> 
     assert_valid(root)
 
 
-def test_an_evicted_study_leaves_and_the_dataset_stays_valid(filed: FiledSessions) -> None:
-    views = filed.views()
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["in-archive", "bids-dir"])
+def test_an_evicted_study_leaves_and_the_dataset_stays_valid(
+    filed: FiledSessions, tmp_path: Path, elsewhere: bool
+) -> None:
+    bids_dir = tmp_path / "bids" if elsewhere else None
+    views = filed.views(bids_dir=bids_dir)
     kept = filed.file(XA30_T1W, PatientID="P-1")
     gone = filed.file(*XA30_SESSION, PatientID="P-2")
     for uid in (kept, gone):
         views.refresh(uid)
-    with filed.sorter.sessions() as session:
-        [candidate] = [c for c in candidates(session, datetime.now(UTC), 60) if c.study_uid == gone]
-    evicting = eviction.claim(filed.sorter.sessions, candidate, "space", 60)
-    assert evicting is not None
-    eviction.finish(filed.sorter.sessions, filed.archive, evicting)
-    [event] = eviction.unannounced(filed.sorter.sessions)
-    views.remove(event.study_instance_uid)
-    root = dataset_root(filed.archive, None, LAB)
+    root = dataset_root(filed.archive, bids_dir, LAB)
+    linked = list((root / "sub-002").rglob("*.nii.gz"))
+    assert linked and all(os.stat(p).st_nlink == 2 for p in linked)  # the archive's and ours
+
+    sessions, archive = filed.sorter.sessions, filed.archive
+    eviction.finish(sessions, archive, claim_eviction(filed, gone), bids_dir=bids_dir)
+    # With the eviction itself, not on its event later: the links would keep the space taken,
+    # and retention, finding the space still short, would evict more.
     assert not (root / "sub-002").exists()
     assert (root / "participants.tsv").read_text() == "participant_id\nsub-001\n"
+    [event] = eviction.unannounced(sessions)
+    views.remove(event.study_instance_uid)  # the converter's, on study.evicted: nothing left
+    assert sorted(p.name for p in root.glob("sub-*")) == ["sub-001"]
     assert_valid(root)
+
+
+def claim_eviction(filed: FiledSessions, study_uid: str) -> int:
+    """The study marked evicting, as retention does first; the eviction's id."""
+    with filed.sorter.sessions() as session:
+        [candidate] = [
+            c for c in candidates(session, datetime.now(UTC), 60) if c.study_uid == study_uid
+        ]
+    evicting = eviction.claim(filed.sorter.sessions, candidate, "space", 60)
+    assert evicting is not None
+    return evicting
+
+
+class Retention(threading.Thread):
+    """Retention evicting a study, as another process does: it claims the study and moves its
+    folder out, then waits for the lab's dataset (`dataset.locked`) to remove its session."""
+
+    def __init__(self, filed: FiledSessions, study_uid: str) -> None:
+        super().__init__()
+        self.filed, self.study_uid = filed, study_uid
+        with filed.sorter.sessions() as session:
+            study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid))
+            row = study.one()
+            self.folder = filed.archive / row.physician_folder / row.folder
+        self.eviction_id = claim_eviction(filed, study_uid)
+
+    def run(self) -> None:
+        eviction.remove_files(self.filed.sorter.sessions, self.filed.archive, self.eviction_id)
+
+    def moved_out(self) -> None:
+        """Started, and on until the study's folder is gone from the archive."""
+        self.start()
+        wait_for(lambda: not self.folder.exists(), 30, "the study's folder moved out")
+
+    def finish(self) -> None:
+        self.join(30)
+        assert not self.is_alive()
+        eviction.close(self.filed.sorter.sessions, self.eviction_id)
+
+
+def test_a_study_evicted_after_its_rows_were_read_leaves_all_the_same(
+    filed: FiledSessions,
+) -> None:
+    kept = filed.file(XA30_T1W, PatientID="P-1")
+    gone = filed.file(*XA30_SESSION, PatientID="P-2")
+    assert filed.views().refresh(kept) is not None
+    retention: list[Retention] = []
+
+    class EvictedMeanwhile(BidsViews):
+        """The study's files go after the views read its catalog rows."""
+
+        def _rules(self, root: Path, lab: str) -> Rules:
+            if not retention:
+                retention.append(Retention(filed, gone))
+                retention[0].moved_out()
+            return super()._rules(root, lab)
+
+    spot = EvictedMeanwhile(filed.sorter.sessions, filed.archive, None, "shift").refresh(gone)
+    assert spot is not None  # every series left over: its files do not read
+    retention[0].finish()
+    root = dataset_root(filed.archive, None, LAB)
+    assert not spot.folder.exists() and not spot.leftovers.exists()
+    assert sorted(p.name for p in root.glob("sub-*")) == ["sub-001"]
+    assert (root / "participants.tsv").read_text() == "participant_id\nsub-001\n"
+    assert_valid(root)
+
+
+def test_a_file_gone_while_it_is_linked_has_the_catalog_read_again(
+    filed: FiledSessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race itself, made certain: the study evicted between the plan and the links."""
+    study = filed.file(XA30_T1W)
+    retention: list[Retention] = []
+
+    def evicted_meanwhile(source: Path, target: Path) -> None:
+        if not retention:
+            retention.append(Retention(filed, study))
+            retention[0].moved_out()
+        link(source, target)
+
+    link = dataset._link
+    monkeypatch.setattr(dataset, "_link", evicted_meanwhile)
+    assert filed.views().refresh(study) is None  # read again: being evicted, left to that
+    retention[0].finish()
+    filed.views().remove(study)  # the converter's, on study.evicted
+    root = dataset_root(filed.archive, None, LAB)
+    assert files(root) == {"dataset_description.json", "README", "participants.tsv"}
+    assert (root / "participants.tsv").read_text() == "participant_id\n"
+
+
+def test_a_leftovers_reason_gives_no_archive_path(filed: FiledSessions) -> None:
+    """A failed conversion's reason is an exception's message: it may name a file in the
+    study's folder, which is named after the patient."""
+    study = filed.file(*XA30_SESSION, PatientID="P-4711", PatientName="Doe^Jane")
+    with filed.sorter.sessions.begin() as session:
+        series = session.scalars(
+            select(Series).join(Study).where(Study.study_instance_uid == study)
+        ).first()
+        assert series is not None
+        folder = filed.archive / series.study.physician_folder / series.study.folder
+        series.conversion = ConversionState.FAILED
+        series.conversion_reason = f"OSError: [Errno 28] No space left: '{folder}/nifti/x.nii'"
+    spot = filed.views().refresh(study)
+    assert spot is not None
+    report = spot.leftovers.read_text()
+    assert "failed: OSError: [Errno 28] No space left: '<a file>'" in report, report
+    for secret in ("P-4711", "Doe", str(filed.archive)):
+        assert secret not in report, secret
 
 
 def test_a_series_converted_again_is_linked_again(filed: FiledSessions) -> None:

@@ -3,6 +3,7 @@ the disk filled, the dry run of GET /storage, then a retention process doing jus
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +76,9 @@ def test_the_oldest_unpinned_studies_go_as_the_dry_run_said(
         send_dicom(system.port, dicom_files(folder))
     uids = [uid for uid, _ in studies]
     wait_for(lambda: _all_converted(api, uids), 120, "every study filed and converted", SLOW_POLL)
+    # The converter writes each study's BIDS session after its conversion: the disk is
+    # measured (and filled) once those files are there too.
+    wait_for(lambda: len(_bids_sessions(system)) == len(uids), 60, "the BIDS sessions made")
     pinned = uids[1]
     assert api.post(f"/studies/{pinned}/pin").json()["pinned"] is True
     assert _storage(api)["next_eviction"]["study_count"] == 0  # plenty of space yet
@@ -120,6 +124,11 @@ def _storage(api: httpx.Client) -> dict[str, Any]:
     answer = api.get("/storage")
     assert answer.status_code == 200, answer.text
     return answer.json()  # type: ignore[no-any-return]
+
+
+def _bids_sessions(system: Dcmdb) -> set[str]:
+    """The BIDS sessions the converter said it made."""
+    return set(re.findall(r"BIDS \S+ (sub-\S+ ses-\S+): \d+ file", system.log()))
 
 
 def _listed(api: httpx.Client) -> set[str]:

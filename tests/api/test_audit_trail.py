@@ -217,7 +217,7 @@ def test_the_api_deletes_old_records_at_start(
         settings = load_settings(ApiSettings)
         assert settings.audit_days == 30
         with TestClient(create_app(settings)):
-            wait_for(lambda: len(stored(sessions)) == 1, 10, "the old record deleted")
+            wait_for(lambda: len(stored(sessions)) == 1, 60, "the old record deleted")
         assert [row.key_name for row in stored(sessions)] == ["d29"]
     finally:
         engine.dispose()

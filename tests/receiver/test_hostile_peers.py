@@ -139,13 +139,13 @@ def test_slow_senders_are_cut_off_and_the_rest_refused(
         assert receiver.threads() <= baseline + 2 * 6 + 2
         assert_still_served(receiver, testdata)
         # The 6 admitted ones are cut off once the ACSE timeout (3 s) has passed.
-        wait_for(lambda: all(closed_by_peer(s) for s in attackers), 15, "the trickles to end")
+        wait_for(lambda: all(closed_by_peer(s) for s in attackers), 60, "the trickles to end")
     finally:
         stop.set()
         trickler.join()
         for sock in attackers:
             sock.close()
-    wait_for(lambda: receiver.threads() <= baseline, 10, "the threads to go back to the baseline")
+    wait_for(lambda: receiver.threads() <= baseline, 60, "the threads to go back to the baseline")
 
 
 def test_a_refused_peer_hears_a_transient_rejection(
@@ -214,7 +214,7 @@ def test_huge_declared_pdus_do_not_grow_memory(
         raw = assoc.dul.socket.socket
         raw.sendall(struct.pack(">BBL", 0x04, 0, 0xFFFFFFFF))
         sent += send_until_closed(raw, 30 * MIB)
-        wait_for(lambda assoc=assoc: assoc.is_aborted, 5, "the association to be aborted")
+        wait_for(lambda assoc=assoc: assoc.is_aborted, 30, "the association to be aborted")
         raw.close()
     assert receiver.rss_mib() - before < 30, f"memory grew after {sent / MIB:.0f} MiB sent"
     assert_still_served(receiver, testdata)
@@ -240,7 +240,7 @@ def test_a_silent_tls_client_does_not_hold_up_other_handshakes(
         assert result.returncode == 0, result.stderr.decode(errors="replace")
         assert tls_echo(receiver.port, cert)
         # The silent ones are dropped once the ACSE timeout (3 s) bounds their handshake.
-        wait_for(lambda: all(closed_by_peer(s) for s in silent), 15, "silent clients to go")
+        wait_for(lambda: all(closed_by_peer(s) for s in silent), 60, "silent clients to go")
     finally:
         for sock in silent:
             sock.close()

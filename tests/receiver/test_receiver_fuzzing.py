@@ -62,7 +62,7 @@ def test_mutated_pdus_neither_crash_nor_leak(
     with RawAssociation(receiver.port, [(1, "1.2.840.10008.1.1", ["1.2.840.10008.1.2"])]) as warm:
         assert warm.echo(1) == 0x0000
         warm.release()
-    wait_for(lambda: threads(process.pid) == threads(process.pid), 5, "a thread count")
+    wait_for(lambda: threads(process.pid) == threads(process.pid), 30, "a thread count")
     baseline_threads, baseline_sockets = threads(process.pid), sockets(process.pid)
 
     statuses: Counter[int] = Counter()

@@ -91,8 +91,8 @@ def no_leaks() -> Iterator[None]:
     """Every association thread and socket must be gone shortly after a test."""
     threads, fds = threading.active_count(), _open_fds()
     yield
-    wait_for(lambda: threading.active_count() <= threads, 5, "the association threads to end")
-    wait_for(lambda: _open_fds() <= fds, 5, "the association's sockets and pipes to close")
+    wait_for(lambda: threading.active_count() <= threads, 30, "the association threads to end")
+    wait_for(lambda: _open_fds() <= fds, 30, "the association's sockets and pipes to close")
 
 
 class Receiver:
@@ -222,7 +222,7 @@ def _as_received_by_dcmtk(profile: Path, files: list[Path], out: Path) -> dict[t
     command += ["-od", str(out), str(port)]
     scp = subprocess.Popen(command, env={**os.environ, "TCP_NODELAY": "1"})
     try:
-        wait_for(lambda: accepts(port), 5, "storescp did not start")
+        wait_for(lambda: accepts(port), 30, "storescp did not start")
         args = ["-aec", "ANY", "-xf", str(profile), "Own", "127.0.0.1", str(port)]
         result = _dcmtk("storescu", *args, *map(str, files))
         assert result.returncode == 0, result.stdout + result.stderr
@@ -293,7 +293,7 @@ def test_storescu_files_arrive_unchanged_in_their_own_syntax(
     reference = _as_received_by_dcmtk(profile, files, tmp_path / "storescp")
     assert {k: sorted(v) for k, v in ours.items()} == {k: sorted(v) for k, v in reference.items()}
 
-    wait_for(lambda: "closed" in server.events, 5, "the association to close")
+    wait_for(lambda: "closed" in server.events, 30, "the association to close")
     assert server.events == ["released", "closed"]
     maximum = options.get("maximum_pdu_size", DEFAULT_MAXIMUM_PDU_SIZE)
     # storescu fills its PDUs up to (a few bytes short of) our maximum
@@ -319,7 +319,7 @@ def test_pynetdicom_scu_c_store_and_c_echo(
     assert max(server.pdu_sizes) == 8192 + 6  # PDUs of exactly our maximum pass
     assert [s[0] for s in server.stored] == [ds.SOPInstanceUID]
     assert _dataset_bytes(server.stored[0][2]) == _dataset_bytes(source)
-    wait_for(lambda: "closed" in server.events, 5, "the association to close")
+    wait_for(lambda: "closed" in server.events, 30, "the association to close")
     assert server.events == ["echo", "released", "closed"]
 
 
@@ -345,14 +345,14 @@ def test_tls(receiver: Callable[..., Receiver], testdata: Path, tmp_path: Path) 
 
     assert statuses == [0x0000] * 3
     assert [_dataset_bytes(path) for *_, path in server.stored] == [_dataset_bytes(source)] * 3
-    wait_for(lambda: {"released", "closed"} <= set(server.events), 5, "a release, then the close")
+    wait_for(lambda: {"released", "closed"} <= set(server.events), 30, "a release, then the close")
 
 
 def test_echoscu(receiver: Callable[..., Receiver]) -> None:
     server = receiver()
     result = _dcmtk("echoscu", "-aec", AET, "127.0.0.1", str(server.port))
     assert result.returncode == 0, result.stderr
-    wait_for(lambda: "closed" in server.events, 5, "the association to close")
+    wait_for(lambda: "closed" in server.events, 30, "the association to close")
     # EVT_RELEASED comes before EVT_CONN_CLOSE, as with pynetdicom's own server
     assert server.events == ["echo", "released", "closed"]
 
@@ -366,7 +366,7 @@ def test_storescu_abort_fires_aborted_and_closed(
     assert result.returncode == 0, result.stderr
     # The DUL thread closes the connection on the A-ABORT; the association thread
     # then reports the abort: the two events come from different threads, in either order.
-    wait_for(lambda: {"aborted", "closed"} <= set(server.events), 5, "an abort, then the close")
+    wait_for(lambda: {"aborted", "closed"} <= set(server.events), 30, "an abort, then the close")
     assert "released" not in server.events
     assert len(server.stored) == 1
 
@@ -421,7 +421,7 @@ def test_oversized_pdu_before_association_is_refused_without_allocating(
     assert sent < 64 * MIB, "the server kept reading a PDU it should have refused"
     assert peak - before < 2 * MIB
     assert reply in (b"", b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-ABORT if any
-    wait_for(lambda: "closed" in server.events, 5, "the association to close")
+    wait_for(lambda: "closed" in server.events, 30, "the association to close")
 
 
 def _padded_echo_pdu(context_id: int, message_id: int, pdu_length: int) -> bytes:
@@ -455,11 +455,11 @@ def test_pdu_longer_than_negotiated_maximum_aborts_association(
     raw = assoc.dul.socket.socket  # write beside pynetdicom, which keeps reading
 
     raw.sendall(_padded_echo_pdu(context_id, 1, 16384))  # exactly what we agreed
-    wait_for(lambda: "echo" in server.events, 5, "the C-ECHO")
+    wait_for(lambda: "echo" in server.events, 30, "the C-ECHO")
     raw.sendall(_padded_echo_pdu(context_id, 2, 16385))  # one byte more
 
-    wait_for(lambda: assoc.is_aborted, 5, "the peer to see the abort")
-    wait_for(lambda: {"aborted", "closed"} <= set(server.events), 5, "an abort, then the close")
+    wait_for(lambda: assoc.is_aborted, 30, "the peer to see the abort")
+    wait_for(lambda: {"aborted", "closed"} <= set(server.events), 30, "an abort, then the close")
     assert server.events.count("echo") == 1
     raw.close()  # pynetdicom leaves it open when shutdown() fails
 
@@ -468,7 +468,7 @@ def test_acse_timeout_closes_a_silent_connection(receiver: Callable[..., Receive
     server = receiver(acse_timeout=0.5)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         assert _read_until_closed(sock) == b""  # within the read's 5 s timeout
-    wait_for(lambda: "closed" in server.events, 5, "the association to close")
+    wait_for(lambda: "closed" in server.events, 30, "the association to close")
 
 
 def test_network_timeout_aborts_an_idle_association(receiver: Callable[..., Receiver]) -> None:
@@ -477,8 +477,8 @@ def test_network_timeout_aborts_an_idle_association(receiver: Callable[..., Rece
     scu.add_requested_context(Verification)
     assoc = scu.associate("127.0.0.1", server.port, ae_title=AET)
     assert assoc.is_established
-    wait_for(lambda: assoc.is_aborted, 5, "the peer to see the abort")
-    wait_for(lambda: "closed" in server.events, 5, "the association to close")
+    wait_for(lambda: assoc.is_aborted, 30, "the peer to see the abort")
+    wait_for(lambda: "closed" in server.events, 30, "the association to close")
     assert "aborted" in server.events
 
 
@@ -489,7 +489,7 @@ def test_shutdown_aborts_open_associations(receiver: Callable[..., Receiver]) ->
     assoc = scu.associate("127.0.0.1", server.port, ae_title=AET)
     assert assoc.is_established
     server.stop()
-    wait_for(lambda: assoc.is_aborted, 5, "the peer to see the abort")
+    wait_for(lambda: assoc.is_aborted, 30, "the peer to see the abort")
     assert server.server not in server.ae._servers
 
 

@@ -811,7 +811,7 @@ def test_a_cancelled_consumer_takes_no_more_messages(broker_url: str) -> None:
                 await task
             await publisher.publish(received(2))
             # nobody consumes any more: the message must wait, ready, for the next consumer
-            await settled(connection, {SORTER: 1, SORTER_DEAD: 0}, timeout=3)
+            await settled(connection, {SORTER: 1, SORTER_DEAD: 0}, timeout=30)
             assert len(handled) == 1
 
     run(scenario())

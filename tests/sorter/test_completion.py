@@ -106,7 +106,7 @@ def at_once(target: Callable[..., None], url: str, sorters: int) -> Any:
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join(60)
+        worker.join(300)
         assert worker.exitcode == 0
     return results
 
